@@ -1,0 +1,1 @@
+"""The `ugafl` command line: one thin subcommand per stage."""

@@ -1,0 +1,1 @@
+"""The hospital side: site workspace, selection, correction queue, local fine-tuning."""

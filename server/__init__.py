@@ -1,0 +1,1 @@
+"""The coordinator side: central training, aggregation, checkpoints, server-side evaluation."""

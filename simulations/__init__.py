@@ -1,0 +1,1 @@
+"""Synthetic multi-centre data, the simulated annotator, experiment runners and reports."""

@@ -1,0 +1,89 @@
+"""The five synthetic centres, named after the paper's. Each differs as real centres do: H&E
+stain vectors and intensity, glass background, scanner blur, noise and JPEG quality, and beyond
+colour, section thickness, fixation artefacts and the mix of tumour growth patterns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+# Ruifrok & Johnston's optical-density vectors (R, G, B), the usual reference for H&E.
+HEMATOXYLIN = (0.65, 0.70, 0.29)
+EOSIN = (0.07, 0.99, 0.11)
+GROWTH_PATTERNS = ("solid", "glandular", "discohesive")
+
+
+@dataclass(frozen=True)
+class CentreProfile:
+    """How one centre's slides look. Lengths in µm; colours as 0-255 RGB; OD in absorbance units."""
+
+    name: str
+    hematoxylin: tuple[float, float, float]
+    eosin: tuple[float, float, float]
+    hematoxylin_strength: float  # OD of a dense nucleus
+    eosin_strength: float  # OD of dense stroma
+    background: tuple[float, float, float]  # glass colour
+    blur_um: float  # scanner point-spread sigma
+    noise: float  # sensor noise sd, 0-255 units
+    jpeg_quality: int
+    thickness: float  # section thickness relative to RUMC's (darker, denser, more overlap)
+    smudge_um: float  # poor fixation: chromatin detail lost (blur of nuclei only)
+    retraction: float  # fixation artefact: share of tumour borders with a retraction cleft
+    crush: float  # share of lymphoid tissue with crush/streak artefact
+    patterns: dict[str, float] = field(default_factory=dict)  # tumour growth pattern mix
+    tumour_nucleus_um: tuple[float, float] = (5.0, 8.0)  # tumour nucleus radius range
+    file_format: str = "tiff"  # "svs" (Aperio) or "tiff" (generic pyramidal TIFF)
+
+    def stain_matrix(self) -> np.ndarray:
+        """Rows: unit OD vectors of hematoxylin and eosin."""
+        m = np.array([self.hematoxylin, self.eosin], dtype=np.float32)
+        return m / np.linalg.norm(m, axis=1, keepdims=True)
+
+
+CENTRES: dict[str, CentreProfile] = {
+    profile.name: profile
+    for profile in (
+        CentreProfile(
+            name="RUMC", hematoxylin=HEMATOXYLIN, eosin=EOSIN, hematoxylin_strength=1.0, eosin_strength=0.55,
+            background=(242, 241, 245), blur_um=0.6, noise=2.0, jpeg_quality=92, thickness=1.0, smudge_um=0.0,
+            retraction=0.1, crush=0.0, patterns={"solid": 0.65, "glandular": 0.25, "discohesive": 0.10},
+            file_format="svs",
+        ),
+        CentreProfile(
+            name="UMCU", hematoxylin=(0.55, 0.78, 0.30), eosin=(0.10, 0.95, 0.20), hematoxylin_strength=1.25,
+            eosin_strength=0.5, background=(236, 236, 240), blur_um=0.9, noise=3.0, jpeg_quality=85, thickness=1.3,
+            smudge_um=0.5, retraction=0.2, crush=0.05, patterns={"solid": 0.45, "glandular": 0.35, "discohesive": 0.20},
+            tumour_nucleus_um=(4.5, 7.5), file_format="tiff",
+        ),
+        CentreProfile(
+            name="LabPON", hematoxylin=(0.70, 0.68, 0.22), eosin=(0.03, 0.95, 0.05), hematoxylin_strength=0.85,
+            eosin_strength=0.8, background=(246, 244, 244), blur_um=0.8, noise=4.5, jpeg_quality=70, thickness=0.85,
+            smudge_um=0.0, retraction=0.4, crush=0.0, patterns={"solid": 0.35, "glandular": 0.40, "discohesive": 0.25},
+            file_format="svs",
+        ),
+        CentreProfile(
+            name="CWZ", hematoxylin=(0.60, 0.72, 0.35), eosin=(0.12, 0.90, 0.25), hematoxylin_strength=0.7,
+            eosin_strength=0.4, background=(240, 236, 225), blur_um=1.3, noise=3.0, jpeg_quality=80, thickness=0.9,
+            smudge_um=0.8, retraction=0.5, crush=0.1, patterns={"solid": 0.50, "glandular": 0.20, "discohesive": 0.30},
+            tumour_nucleus_um=(4.5, 7.0), file_format="tiff",
+        ),
+        # The hardest: blue, thick, blurred, poorly fixed, and mostly discohesive tumour that
+        # resembles lymphoid tissue. Colour augmentation cannot undo the morphology.
+        CentreProfile(
+            name="RST", hematoxylin=(0.50, 0.62, 0.60), eosin=(0.20, 0.85, 0.40), hematoxylin_strength=1.35,
+            eosin_strength=0.45, background=(230, 233, 238), blur_um=1.8, noise=5.0, jpeg_quality=65, thickness=1.4,
+            smudge_um=1.2, retraction=0.1, crush=0.2, patterns={"solid": 0.15, "glandular": 0.15, "discohesive": 0.70},
+            tumour_nucleus_um=(4.0, 6.5), file_format="tiff",
+        ),
+    )
+}
+
+
+def get_centre(name: str) -> CentreProfile:
+    """The profile of a centre by name (case-sensitive, as in the paper)."""
+    from ugafl.common.errors import ConfigError
+
+    if name not in CENTRES:
+        raise ConfigError(f"unknown centre {name!r}; known: {', '.join(CENTRES)}")
+    return CENTRES[name]

@@ -1,0 +1,91 @@
+"""`ugafl slide info`, run as the user runs it: the installed console script in a subprocess,
+looking at its exit code, stdout and stderr."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from ugafl.cli.main import cli
+
+UGAFL = Path(sys.executable).parent / "ugafl"
+
+
+def run_ugafl(*args: str) -> subprocess.CompletedProcess[str]:
+    if not UGAFL.exists():
+        pytest.fail(f"{UGAFL} missing: install the package with `pip install -e .[dev]`")
+    return subprocess.run([str(UGAFL), *args], capture_output=True, text=True, timeout=60)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], path: Path) -> str:
+    assert result.returncode == 2, result
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"error: {path}: ")
+    assert "Traceback" not in result.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize(("name", "vendor"), [("small.svs", "aperio"), ("boxes_0.dcm", "dicom"), ("boxes_1.dcm", "dicom")])
+def test_info_on_vendor_fixtures_as_json(fixtures_dir, name, vendor):
+    result = run_ugafl("slide", "info", "--json", str(fixtures_dir / name))
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    report = json.loads(result.stdout)
+    assert report["vendor"] == vendor
+    assert report["mpp"] == pytest.approx(0.499) and report["mpp_source"] == "file"
+    assert (report["width"], report["height"], report["level_count"]) == (16, 16, 1)
+    assert report["width_mm"] == pytest.approx(16 * 0.499 / 1000)
+    assert 0.0 <= report["tissue_fraction"] <= 1.0
+
+
+def test_info_text_on_small_svs(fixtures_dir):
+    result = run_ugafl("slide", "info", str(fixtures_dir / "small.svs"))
+    assert result.returncode == 0, result.stderr
+    assert "vendor:   aperio" in result.stdout
+    assert "0.499 µm/px at level 0 (from file)" in result.stdout
+    assert "16 x 16 px" in result.stdout and "tissue:" in result.stdout
+
+
+def test_implausible_resolution_is_refused_then_overridden(fixtures_dir):
+    path = fixtures_dir / "boxes.tiff"
+    line = assert_one_line_error(run_ugafl("slide", "info", str(path)), path)
+    assert "352.8 µm/px" in line and "--mpp" in line
+    result = run_ugafl("slide", "info", str(path), "--mpp", "0.5", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["vendor"] == "generic-tiff" and report["mpp"] == 0.5 and report["mpp_source"] == "override"
+    assert report["level_count"] == 4
+    assert [(lv["width"], lv["height"]) for lv in report["levels"]] == [(300, 250), (150, 125), (75, 62), (37, 31)]
+    assert [lv["mpp"] for lv in report["levels"]][:2] == [0.5, 1.0]
+
+
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [
+        ("unreadable.svs", "cannot be read: Bogus marker length"),
+        ("unopenable.tiff", "cannot be opened: Unsupported TIFF compression: 52479"),
+        ("boxes.png", "not a slide format OpenSlide can read"),
+        ("no-such-slide.svs", "no such file"),
+    ],
+)
+def test_broken_files_give_one_line(fixtures_dir, name, reason):
+    path = fixtures_dir / name
+    line = assert_one_line_error(run_ugafl("slide", "info", str(path)), path)
+    assert line == f"error: {path}: {reason}"
+
+
+def test_info_on_the_synthetic_slide_in_process(synthetic_tiff):
+    result = CliRunner().invoke(cli, ["slide", "info", "--json", str(synthetic_tiff.path)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert (report["width"], report["height"]) == (2048, 1536)
+    assert (report["width_mm"], report["height_mm"]) == (pytest.approx(1.024), pytest.approx(0.768))
+    assert [lv["mpp"] for lv in report["levels"]] == [0.5, 1.0, 2.0, 4.0]
+    assert report["tissue_fraction"] == pytest.approx(synthetic_tiff.expected_fraction, abs=0.015)
