@@ -3,7 +3,13 @@ over a library function; errors a user can act on become one line on stderr and 
 
 from __future__ import annotations
 
+import os
 import sys
+
+# Slide-reading threads share the cores with torch's OpenMP pool; with OpenMP's default
+# spin-waiting a descheduled thread stalls every step (measured 25x slower under contention).
+# Must be set before torch is imported.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import click
 
@@ -30,9 +36,13 @@ def cli(verbose: bool) -> None:
 
 
 def _register() -> None:
-    from ugafl.cli import slide_cmd
+    from ugafl.cli import demo_cmd, slide_cmd, synth_cmd, train_cmd
 
     cli.add_command(slide_cmd.slide)
+    cli.add_command(synth_cmd.synth)
+    cli.add_command(train_cmd.train_central_cmd)
+    cli.add_command(train_cmd.evaluate_cmd)
+    cli.add_command(demo_cmd.demo)
 
 
 _register()

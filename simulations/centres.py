@@ -71,7 +71,7 @@ CENTRES: dict[str, CentreProfile] = {
         # The hardest: blue, thick, blurred, poorly fixed, and mostly discohesive tumour that
         # resembles lymphoid tissue. Colour augmentation cannot undo the morphology.
         CentreProfile(
-            name="RST", hematoxylin=(0.50, 0.62, 0.60), eosin=(0.20, 0.85, 0.40), hematoxylin_strength=1.35,
+            name="RST", hematoxylin=(0.74, 0.64, 0.18), eosin=(0.25, 0.92, 0.22), hematoxylin_strength=1.35,
             eosin_strength=0.45, background=(230, 233, 238), blur_um=1.8, noise=5.0, jpeg_quality=65, thickness=1.4,
             smudge_um=1.2, retraction=0.1, crush=0.2, patterns={"solid": 0.15, "glandular": 0.15, "discohesive": 0.70},
             tumour_nucleus_um=(4.0, 6.5), file_format="tiff",

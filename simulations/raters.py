@@ -7,6 +7,7 @@ import numpy as np
 from scipy import ndimage
 
 from ugafl.simulations.fields import smooth_field
+from ugafl.simulations.tumour import ITC_MAX_UM, greatest_dimension_px
 
 
 def signed_distance_um(mask: np.ndarray, um_per_px: float) -> np.ndarray:
@@ -19,7 +20,7 @@ def signed_distance_um(mask: np.ndarray, um_per_px: float) -> np.ndarray:
 def rater_masks(rng: np.random.Generator, truth: np.ndarray, n_raters: int, um_per_px: float, wander_um: float = 15.0) -> list[np.ndarray]:
     """`n_raters` bool masks of the same shape as `truth`. Each rater has a bias (µm, + is
     generous) and a boundary that wanders by about `wander_um`; each misses a region smaller than
-    0.2 mm with probability 0.25."""
+    0.2 mm (greatest dimension) with probability 0.25."""
     if not truth.any():
         return [np.zeros_like(truth) for _ in range(n_raters)]
     ys, xs = np.nonzero(truth)
@@ -29,8 +30,7 @@ def rater_masks(rng: np.random.Generator, truth: np.ndarray, n_raters: int, um_p
     sub = truth[y0:y1, x0:x1]
     sdf = signed_distance_um(sub, um_per_px)
     labels, n = ndimage.label(sub)
-    sizes = ndimage.sum(np.ones_like(sub), labels, index=np.arange(1, n + 1)) * um_per_px**2
-    small = [i + 1 for i, area in enumerate(sizes) if area < np.pi * 100.0**2]
+    small = [k for k in range(1, n + 1) if greatest_dimension_px(labels == k) * um_per_px <= ITC_MAX_UM]
     out = []
     for _ in range(n_raters):
         bias = rng.uniform(-8.0, 12.0)

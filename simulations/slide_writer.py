@@ -1,5 +1,5 @@
-"""Writes pyramidal tiled slides that OpenSlide opens, as generic TIFF or Aperio-style SVS, and
-masks as single-level TIFFs; mpp always in the resolution tags (pixels per centimetre)."""
+"""Writes pyramidal tiled slides that OpenSlide opens, as generic TIFF or Aperio-style SVS; mpp
+always in the resolution tags (pixels per centimetre). Masks are written by common.masks."""
 
 from __future__ import annotations
 
@@ -24,8 +24,7 @@ def pyramid(level0: np.ndarray, min_levels: int = 3, min_size: int = 512) -> lis
     return levels
 
 
-def _resolution(mpp: float) -> dict:
-    return {"resolution": (10000.0 / mpp, 10000.0 / mpp), "resolutionunit": "CENTIMETER"}
+from ugafl.common.masks import read_mask, tiff_resolution as _resolution, write_mask  # noqa: F401  (re-exported)
 
 
 def write_slide(path: Path, level0: np.ndarray, mpp: float, file_format: str, jpeg_quality: int, magnification: float | None = None) -> int:
@@ -53,20 +52,3 @@ def write_slide(path: Path, level0: np.ndarray, mpp: float, file_format: str, jp
             )
     os.replace(tmp, path)
     return len(levels)
-
-
-def write_mask(path: Path, mask: np.ndarray, mpp: float) -> None:
-    """A bool mask as uint8 0/1 TIFF (deflate) with its µm/px in the resolution tags, atomically."""
-    tmp = path.with_name(path.name + ".part")
-    tifffile.imwrite(tmp, mask.astype(np.uint8), compression="zlib", photometric="minisblack", metadata=None, **_resolution(mpp))
-    os.replace(tmp, path)
-
-
-def read_mask(path: Path) -> tuple[np.ndarray, float]:
-    """A mask written by write_mask: (bool array, µm/px)."""
-    with tifffile.TiffFile(path) as tif:
-        page = tif.pages[0]
-        data = page.asarray()
-        x_res = page.tags["XResolution"].value
-        mpp = 10000.0 * x_res[1] / x_res[0]
-    return data > 0, mpp

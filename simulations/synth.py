@@ -83,8 +83,9 @@ def generate_slide(out: Path, cfg: SynthConfig, spec: SlideSpec) -> SlideRecord:
     record_path = out / "records" / f"{slide_id}.json"
     if record_path.is_file():
         saved = json.loads(record_path.read_text())
-        if saved.get("digest") == cfg.digest():
-            rec = saved["record"]
+        rec = saved["record"]
+        files = [rec["path"], rec["mask"], *rec["rater_masks"]]
+        if saved.get("digest") == cfg.digest() and all((out / f).is_file() for f in files):
             return SlideRecord(**{**rec, "rater_masks": tuple(rec["rater_masks"]),
                                   "tumour_regions": tuple(TumourRegion(**r) for r in rec["tumour_regions"])})
     seed_seq = _slide_seed(cfg, spec)

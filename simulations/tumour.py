@@ -103,7 +103,7 @@ def make_tumour(rng: np.random.Generator, layout: NodeLayout, label_type: str, c
     n_regions = {"itc": int(rng.integers(1, 4)), "micro": int(rng.integers(1, 3)), "macro": 1}[label_type]
     for k in range(n_regions):
         # Extra regions are smaller than the first, so the slide's class stays the label type.
-        target_lo, target_hi = (lo, hi) if k == 0 else (SIZE_RANGES_UM["itc"][0], lo * 0.8)
+        target_lo, target_hi = (lo, hi) if k == 0 or label_type == "itc" else (SIZE_RANGES_UM["itc"][0], lo * 0.8)
         max_depth = float(layout.depth.max())
         for attempt in range(40):
             length = rng.uniform(target_lo, target_hi)
@@ -121,8 +121,24 @@ def make_tumour(rng: np.random.Generator, layout: NodeLayout, label_type: str, c
                 break
         else:
             continue
-        name = "solid" if label_type == "itc" else names[int(rng.choice(len(names), p=probs / probs.sum()))]
         mask |= blob
-        pattern[blob] = GROWTH_PATTERNS.index(name)
+        pattern[blob] = _pattern_mix(rng, blob, names, probs / probs.sum(), length / um_per_px)
     regions = _measure(mask, pattern, um_per_px)
     return Tumour(mask, pattern, regions)
+
+
+def _pattern_mix(rng: np.random.Generator, blob: np.ndarray, names: list[str], probs: np.ndarray, length_px: float) -> np.ndarray:
+    """Growth pattern indices for the pixels of `blob`. Metastases are heterogeneous: a region
+    larger than about 0.4 mm is split into zones whose areas follow the centre's pattern mix;
+    a smaller one has a single pattern (ITCs are always small solid clusters)."""
+    if length_px < 400:
+        name = names[int(rng.choice(len(names), p=probs))] if length_px > SIZE_RANGES_UM["itc"][1] else "solid"
+        return np.full(int(blob.sum()), GROWTH_PATTERNS.index(name), np.int8)
+    ys, xs = np.nonzero(blob)
+    y0, x0 = ys.min(), xs.min()
+    field = smooth_field(rng, (ys.max() - y0 + 1, xs.max() - x0 + 1), max(length_px / 4, 40.0))[ys - y0, xs - x0]
+    order = rng.permutation(len(names))  # which pattern takes which band of the field
+    edges = np.quantile(field, np.cumsum(probs[order])[:-1])
+    band = np.searchsorted(edges, field)
+    return np.array([GROWTH_PATTERNS.index(names[i]) for i in order], np.int8)[band]
+

@@ -1,0 +1,44 @@
+"""`ugafl train-central` and `ugafl evaluate`."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import click
+
+
+@click.command("train-central")
+@click.option("--data", "data_dir", type=click.Path(path_type=Path), required=True, help="Dataset folder with manifest.json.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Checkpoint file to write.")
+@click.option("--config", "config_path", type=click.Path(path_type=Path), default=None, help="Run config (TOML).")
+@click.option("--steps", type=click.IntRange(1), default=None, help="Override [train] steps.")
+@click.option("--arch", type=click.Choice(["unet", "dynunet"]), default=None, help="Override [model] arch.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+def train_central_cmd(data_dir: Path, out: Path, config_path: Path | None, steps: int | None, arch: str | None, device: str) -> None:
+    """Train the central model on one centre's (default RUMC) training slides."""
+    from ugafl.common.config import _build, load_config
+    from ugafl.server.central_training import CentralConfig, train_central
+
+    cfg = load_config(config_path)
+    model_cfg = replace(cfg.model, arch=arch) if arch else cfg.model
+    train_cfg = replace(cfg.train, steps=steps) if steps else cfg.train
+    central = _build(CentralConfig, cfg.central, f"{config_path} [central]")
+    path = train_central(data_dir, out, model_cfg, train_cfg, central, device=device)
+    click.echo(f"wrote {path}")
+
+
+@click.command("evaluate")
+@click.option("--model", "model_path", type=click.Path(path_type=Path), required=True, help="Checkpoint to evaluate.")
+@click.option("--data", "data_dir", type=click.Path(path_type=Path), required=True, help="Dataset folder with manifest.json.")
+@click.option("--split", type=click.Choice(["train", "test"]), default="test", show_default=True)
+@click.option("--centres", default=None, help="Comma-separated centres (default: all).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.option("--device", default="auto", show_default=True)
+def evaluate_cmd(model_path: Path, data_dir: Path, split: str, centres: str | None, as_json: bool, device: str) -> None:
+    """Dice per slide and pooled per centre."""
+    from ugafl.server.evaluation import evaluate_model, format_table
+
+    ev = evaluate_model(model_path, data_dir, split, centres.split(",") if centres else None, device=device, progress=not as_json)
+    click.echo(json.dumps(asdict(ev), indent=1) if as_json else format_table(ev))

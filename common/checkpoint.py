@@ -1,0 +1,86 @@
+"""Model checkpoints that describe themselves: architecture, training config, a summary of the
+training data and a content hash. They load with `torch.load(weights_only=True)`: plain types and
+tensors only, so no training-code globals are needed (or executed) to read one."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ugafl.common.errors import CheckpointError
+from ugafl.common.model import ModelConfig, build_model
+
+CHECKPOINT_FORMAT = "ugafl-checkpoint/1"
+
+
+def content_hash(state_dict: dict[str, torch.Tensor], model_config: ModelConfig) -> str:
+    """SHA-256 over the architecture and every tensor's name, dtype, shape and bytes."""
+    digest = hashlib.sha256(json.dumps(model_config.to_dict(), sort_keys=True).encode())
+    for name in sorted(state_dict):
+        tensor = state_dict[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+@dataclass
+class Checkpoint:
+    model: nn.Module
+    model_config: ModelConfig
+    content_hash: str
+    meta: dict  # train_config, data_summary, created, extra
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, model_config: ModelConfig, train_config: dict | None = None,
+                    data_summary: dict | None = None, extra: dict | None = None) -> str:
+    """Writes the checkpoint atomically (temp file then rename); returns its content hash."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    digest = content_hash(state, model_config)
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "model_config": model_config.to_dict(),
+        "train_config": json.loads(json.dumps(train_config or {})),
+        "data_summary": json.loads(json.dumps(data_summary or {})),
+        "extra": json.loads(json.dumps(extra or {})),
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "content_hash": digest,
+        "state_dict": state,
+    }
+    tmp = path.with_name(path.name + ".part")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+    return digest
+
+
+def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> Checkpoint:
+    """Loads and verifies a checkpoint; CheckpointError names the file and what is wrong."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for truncated or foreign files
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(error).__name__}: {str(error).splitlines()[0][:200]})") from None
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: not a ugafl checkpoint (expected format {CHECKPOINT_FORMAT!r})")
+    model_config = ModelConfig.from_dict(payload["model_config"])
+    state = payload["state_dict"]
+    digest = content_hash(state, model_config)
+    if digest != payload.get("content_hash"):
+        raise CheckpointError(f"{path}: content hash mismatch: the weights or config were altered after saving")
+    model = build_model(model_config)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        raise CheckpointError(f"{path}: weights do not fit the {model_config.arch} architecture: {str(error).splitlines()[0]}") from None
+    meta = {k: payload.get(k) for k in ("train_config", "data_summary", "extra", "created")}
+    return Checkpoint(model=model.to(device).eval(), model_config=model_config, content_hash=digest, meta=meta)

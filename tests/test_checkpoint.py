@@ -1,0 +1,100 @@
+"""Model factory and checkpoints: round trip, self-description, tamper and corruption detection,
+loading without project globals."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from ugafl.common.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
+from ugafl.common.errors import CheckpointError, ConfigError
+from ugafl.common.model import ModelConfig, build_model
+
+
+@pytest.fixture()
+def small_model():
+    torch.manual_seed(0)
+    cfg = ModelConfig(channels=(8, 16, 32), patch_size=64)
+    return cfg, build_model(cfg).eval()
+
+
+def test_round_trip_gives_identical_outputs_and_metadata(tmp_path, small_model):
+    cfg, model = small_model
+    path = tmp_path / "m.pt"
+    digest = save_checkpoint(path, model, cfg, train_config={"steps": 3}, data_summary={"centre": "RUMC", "slides": ["a", "b"]})
+    ckpt = load_checkpoint(path)
+    assert ckpt.content_hash == digest
+    assert ckpt.model_config == cfg
+    assert ckpt.meta["train_config"] == {"steps": 3}
+    assert ckpt.meta["data_summary"]["slides"] == ["a", "b"]
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(model(x), ckpt.model(x))
+
+
+def test_checkpoint_loads_with_plain_torch_in_a_fresh_interpreter(tmp_path, small_model):
+    """weights_only=True refuses pickled classes: the file holds plain types and tensors only."""
+    cfg, model = small_model
+    path = tmp_path / "m.pt"
+    save_checkpoint(path, model, cfg)
+    code = ("import sys, torch; d = torch.load(sys.argv[1], weights_only=True); "
+            "assert 'ugafl' not in sys.modules; print(d['format'], d['model_config']['arch'], len(d['state_dict']))")
+    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True).stdout.split()
+    assert out[0] == CHECKPOINT_FORMAT and out[1] == "unet" and int(out[2]) == len(model.state_dict())
+
+
+def test_tampered_weights_are_refused(tmp_path, small_model):
+    cfg, model = small_model
+    path = tmp_path / "m.pt"
+    save_checkpoint(path, model, cfg)
+    payload = torch.load(path, weights_only=True)
+    name = next(iter(payload["state_dict"]))
+    payload["state_dict"][name] = payload["state_dict"][name] + 1e-3
+    torch.save(payload, path)
+    with pytest.raises(CheckpointError, match="content hash mismatch"):
+        load_checkpoint(path)
+
+
+def test_truncated_missing_and_foreign_files_are_refused(tmp_path, small_model):
+    cfg, model = small_model
+    path = tmp_path / "m.pt"
+    save_checkpoint(path, model, cfg)
+    data = path.read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="cut.pt: not a readable checkpoint"):
+        load_checkpoint(tmp_path / "cut.pt")
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
+        load_checkpoint(tmp_path / "absent.pt")
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="not a ugafl checkpoint"):
+        load_checkpoint(tmp_path / "other.pt")
+
+
+def test_save_is_atomic_no_partial_file_left(tmp_path, small_model):
+    cfg, model = small_model
+    save_checkpoint(tmp_path / "m.pt", model, cfg)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt"]
+
+
+def test_dynunet_is_the_nnunet_like_configuration():
+    cfg = ModelConfig(arch="dynunet")
+    model = build_model(cfg)
+    n_params = sum(p.numel() for p in model.parameters())
+    assert 25e6 < n_params < 40e6  # the 7-stage, 32-512 filter network (33.5 M)
+    with torch.no_grad():
+        assert model.eval()(torch.rand(1, 3, 128, 128)).shape == (1, 2, 128, 128)
+
+
+def test_unet_default_is_small():
+    model = build_model(ModelConfig())
+    assert 1e6 < sum(p.numel() for p in model.parameters()) < 2.5e6
+
+
+def test_model_config_refuses_unknown_fields_and_bad_values():
+    with pytest.raises(ConfigError, match="unknown field"):
+        ModelConfig.from_dict({"arch": "unet", "depth": 3})
+    with pytest.raises(ConfigError, match="arch 'resnet'"):
+        ModelConfig.from_dict({"arch": "resnet"})
+    with pytest.raises(ConfigError, match="mpp 50"):
+        ModelConfig.from_dict({"mpp": 50})
