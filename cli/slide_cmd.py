@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import click
-
-if TYPE_CHECKING:
-    from ugafl.common.slide import Slide
 
 
 @click.group()
@@ -20,58 +18,43 @@ def slide() -> None:
 @slide.command()
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option("--mpp", type=float, default=None, help="Override the level-0 resolution, µm/px.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (one object, or a list for a folder).")
 def info(path: Path, mpp: float | None, as_json: bool) -> None:
     """Vendor, pyramid levels, resolution, size and tissue fraction of the slide at PATH.
 
-    Every level is test-read, so a slide that breaks mid-read fails here.
+    Every level is test-read, so a slide that breaks mid-read fails here. PATH may be a folder:
+    each slide in it is described, each unusable one gets one error line, and the exit code is 1
+    if any failed.
     """
-    from ugafl.common.slide import check_readable, open_slide
-    from ugafl.common.tissue import detect_tissue  # scipy/scikit-image: only when needed
+    from ugafl.common.slide_scan import describe_slide, scan_folder
 
-    with open_slide(path, mpp) as opened:
-        check_readable(opened)
-        tissue = detect_tissue(opened)
-        report = _report(opened, mpp_source="override" if mpp is not None else "file")
-        report["tissue_fraction"] = tissue.fraction
-        report["tissue_mask_mpp"] = tissue.mpp
+    if not path.is_dir():
+        report = describe_slide(path, mpp)
+        click.echo(json.dumps(report) if as_json else _text(report))
+        return
+    results = scan_folder(path, mpp)
+    for result in results:
+        if result.error:
+            click.echo(f"error: {result.error}", err=True)
+        elif not as_json:
+            click.echo(_text(result.info) + "\n")
     if as_json:
-        click.echo(json.dumps(report))
-    else:
-        _echo_text(report)
+        click.echo(json.dumps([{"path": str(r.path), "ok": r.error is None, "error": r.error, "info": r.info} for r in results]))
+    failed = sum(r.error is not None for r in results)
+    click.echo(f"{len(results) - failed} of {len(results)} slides usable in {path}", err=True)
+    if failed:
+        sys.exit(1)
 
 
-def _report(opened: Slide, mpp_source: str) -> dict[str, Any]:
-    width, height = opened.dimensions
-    return {
-        "path": str(opened.path),
-        "vendor": opened.vendor,
-        "mpp": opened.mpp,
-        "mpp_source": mpp_source,
-        "width": width,
-        "height": height,
-        "width_mm": width * opened.mpp / 1000,
-        "height_mm": height * opened.mpp / 1000,
-        "level_count": len(opened.levels),
-        "levels": [
-            {"index": lv.index, "width": lv.width, "height": lv.height, "downsample": lv.downsample, "mpp": lv.mpp}
-            for lv in opened.levels
-        ],
-    }
-
-
-def _echo_text(report: dict[str, Any]) -> None:
-    click.echo(f"path:     {report['path']}")
-    click.echo(f"vendor:   {report['vendor']}")
-    click.echo(f"mpp:      {report['mpp']:.4g} µm/px at level 0 (from {report['mpp_source']})")
-    click.echo(
-        f"size:     {report['width']} x {report['height']} px, "
-        f"{report['width_mm']:.3g} x {report['height_mm']:.3g} mm"
-    )
-    click.echo(f"levels:   {report['level_count']}")
-    for lv in report["levels"]:
-        click.echo(
-            f"  level {lv['index']}: {lv['width']} x {lv['height']} px, "
-            f"downsample {lv['downsample']:.4g}, {lv['mpp']:.4g} µm/px"
-        )
-    click.echo(f"tissue:   {100 * report['tissue_fraction']:.1f}% of the slide (mask at {report['tissue_mask_mpp']:.3g} µm/px)")
+def _text(report: dict[str, Any]) -> str:
+    lines = [
+        f"path:     {report['path']}",
+        f"vendor:   {report['vendor']}",
+        f"mpp:      {report['mpp']:.4g} µm/px at level 0 (from {report['mpp_source']})",
+        f"size:     {report['width']} x {report['height']} px, {report['width_mm']:.3g} x {report['height_mm']:.3g} mm",
+        f"levels:   {report['level_count']}",
+    ]
+    lines += [f"  level {lv['index']}: {lv['width']} x {lv['height']} px, downsample {lv['downsample']:.4g}, {lv['mpp']:.4g} µm/px"
+              for lv in report["levels"]]
+    lines.append(f"tissue:   {100 * report['tissue_fraction']:.1f}% of the slide (mask at {report['tissue_mask_mpp']:.3g} µm/px)")
+    return "\n".join(lines)

@@ -12,6 +12,7 @@ from monai.data.utils import compute_importance_map
 from torch import nn
 from tqdm.auto import tqdm
 
+from ugafl.common.masks import MaskImage
 from ugafl.common.model import ModelConfig, to_input
 from ugafl.common.slide import Slide
 from ugafl.common.streaming import iter_patch_batches
@@ -22,7 +23,7 @@ from ugafl.common.tissue import TissueMask, detect_tissue
 @dataclass
 class ProbabilityMap:
     """Tumour probability on the slide's grid at `mpp`: pixel (i, j) covers the level-0 box
-    starting at (j, i) * mpp / slide_mpp. Pixels no patch covered are 0."""
+    starting at (j, i) * mpp / slide_mpp. Pixels off tissue, or that no patch covered, are 0."""
 
     prob: np.ndarray  # float32 (H, W)
     mpp: float
@@ -64,4 +65,7 @@ def predict_slide(model: nn.Module, cfg: ModelConfig, slide: Slide, tissue: Tiss
         bar.update(len(locations))
     bar.close()
     prob = np.divide(acc, weight, out=np.zeros_like(acc), where=weight > 0)[:rows, :cols]
+    # Tumour only on tissue: glass inside a border patch is not metastasis, whatever the model says.
+    on_tissue = MaskImage(tissue.mask, tissue.mpp).region((0, 0), slide.dimensions, slide.mpp, cfg.mpp)[:rows, :cols] > 0
+    prob[: on_tissue.shape[0], : on_tissue.shape[1]] *= on_tissue
     return ProbabilityMap(prob=prob, mpp=cfg.mpp)

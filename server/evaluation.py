@@ -3,15 +3,16 @@ common.metrics for the rule on tumour-free slides). Computed at the model's mpp.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
 from ugafl.common.checkpoint import load_checkpoint
-from ugafl.common.inference import grid_shape, predict_slide
+from ugafl.common.inference import ProbabilityMap, grid_shape, predict_slide
 from ugafl.common.log import get_logger
-from ugafl.common.manifest import load_manifest
+from ugafl.common.manifest import SlideRecord, load_manifest
 from ugafl.common.masks import load_mask
 from ugafl.common.metrics import Counts, confusion
 from ugafl.common.model import pick_device
@@ -38,8 +39,10 @@ class Evaluation:
 
 
 def evaluate_model(model_path: str | Path, data_dir: str | Path, split: str = "test", centres: list[str] | None = None,
-                   device: str = "auto", progress: bool = True) -> Evaluation:
-    """Dice per slide and pooled per centre on `split` slides of the dataset at `data_dir`."""
+                   device: str = "auto", progress: bool = True,
+                   on_prediction: Callable[[SlideRecord, ProbabilityMap], None] | None = None) -> Evaluation:
+    """Dice per slide and pooled per centre on `split` slides of the dataset at `data_dir`.
+    `on_prediction` sees each slide's probability map (e.g. to draw it) without a second pass."""
     dev = pick_device(device)
     ckpt = load_checkpoint(model_path, dev)
     cfg = ckpt.model_config
@@ -53,6 +56,8 @@ def evaluate_model(model_path: str | Path, data_dir: str | Path, split: str = "t
             prob = predict_slide(ckpt.model, cfg, slide, device=dev)
             rows, cols = grid_shape(slide, cfg.mpp)
             truth = load_mask(manifest.path_of(rec.mask)).region((0, 0), slide.dimensions, slide.mpp, cfg.mpp)[:rows, :cols] >= 0.5
+        if on_prediction is not None:
+            on_prediction(rec, prob)
         counts = confusion(prob.mask()[: truth.shape[0], : truth.shape[1]], truth)
         pooled[rec.centre] = pooled.get(rec.centre, Counts(0, 0, 0)) + counts
         result.slides.append({"slide_id": rec.slide_id, "centre": rec.centre, "label_type": rec.label_type, "dice": counts.dice,

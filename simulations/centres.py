@@ -59,13 +59,13 @@ CENTRES: dict[str, CentreProfile] = {
         CentreProfile(
             name="LabPON", hematoxylin=(0.70, 0.68, 0.22), eosin=(0.03, 0.95, 0.05), hematoxylin_strength=0.85,
             eosin_strength=0.8, background=(246, 244, 244), blur_um=0.8, noise=4.5, jpeg_quality=70, thickness=0.85,
-            smudge_um=0.0, retraction=0.4, crush=0.0, patterns={"solid": 0.35, "glandular": 0.40, "discohesive": 0.25},
-            file_format="svs",
+            smudge_um=0.3, retraction=0.4, crush=0.0, patterns={"solid": 0.20, "glandular": 0.40, "discohesive": 0.40},
+            tumour_nucleus_um=(4.5, 7.0), file_format="svs",
         ),
         CentreProfile(
             name="CWZ", hematoxylin=(0.60, 0.72, 0.35), eosin=(0.12, 0.90, 0.25), hematoxylin_strength=0.7,
-            eosin_strength=0.4, background=(240, 236, 225), blur_um=1.3, noise=3.0, jpeg_quality=80, thickness=0.9,
-            smudge_um=0.8, retraction=0.5, crush=0.1, patterns={"solid": 0.50, "glandular": 0.20, "discohesive": 0.30},
+            eosin_strength=0.4, background=(240, 236, 225), blur_um=1.5, noise=3.0, jpeg_quality=80, thickness=0.9,
+            smudge_um=1.1, retraction=0.5, crush=0.1, patterns={"solid": 0.35, "glandular": 0.25, "discohesive": 0.40},
             tumour_nucleus_um=(4.5, 7.0), file_format="tiff",
         ),
         # The hardest: blue, thick, blurred, poorly fixed, and mostly discohesive tumour that

@@ -13,13 +13,22 @@ import torch
 
 from ugafl.common.config import RunConfig, _build
 from ugafl.common.log import get_logger
-from ugafl.common.manifest import load_manifest
+from ugafl.common.manifest import Manifest, SlideRecord
 from ugafl.server.central_training import CentralConfig, train_central
 from ugafl.server.evaluation import evaluate_model, format_table
 from ugafl.simulations.figures import centre_gallery, dice_per_centre
 from ugafl.simulations.synth import SynthConfig, generate_dataset
 
 log = get_logger("demo")
+
+
+def _gallery_records(manifest: Manifest, split: str) -> list[SlideRecord]:
+    """One slide per centre for the picture: its largest-tumour slide in `split`."""
+    chosen = []
+    for centre in manifest.centres:
+        slides = manifest.select(centre=centre, split=split) or manifest.select(centre=centre)
+        chosen.append(max(slides, key=lambda s: s.tumour_regions[0].area_um2 if s.tumour_regions else -1.0))
+    return chosen
 
 
 def run_demo(cfg: RunConfig, run_dir: str | Path, device: str = "auto") -> dict:
@@ -44,7 +53,14 @@ def run_demo(cfg: RunConfig, run_dir: str | Path, device: str = "auto") -> dict:
 
     started = time.time()
     split = cfg.evaluate.get("split", "test")
-    ev = evaluate_model(ckpt, manifest.root, split=split, device=device)
+    gallery = _gallery_records(manifest, split)
+    predictions: dict[str, tuple] = {}
+
+    def keep(rec, prob) -> None:
+        if rec.slide_id in {g.slide_id for g in gallery}:
+            predictions[rec.slide_id] = (prob.mask(), prob.mpp)
+
+    ev = evaluate_model(ckpt, manifest.root, split=split, device=device, on_prediction=keep)
     timings["evaluate_s"] = round(time.time() - started, 1)
     table = format_table(ev)
     (run_dir / "dice.txt").write_text(table + "\n")
@@ -53,7 +69,7 @@ def run_demo(cfg: RunConfig, run_dir: str | Path, device: str = "auto") -> dict:
     started = time.time()
     dice = ev.centre_dice()
     dice_per_centre({"central (RUMC-trained)": dice}, run_dir / "dice_per_centre.png")
-    centre_gallery(load_manifest(manifest.root), run_dir / "slides_per_centre.png")
+    centre_gallery(manifest, run_dir / "slides_per_centre.png", gallery, predictions)
     timings["figures_s"] = round(time.time() - started, 1)
 
     reference = cfg.central.get("centre", "RUMC")

@@ -44,7 +44,7 @@ def centre_gallery(manifest: Manifest, out: str | Path, records: list[SlideRecor
         if predictions and rec.slide_id in predictions:
             pred, pred_mpp = predictions[rec.slide_id]
             _outline(ax, pred, pred_mpp / thumb_mpp, "#ffd600", "model")
-        ax.set_title(f"{rec.centre} · {rec.slide_id} · {rec.label_type}", fontsize=9)
+        ax.set_title(f"{rec.centre} · {rec.slide_id} · {rec.label_type} ({rec.split})", fontsize=9)
         bar_px = 1000.0 / thumb_mpp  # 1 mm scale bar
         h = thumb.shape[0]
         ax.plot([10, 10 + bar_px], [h - 12, h - 12], color="black", linewidth=3)

@@ -71,6 +71,12 @@ def plan_slides(cfg: SynthConfig) -> list[SlideSpec]:
     return specs
 
 
+def slide_digest(cfg: SynthConfig, centre: str) -> str:
+    """Settings and the centre's profile: a cached slide is reused only if both are unchanged."""
+    text = cfg.digest() + json.dumps(asdict(get_centre(centre)), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
 def _slide_seed(cfg: SynthConfig, spec: SlideSpec) -> np.random.SeedSequence:
     centre_no = int.from_bytes(hashlib.sha256(spec.centre.encode()).digest()[:4], "little")
     return np.random.SeedSequence([cfg.seed, centre_no, spec.index])
@@ -85,7 +91,7 @@ def generate_slide(out: Path, cfg: SynthConfig, spec: SlideSpec) -> SlideRecord:
         saved = json.loads(record_path.read_text())
         rec = saved["record"]
         files = [rec["path"], rec["mask"], *rec["rater_masks"]]
-        if saved.get("digest") == cfg.digest() and all((out / f).is_file() for f in files):
+        if saved.get("digest") == slide_digest(cfg, spec.centre) and all((out / f).is_file() for f in files):
             return SlideRecord(**{**rec, "rater_masks": tuple(rec["rater_masks"]),
                                   "tumour_regions": tuple(TumourRegion(**r) for r in rec["tumour_regions"])})
     seed_seq = _slide_seed(cfg, spec)
@@ -116,7 +122,7 @@ def generate_slide(out: Path, cfg: SynthConfig, spec: SlideSpec) -> SlideRecord:
     )
     record_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = record_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"digest": cfg.digest(), "record": asdict(record)}))
+    tmp.write_text(json.dumps({"digest": slide_digest(cfg, spec.centre), "record": asdict(record)}))
     os.replace(tmp, record_path)
     return record
 

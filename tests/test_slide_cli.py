@@ -89,3 +89,26 @@ def test_info_on_the_synthetic_slide_in_process(synthetic_tiff):
     assert (report["width_mm"], report["height_mm"]) == (pytest.approx(1.024), pytest.approx(0.768))
     assert [lv["mpp"] for lv in report["levels"]] == [0.5, 1.0, 2.0, 4.0]
     assert report["tissue_fraction"] == pytest.approx(synthetic_tiff.expected_fraction, abs=0.015)
+
+
+def test_folder_scan_reports_each_bad_slide_and_goes_on(fixtures_dir, tmp_path):
+    """The fixtures folder: 3 usable slides, 4 that each get one error line; exit code 1."""
+    result = run_ugafl("slide", "info", str(fixtures_dir), "--json")
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    failed = {"boxes.png", "boxes.tiff", "unopenable.tiff", "unreadable.svs"}
+    assert len(errors) == len(failed)
+    assert {name for name in failed for line in errors if name in line} == failed
+    report = {Path(r["path"]).name: r for r in json.loads(result.stdout)}
+    assert {n for n, r in report.items() if r["ok"]} == {"small.svs", "boxes_0.dcm", "boxes_1.dcm"}
+    assert "README.md" not in report  # documentation beside slides is not scanned
+    assert report["small.svs"]["info"]["mpp"] == pytest.approx(0.499)
+    # A folder of good slides only: exit code 0.
+    good = tmp_path / "inbox"
+    good.mkdir()
+    for name in ("small.svs", "boxes_0.dcm"):
+        (good / name).write_bytes((fixtures_dir / name).read_bytes())
+    ok = run_ugafl("slide", "info", str(good))
+    assert ok.returncode == 0, ok.stderr
+    assert "2 of 2 slides usable" in ok.stderr
