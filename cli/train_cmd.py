@@ -18,13 +18,13 @@ import click
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
 def train_central_cmd(data_dir: Path, out: Path, config_path: Path | None, steps: int | None, arch: str | None, device: str) -> None:
     """Train the central model on one centre's (default RUMC) training slides."""
-    from ugafl.common.config import _build, load_config
+    from ugafl.common.config import build_section, load_config
     from ugafl.server.central_training import CentralConfig, train_central
 
     cfg = load_config(config_path)
     model_cfg = replace(cfg.model, arch=arch) if arch else cfg.model
     train_cfg = replace(cfg.train, steps=steps) if steps else cfg.train
-    central = _build(CentralConfig, cfg.central, f"{config_path} [central]")
+    central = build_section(CentralConfig, cfg.central, f"{config_path} [central]")
     path = train_central(data_dir, out, model_cfg, train_cfg, central, device=device)
     click.echo(f"wrote {path}")
 

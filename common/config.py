@@ -24,7 +24,8 @@ class RunConfig:
     raw: dict[str, Any] = field(default_factory=dict)
 
 
-def _build(cls, section: dict, where: str):
+def build_section(cls, section: dict, where: str):
+    """The dataclass `cls` from one config section; unknown keys are refused naming `where`."""
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(section) - known)
     if unknown:
@@ -51,6 +52,6 @@ def load_config(path: str | Path | None) -> RunConfig:
     if extra:
         raise ConfigError(f"{path}: unknown section(s) {', '.join(extra)}; known: {', '.join(sorted(allowed))}")
     model = ModelConfig.from_dict(raw.get("model", {})) if "model" in raw else ModelConfig()
-    train = _build(TrainConfig, raw.get("train", {}), f"{path} [train]")
+    train = build_section(TrainConfig, raw.get("train", {}), f"{path} [train]")
     return RunConfig(path=path, data=raw.get("data", {}), model=model, train=train, central=raw.get("central", {}),
                      evaluate=raw.get("evaluate", {}), raw=raw)

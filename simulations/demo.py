@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from ugafl.common.config import RunConfig, _build
+from ugafl.common.config import RunConfig, build_section
 from ugafl.common.log import get_logger
 from ugafl.common.manifest import Manifest, SlideRecord
 from ugafl.server.central_training import CentralConfig, train_central
@@ -40,14 +40,14 @@ def run_demo(cfg: RunConfig, run_dir: str | Path, device: str = "auto") -> dict:
         (run_dir / "config.toml").write_text(cfg.path.read_text())
 
     started = time.time()
-    synth_cfg = _build(SynthConfig, cfg.data, "[data]")
+    synth_cfg = build_section(SynthConfig, cfg.data, "[data]")
     manifest = generate_dataset(run_dir / "data", synth_cfg)
     timings["synth_s"] = round(time.time() - started, 1)
 
     ckpt = run_dir / "central.pt"
     started = time.time()
     if not ckpt.is_file():
-        central = _build(CentralConfig, cfg.central, "[central]")
+        central = build_section(CentralConfig, cfg.central, "[central]")
         train_central(manifest.root, ckpt, cfg.model, cfg.train, central, device=device)
     timings["train_s"] = round(time.time() - started, 1)
 

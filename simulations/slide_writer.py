@@ -24,7 +24,7 @@ def pyramid(level0: np.ndarray, min_levels: int = 3, min_size: int = 512) -> lis
     return levels
 
 
-from ugafl.common.masks import read_mask, tiff_resolution as _resolution, write_mask  # noqa: F401  (re-exported)
+from ugafl.common.masks import tiff_resolution as _resolution
 
 
 def write_slide(path: Path, level0: np.ndarray, mpp: float, file_format: str, jpeg_quality: int, magnification: float | None = None) -> int:

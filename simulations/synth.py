@@ -20,7 +20,8 @@ from ugafl.simulations.centres import CENTRES, get_centre
 from ugafl.simulations.raters import rater_masks
 from ugafl.simulations.render import render_section
 from ugafl.simulations.scanner import scan
-from ugafl.simulations.slide_writer import write_mask, write_slide
+from ugafl.common.masks import write_mask
+from ugafl.simulations.slide_writer import write_slide
 from ugafl.simulations.tumour import size_class
 
 log = get_logger("synth")

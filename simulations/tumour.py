@@ -122,21 +122,21 @@ def make_tumour(rng: np.random.Generator, layout: NodeLayout, label_type: str, c
         else:
             continue
         mask |= blob
-        pattern[blob] = _pattern_mix(rng, blob, names, probs / probs.sum(), length / um_per_px)
+        pattern[blob] = _pattern_mix(rng, blob, names, probs / probs.sum(), length, um_per_px)
     regions = _measure(mask, pattern, um_per_px)
     return Tumour(mask, pattern, regions)
 
 
-def _pattern_mix(rng: np.random.Generator, blob: np.ndarray, names: list[str], probs: np.ndarray, length_px: float) -> np.ndarray:
+def _pattern_mix(rng: np.random.Generator, blob: np.ndarray, names: list[str], probs: np.ndarray, length_um: float, um_per_px: float) -> np.ndarray:
     """Growth pattern indices for the pixels of `blob`. Metastases are heterogeneous: a region
     larger than about 0.4 mm is split into zones whose areas follow the centre's pattern mix;
     a smaller one has a single pattern (ITCs are always small solid clusters)."""
-    if length_px < 400:
-        name = names[int(rng.choice(len(names), p=probs))] if length_px > SIZE_RANGES_UM["itc"][1] else "solid"
+    if length_um < 400:
+        name = names[int(rng.choice(len(names), p=probs))] if length_um > SIZE_RANGES_UM["itc"][1] else "solid"
         return np.full(int(blob.sum()), GROWTH_PATTERNS.index(name), np.int8)
     ys, xs = np.nonzero(blob)
     y0, x0 = ys.min(), xs.min()
-    field = smooth_field(rng, (ys.max() - y0 + 1, xs.max() - x0 + 1), max(length_px / 4, 40.0))[ys - y0, xs - x0]
+    field = smooth_field(rng, (ys.max() - y0 + 1, xs.max() - x0 + 1), max(length_um / um_per_px / 4, 40.0))[ys - y0, xs - x0]
     order = rng.permutation(len(names))  # which pattern takes which band of the field
     edges = np.quantile(field, np.cumsum(probs[order])[:-1])
     band = np.searchsorted(edges, field)

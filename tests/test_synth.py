@@ -35,7 +35,7 @@ from ugafl.common.slide import open_slide
 from ugafl.common.tissue import detect_tissue
 from ugafl.simulations.centres import CENTRES
 from ugafl.simulations.raters import signed_distance_um
-from ugafl.simulations.slide_writer import read_mask
+from ugafl.common.masks import read_mask
 from ugafl.simulations.synth import SlideSpec, SynthConfig, generate_dataset, generate_slide, plan_slides
 from ugafl.simulations.tumour import ITC_MAX_UM, MICRO_MAX_UM, greatest_dimension_px
 
