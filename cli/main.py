@@ -36,13 +36,15 @@ def cli(verbose: bool) -> None:
 
 
 def _register() -> None:
-    from ugafl.cli import demo_cmd, slide_cmd, synth_cmd, train_cmd
+    from ugafl.cli import demo_cmd, slide_cmd, synth_cmd, train_cmd, uncertainty_cmd
 
     cli.add_command(slide_cmd.slide)
     cli.add_command(synth_cmd.synth)
     cli.add_command(train_cmd.train_central_cmd)
     cli.add_command(train_cmd.evaluate_cmd)
     cli.add_command(demo_cmd.demo)
+    cli.add_command(uncertainty_cmd.uncertainty)
+    cli.add_command(uncertainty_cmd.uncertainty_report)
 
 
 _register()

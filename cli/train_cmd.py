@@ -15,18 +15,23 @@ import click
 @click.option("--config", "config_path", type=click.Path(path_type=Path), default=None, help="Run config (TOML).")
 @click.option("--steps", type=click.IntRange(1), default=None, help="Override [train] steps.")
 @click.option("--arch", type=click.Choice(["unet", "dynunet"]), default=None, help="Override [model] arch.")
+@click.option("--members", type=click.IntRange(1), default=None, help="Train an ensemble of N members (OUT-m0 ... OUT-m{N-1}).")
+@click.option("--edue", is_flag=True, help="Add EDUE's disagreement head, trained on the raters' masks.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
-def train_central_cmd(data_dir: Path, out: Path, config_path: Path | None, steps: int | None, arch: str | None, device: str) -> None:
+def train_central_cmd(data_dir: Path, out: Path, config_path: Path | None, steps: int | None, arch: str | None,
+                      members: int | None, edue: bool, device: str) -> None:
     """Train the central model on one centre's (default RUMC) training slides."""
     from ugafl.common.config import build_section, load_config
     from ugafl.server.central_training import CentralConfig, train_central
 
     cfg = load_config(config_path)
     model_cfg = replace(cfg.model, arch=arch) if arch else cfg.model
+    model_cfg = replace(model_cfg, disagreement_head=True) if edue else model_cfg
     train_cfg = replace(cfg.train, steps=steps) if steps else cfg.train
     central = build_section(CentralConfig, cfg.central, f"{config_path} [central]")
-    path = train_central(data_dir, out, model_cfg, train_cfg, central, device=device)
-    click.echo(f"wrote {path}")
+    central = replace(central, members=members) if members else central
+    for path in train_central(data_dir, out, model_cfg, train_cfg, central, device=device):
+        click.echo(f"wrote {path}")
 
 
 @click.command("evaluate")

@@ -14,15 +14,15 @@ from monai.transforms import (
     RandShiftIntensityd,
 )
 
-KEYS = ("image", "label")
+KEYS = ("image", "label", "variance")  # "variance": EDUE's raters'-variance target, when present
 
 
 def training_transforms(colour: bool = True) -> Compose:
-    """Dict transforms over {"image": (3, H, W) float in [0, 1], "label": (1, H, W)}."""
+    """Dict transforms over {"image": (3, H, W) float in [0, 1], "label": (1, H, W)[, "variance": (1, H, W)]}."""
     geometry = [
-        RandFlipd(keys=KEYS, prob=0.5, spatial_axis=0),
-        RandFlipd(keys=KEYS, prob=0.5, spatial_axis=1),
-        RandRotate90d(keys=KEYS, prob=0.5, max_k=3),
+        RandFlipd(keys=KEYS, prob=0.5, spatial_axis=0, allow_missing_keys=True),
+        RandFlipd(keys=KEYS, prob=0.5, spatial_axis=1, allow_missing_keys=True),
+        RandRotate90d(keys=KEYS, prob=0.5, max_k=3, allow_missing_keys=True),
     ]
     appearance = [
         RandScaleIntensityd(keys="image", factors=0.15, prob=0.8, channel_wise=True),

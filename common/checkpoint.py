@@ -20,9 +20,12 @@ from ugafl.common.model import ModelConfig, build_model
 CHECKPOINT_FORMAT = "ugafl-checkpoint/1"
 
 
-def content_hash(state_dict: dict[str, torch.Tensor], model_config: ModelConfig) -> str:
-    """SHA-256 over the architecture and every tensor's name, dtype, shape and bytes."""
-    digest = hashlib.sha256(json.dumps(model_config.to_dict(), sort_keys=True).encode())
+def content_hash(state_dict: dict[str, torch.Tensor], model_config: ModelConfig | dict) -> str:
+    """SHA-256 over the architecture (the config as stored in the file) and every tensor's name,
+    dtype, shape and bytes. Hashing the stored dict keeps old checkpoints valid when a config field
+    with a default is added later."""
+    stored = model_config.to_dict() if isinstance(model_config, ModelConfig) else model_config
+    digest = hashlib.sha256(json.dumps(stored, sort_keys=True).encode())
     for name in sorted(state_dict):
         tensor = state_dict[name].detach().cpu().contiguous()
         digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
@@ -74,7 +77,7 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> Che
         raise CheckpointError(f"{path}: not a ugafl checkpoint (expected format {CHECKPOINT_FORMAT!r})")
     model_config = ModelConfig.from_dict(payload["model_config"])
     state = payload["state_dict"]
-    digest = content_hash(state, model_config)
+    digest = content_hash(state, payload["model_config"])
     if digest != payload.get("content_hash"):
         raise CheckpointError(f"{path}: content hash mismatch: the weights or config were altered after saving")
     model = build_model(model_config)

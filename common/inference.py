@@ -55,7 +55,7 @@ def predict_slide(model: nn.Module, cfg: ModelConfig, slide: Slide, tissue: Tiss
     for batch, locations in iter_patch_batches(slide, patches, cfg.mpp, p, batch_size=batch_size):
         with torch.autocast(torch.device(device).type, enabled=torch.device(device).type == "cuda"):
             logits = model(to_input(batch, device))
-        prob = torch.softmax(logits.float(), dim=1)[:, 1].cpu().numpy()
+        prob = torch.softmax(logits[:, : cfg.num_classes].float(), dim=1)[:, 1].cpu().numpy()
         for loc, tile in zip(locations, prob):
             y, x = round(loc.y * scale), round(loc.x * scale)
             if y < 0 or x < 0:

@@ -26,6 +26,11 @@ class ModelConfig:
     dropout: float = 0.1
     channels: tuple[int, ...] = (16, 32, 64, 128, 256)  # unet only
     dynunet_filters: tuple[int, ...] = (32, 64, 128, 256, 512, 512, 512)  # dynunet only
+    disagreement_head: bool = False  # EDUE: one extra output channel predicting the raters' variance
+
+    @property
+    def out_channels(self) -> int:
+        return self.num_classes + int(self.disagreement_head)
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -50,13 +55,13 @@ def build_model(cfg: ModelConfig) -> nn.Module:
     if cfg.arch == "unet":
         from monai.networks.nets import UNet
 
-        return UNet(spatial_dims=2, in_channels=cfg.in_channels, out_channels=cfg.num_classes, channels=cfg.channels,
+        return UNet(spatial_dims=2, in_channels=cfg.in_channels, out_channels=cfg.out_channels, channels=cfg.channels,
                     strides=(2,) * (len(cfg.channels) - 1), num_res_units=2, dropout=cfg.dropout)
     if cfg.arch == "dynunet":
         from monai.networks.nets import DynUNet
 
         n = len(cfg.dynunet_filters)
-        return DynUNet(spatial_dims=2, in_channels=cfg.in_channels, out_channels=cfg.num_classes, kernel_size=[3] * n,
+        return DynUNet(spatial_dims=2, in_channels=cfg.in_channels, out_channels=cfg.out_channels, kernel_size=[3] * n,
                        strides=[1] + [2] * (n - 1), upsample_kernel_size=[2] * (n - 1), filters=list(cfg.dynunet_filters),
                        norm_name="instance", dropout=cfg.dropout, res_block=True)
     raise ConfigError(f"model config: arch {cfg.arch!r} is not one of {ARCHITECTURES}")

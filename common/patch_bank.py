@@ -21,18 +21,23 @@ class PatchBank:
     labels: np.ndarray  # uint8 (N, P, P), 1 = tumour
     mpp: float
     locations: list[tuple[str, int, int]]  # (slide id, level-0 x, level-0 y) of each patch
+    raters: np.ndarray | None = None  # uint8 (N, R, P, P): each simulated rater's label, when asked for
 
     @staticmethod
     def concat(banks: list["PatchBank"]) -> "PatchBank":
+        raters = np.concatenate([b.raters for b in banks]) if all(b.raters is not None for b in banks) else None
         return PatchBank(np.concatenate([b.images for b in banks]), np.concatenate([b.labels for b in banks]),
-                         banks[0].mpp, [loc for b in banks for loc in b.locations])
+                         banks[0].mpp, [loc for b in banks for loc in b.locations], raters)
 
 
 def sample_patches(slide_path: str | Path, mask_path: str | Path, slide_id: str, mpp: float, patch_size: int, count: int,
-                   tumour_fraction: float, rng: np.random.Generator, tissue_mpp: float = 8.0) -> PatchBank:
+                   tumour_fraction: float, rng: np.random.Generator, tissue_mpp: float = 8.0,
+                   rater_paths: list | tuple = ()) -> PatchBank:
     """`count` patches of `patch_size` px at `mpp` µm/px; about `tumour_fraction` of them centred
-    on a tumour pixel (when the slide has tumour), the rest on tissue."""
+    on a tumour pixel (when the slide has tumour), the rest on tissue. With `rater_paths`, each
+    rater's label of the same patches too."""
     mask = load_mask(mask_path)
+    rater_masks = [load_mask(p) for p in rater_paths]
     with open_slide(slide_path) as slide:
         tissue = detect_tissue(slide, tissue_mpp)
         size0 = round(patch_size * mpp / slide.mpp)
@@ -51,14 +56,17 @@ def sample_patches(slide_path: str | Path, mask_path: str | Path, slide_id: str,
         locations = [PatchLocation(int(cx - size0 / 2), int(cy - size0 / 2), size0, size0, 1.0) for cx, cy in centres]
         images = np.empty((count, patch_size, patch_size, 3), np.uint8)
         labels = np.empty((count, patch_size, patch_size), np.uint8)
+        raters = np.empty((count, len(rater_masks), patch_size, patch_size), np.uint8) if rater_masks else None
         i = 0
         for batch, locs in iter_patch_batches(slide, locations, mpp, patch_size, batch_size=32):
             images[i : i + len(batch)] = batch
             for loc in locs:
                 cover = mask.region((loc.x, loc.y), (loc.width, loc.height), slide.mpp, mpp)
                 labels[i] = _fit(cover, patch_size) >= 0.5
+                for r, rater in enumerate(rater_masks):
+                    raters[i, r] = _fit(rater.region((loc.x, loc.y), (loc.width, loc.height), slide.mpp, mpp), patch_size) >= 0.5
                 i += 1
-    return PatchBank(images, labels, mpp, [(slide_id, loc.x, loc.y) for loc in locations])
+    return PatchBank(images, labels, mpp, [(slide_id, loc.x, loc.y) for loc in locations], raters)
 
 
 def _fit(array: np.ndarray, size: int) -> np.ndarray:

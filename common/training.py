@@ -1,6 +1,11 @@
 """The segmentation training loop shared by central training and a site's fine-tuning: random
-crops from a bank of patches, MONAI augmentation and DiceCE loss, AdamW with a cosine schedule,
-and an optional proximal term that keeps the weights near a reference (FedProx)."""
+crops from a bank of patches, MONAI augmentation and DiceCE loss, AdamW with a one-cycle schedule,
+and an optional proximal term that keeps the weights near a reference (FedProx).
+
+EDUE (a model with a disagreement head, given the raters' labels) is trained with
+    L = DiceCE(logits[:, :C], y_r) + edue_weight * MSE(0.25 * sigmoid(z), v)
+where y_r is the label of one rater drawn uniformly per patch and step, z the extra output channel,
+and v = q (1 - q) the raters' per-pixel variance with q the share of raters who call it tumour."""
 
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ from tqdm.auto import tqdm
 
 from ugafl.common.augment import training_transforms
 from ugafl.common.log import get_logger
+from ugafl.common.uncertainty_methods import variance_from_logit
 
 log = get_logger("training")
 
@@ -28,32 +34,46 @@ class TrainConfig:
     weight_decay: float = 1e-4
     colour_augmentation: bool = True
     proximal_mu: float = 0.0  # FedProx: mu/2 * ||w - w_ref||^2
+    edue_weight: float = 10.0  # weight of the variance loss when training a disagreement head
     seed: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def _batch(rng: np.random.Generator, images: np.ndarray, labels: np.ndarray, cfg: TrainConfig, transforms) -> tuple[torch.Tensor, torch.Tensor]:
+def _batch(rng: np.random.Generator, images: np.ndarray, labels: np.ndarray, cfg: TrainConfig, transforms,
+           raters: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     n, h, w = labels.shape
     idx = rng.integers(0, n, cfg.batch_size)
     ys = rng.integers(0, h - cfg.crop + 1, cfg.batch_size)
     xs = rng.integers(0, w - cfg.crop + 1, cfg.batch_size)
-    xb, yb = [], []
+    xb, yb, vb = [], [], []
     for i, y, x in zip(idx, ys, xs):
-        img = torch.from_numpy(images[i, y : y + cfg.crop, x : x + cfg.crop]).permute(2, 0, 1).float() / 255.0
-        lab = torch.from_numpy(labels[i, y : y + cfg.crop, x : x + cfg.crop][None].astype(np.float32))
-        out = transforms({"image": img, "label": lab})
+        crop = (slice(y, y + cfg.crop), slice(x, x + cfg.crop))
+        img = torch.from_numpy(images[i][crop]).permute(2, 0, 1).float() / 255.0
+        sample = {"image": img}
+        if raters is None:
+            sample["label"] = torch.from_numpy(labels[i][crop][None].astype(np.float32))
+        else:
+            votes = raters[i][(slice(None),) + crop].astype(np.float32)  # (R, crop, crop)
+            share = votes.mean(axis=0)
+            sample["label"] = torch.from_numpy(votes[rng.integers(0, len(votes))][None])
+            sample["variance"] = torch.from_numpy((share * (1 - share))[None])
+        out = transforms(sample)
         xb.append(torch.as_tensor(out["image"]).clamp_(0, 1))
         yb.append(torch.as_tensor(out["label"]))
-    return torch.stack(xb), torch.stack(yb).round().long()
+        if raters is not None:
+            vb.append(torch.as_tensor(out["variance"]))
+    return torch.stack(xb), torch.stack(yb).round().long(), (torch.stack(vb) if vb else None)
 
 
 def train_segmentation(model: nn.Module, images: np.ndarray, labels: np.ndarray, cfg: TrainConfig,
                        device: torch.device | str = "cpu", progress: bool = True,
-                       reference: dict[str, torch.Tensor] | None = None) -> list[float]:
+                       reference: dict[str, torch.Tensor] | None = None, raters: np.ndarray | None = None,
+                       num_classes: int = 2) -> list[float]:
     """Trains `model` in place on uint8 images (N, H, W, 3) with 0/1 labels (N, H, W), both at
-    the model's mpp. Returns the loss per step. Seeded: the same inputs give the same model."""
+    the model's mpp. With `raters` (N, R, H, W) the model's extra output channel is trained as
+    EDUE's disagreement head (see the module docstring). Returns the loss per step. Seeded."""
     if images.shape[1] < cfg.crop or images.shape[2] < cfg.crop:
         raise ValueError(f"patches of {images.shape[1:3]} px are smaller than the crop {cfg.crop}")
     set_determinism(seed=cfg.seed)
@@ -70,11 +90,15 @@ def train_segmentation(model: nn.Module, images: np.ndarray, labels: np.ndarray,
     losses: list[float] = []
     bar = tqdm(range(cfg.steps), desc="training", unit="step", disable=not progress)
     for step in bar:
-        x, y = _batch(rng, images, labels, cfg, transforms)
+        x, y, v = _batch(rng, images, labels, cfg, transforms, raters)
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         optimiser.zero_grad(set_to_none=True)
         with torch.autocast(device.type, enabled=device.type == "cuda"):
-            loss = loss_fn(model(x), y)
+            out = model(x)
+            loss = loss_fn(out[:, :num_classes], y)
+            if v is not None:
+                predicted = variance_from_logit(out[:, num_classes].float())
+                loss = loss + cfg.edue_weight * torch.mean((predicted - v[:, 0].to(device)) ** 2)
         if ref is not None:
             loss = loss + cfg.proximal_mu / 2 * sum(((p - ref[n]) ** 2).sum() for n, p in model.named_parameters() if n in ref)
         scaler.scale(loss).backward()

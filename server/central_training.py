@@ -4,7 +4,7 @@ the shared training loop, and a checkpoint that records what it was trained on."
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +30,7 @@ class CentralConfig:
     patches_per_slide: int = 240
     bank_patch_size: int = 192  # px at the model's mpp; training crops are cut from these
     tumour_fraction: float = 0.5
+    members: int = 1  # >1: an ensemble, member m trained with seed+m without fold m of the patch bank
 
 
 def build_bank(data_dir: str | Path, model_cfg: ModelConfig, central: CentralConfig, seed: int, progress: bool = True) -> tuple[PatchBank, list[str]]:
@@ -41,28 +42,49 @@ def build_bank(data_dir: str | Path, model_cfg: ModelConfig, central: CentralCon
     rng = np.random.default_rng(seed)
     banks = []
     for rec in tqdm(slides, desc="patch bank", unit="slide", disable=not progress):
+        raters = [manifest.path_of(r) for r in rec.rater_masks] if model_cfg.disagreement_head else []
+        if model_cfg.disagreement_head and not raters:
+            raise DataError(f"{manifest.root}: slide {rec.slide_id} has no raters' masks; EDUE's disagreement head needs them")
         banks.append(sample_patches(manifest.path_of(rec.path), manifest.path_of(rec.mask), rec.slide_id, model_cfg.mpp,
-                                    central.bank_patch_size, central.patches_per_slide, central.tumour_fraction, rng))
+                                    central.bank_patch_size, central.patches_per_slide, central.tumour_fraction, rng,
+                                    rater_paths=raters))
     return PatchBank.concat(banks), [s.slide_id for s in slides]
 
 
+def member_paths(out: str | Path, members: int) -> list[Path]:
+    """Checkpoint paths of an ensemble's members: OUT itself for one, OUT-m0, OUT-m1, ... for more."""
+    out = Path(out)
+    return [out] if members == 1 else [out.with_name(f"{out.stem}-m{m}{out.suffix}") for m in range(members)]
+
+
 def train_central(data_dir: str | Path, out: str | Path, model_cfg: ModelConfig, train_cfg: TrainConfig,
-                  central: CentralConfig = CentralConfig(), device: str = "auto", progress: bool = True) -> Path:
-    """Trains the central model on `central.centre`'s training slides and writes its checkpoint."""
+                  central: CentralConfig = CentralConfig(), device: str = "auto", progress: bool = True) -> list[Path]:
+    """Trains the central model (or `central.members` ensemble members, nnU-Net style: member m
+    leaves out fold m of the patch bank and uses seed + m) on `central.centre`'s training slides.
+    Returns the checkpoint paths written."""
     started = time.time()
     dev = pick_device(device)
-    torch.manual_seed(train_cfg.seed)
     bank, slide_ids = build_bank(data_dir, model_cfg, central, train_cfg.seed, progress)
     log.info("patch bank: %d patches of %d px at %.2f µm/px, tumour pixels %.1f%%", len(bank.labels),
              central.bank_patch_size, model_cfg.mpp, 100 * bank.labels.mean())
-    model = build_model(model_cfg)
-    losses = train_segmentation(model, bank.images, bank.labels, train_cfg, dev, progress)
-    summary = {"centre": central.centre, "slides": slide_ids, "patches": int(len(bank.labels)),
-               "tumour_pixel_fraction": round(float(bank.labels.mean()), 4), "mpp": model_cfg.mpp,
-               "manifest_digest": load_manifest(data_dir).info.get("digest"), "final_loss": round(float(np.mean(losses[-50:])), 4),
-               "device": dev.type, "seconds": round(time.time() - started, 1)}
-    path = Path(out)
-    save_checkpoint(path, model, model_cfg, train_config={**train_cfg.to_dict(), **{f"central_{k}": v for k, v in asdict(central).items()}},
-                    data_summary=summary)
-    log.info("wrote %s (%.0f s)", path, time.time() - started)
-    return path
+    folds = np.random.default_rng(train_cfg.seed).permutation(len(bank.labels)) % max(central.members, 1)
+    digest = load_manifest(data_dir).info.get("digest")
+    written = []
+    for m, path in enumerate(member_paths(out, central.members)):
+        keep = folds != m if central.members > 1 else np.ones(len(folds), bool)
+        cfg_m = replace(train_cfg, seed=train_cfg.seed + m)
+        torch.manual_seed(cfg_m.seed)
+        model = build_model(model_cfg)
+        losses = train_segmentation(model, bank.images[keep], bank.labels[keep], cfg_m, dev, progress,
+                                    raters=bank.raters[keep] if bank.raters is not None else None,
+                                    num_classes=model_cfg.num_classes)
+        summary = {"centre": central.centre, "slides": slide_ids, "patches": int(keep.sum()),
+                   "tumour_pixel_fraction": round(float(bank.labels[keep].mean()), 4), "mpp": model_cfg.mpp,
+                   "manifest_digest": digest, "final_loss": round(float(np.mean(losses[-50:])), 4),
+                   "device": dev.type, "seconds": round(time.time() - started, 1)}
+        extra = {"ensemble": {"member": m, "of": central.members}} if central.members > 1 else {}
+        save_checkpoint(path, model, model_cfg, train_config={**cfg_m.to_dict(), **{f"central_{k}": v for k, v in asdict(central).items()}},
+                        data_summary=summary, extra=extra)
+        log.info("wrote %s (%.0f s)", path, time.time() - started)
+        written.append(path)
+    return written

@@ -1,0 +1,75 @@
+"""`ugafl uncertainty` and `ugafl uncertainty-report`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+METHOD_CHOICE = click.Choice(["ensemble", "mc_dropout", "tta", "edue"])
+
+
+@click.command("uncertainty")
+@click.argument("target", type=click.Path(path_type=Path))
+@click.option("--model", "models", type=click.Path(path_type=Path), multiple=True, required=True,
+              help="Checkpoint; repeat it for an ensemble's members (or give a folder of *.pt).")
+@click.option("--method", type=METHOD_CHOICE, default="mc_dropout", show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Output folder: OUT/<slide>/...")
+@click.option("--workspace", type=click.Path(path_type=Path), default=None, help="Site workspace: patch tables go to WS/patch_scores/.")
+@click.option("--passes", type=click.IntRange(2, 64), default=8, show_default=True, help="T for mc_dropout and tta.")
+@click.option("--mpp", type=float, default=None, help="Override the slides' level-0 resolution, µm/px.")
+@click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+def uncertainty(target: Path, models: tuple[Path, ...], method: str, out: Path, workspace: Path | None, passes: int,
+                mpp: float | None, batch_size: int, device: str) -> None:
+    """Per-pixel uncertainty, patch scores and a heatmap for a slide or every slide in a folder."""
+    from ugafl.client.uncertainty_job import run_uncertainty
+    from ugafl.common.model import pick_device
+    from ugafl.common.uncertainty_methods import load_method
+
+    paths = [p for m in models for p in (sorted(m.glob("*.pt")) if m.is_dir() else [m])]
+    dev = pick_device(device)
+    results = run_uncertainty(target, load_method(method, paths, dev, passes), out, workspace, mpp, batch_size, dev)
+    failed = 0
+    for r in results:
+        if r.error:
+            failed += 1
+            click.echo(f"error: {r.error}", err=True)
+        else:
+            s = r.summary
+            click.echo(f"{r.path.name}: {r.patches} patches, mean {s['measure']} {s['mean_patch_score']:.4f}, "
+                       f"predicted tumour {s['tumour_mm2']:.2f} mm² -> {r.out_dir}")
+    if failed:
+        raise SystemExit(1)
+
+
+@click.command("uncertainty-report")
+@click.option("--data", "data_dir", type=click.Path(path_type=Path), required=True, help="Dataset folder with manifest.json.")
+@click.option("--model", "models", type=click.Path(path_type=Path), multiple=True, required=True,
+              help="Checkpoint for mc_dropout and tta (the first one given).")
+@click.option("--ensemble", "ensemble", type=click.Path(path_type=Path), multiple=True, help="Ensemble members (repeat).")
+@click.option("--edue", "edue", type=click.Path(path_type=Path), default=None, help="A model trained with --edue.")
+@click.option("--methods", default="ensemble,mc_dropout,tta,edue", show_default=True, help="Comma-separated methods.")
+@click.option("--split", type=click.Choice(["train", "test"]), default="test", show_default=True)
+@click.option("--centres", default=None, help="Comma-separated centres (default: all).")
+@click.option("--passes", type=click.IntRange(2, 64), default=8, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--device", default="auto", show_default=True)
+def uncertainty_report(data_dir: Path, models: tuple[Path, ...], ensemble: tuple[Path, ...], edue: Path | None, methods: str,
+                       split: str, centres: str | None, passes: int, as_json: bool, device: str) -> None:
+    """How well each method's uncertainty finds the model's errors, per centre."""
+    from ugafl.common.model import pick_device
+    from ugafl.common.uncertainty_methods import load_method
+    from ugafl.simulations.uncertainty_report import format_report, method_quality
+
+    dev = pick_device(device)
+    sources = {"mc_dropout": list(models[:1]), "tta": list(models[:1]), "ensemble": list(ensemble), "edue": [edue] if edue else []}
+    rows = []
+    for name in [m.strip() for m in methods.split(",") if m.strip()]:
+        if not sources.get(name):
+            click.echo(f"skipping {name}: no checkpoint given for it", err=True)
+            continue
+        rows += method_quality(load_method(name, sources[name], dev, passes), data_dir, split,
+                               centres.split(",") if centres else None, dev, progress=not as_json)
+    click.echo(json.dumps(rows, indent=1) if as_json else format_report(rows))

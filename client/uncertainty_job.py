@@ -1,0 +1,116 @@
+"""Uncertainty for a site's slides: per slide a heatmap a pathologist can read, the predicted
+tumour mask, the patch table (level-0 location, mpp, scores) and summary numbers; the patch table
+also lands in the site workspace (patch_scores/) where selection reads it. A slide that can't be
+read is recorded with its reason and the others go on."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ugafl.common.errors import SlideError
+from ugafl.common.heatmap import resample_to_grid, slide_heatmap, summary_numbers
+from ugafl.common.log import get_logger
+from ugafl.common.masks import write_mask
+from ugafl.common.slide import open_slide
+from ugafl.common.slide_scan import candidate_files
+from ugafl.common.uncertainty_engine import SlideUncertainty, slide_uncertainty
+from ugafl.common.uncertainty_methods import UncertaintyMethod
+
+log = get_logger("uncertainty")
+MEASURE_LABELS = {"entropy": "predictive entropy H(p̄) (nats)", "mutual_information": "mutual information (nats)",
+                  "uga": "UGA score mean CE(p̄, p_m) (nats)", "variance": "predicted raters' variance"}
+THUMB_MPP = 8.0
+
+
+def primary_measure(method: UncertaintyMethod) -> str:
+    """The measure shown and ranked by default: EDUE's variance, else the UGA score."""
+    return "variance" if method.name == "edue" else "uga"
+
+
+@dataclass
+class SlideResult:
+    path: Path
+    out_dir: Path | None
+    patches: int
+    summary: dict
+    error: str | None = None
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    tmp = path.with_name(path.name + ".part")
+    with tmp.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["x", "y", "width", "height", "mpp"])
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+def _finite(value):
+    """JSON has no NaN: not-a-number becomes null."""
+    return None if isinstance(value, float) and not np.isfinite(value) else value
+
+
+def _write_json(path: Path, payload: dict) -> None:
+    tmp = path.with_name(path.name + ".part")
+    tmp.write_text(json.dumps({k: _finite(v) for k, v in payload.items()}, indent=1))
+    os.replace(tmp, path)
+
+
+def slide_outputs(result: SlideUncertainty, slide_path: Path, thumbnail: np.ndarray, thumb_mpp: float, measure: str,
+                  out_dir: Path) -> dict:
+    """Writes heatmap.png, predicted_mask.tif, patches.csv and summary.json into `out_dir`."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    uncertainty = result.maps.get(measure, np.zeros_like(result.prediction, np.float32))
+    tissue_grid = resample_to_grid(result.tissue.mask, result.tissue.mpp, result.map_mpp, uncertainty.shape) >= 0.5
+    numbers = summary_numbers(uncertainty, result.map_mpp, tissue_grid, result.prediction)
+    scores = result.scores.get(measure, np.zeros(0))
+    summary = {"slide": slide_path.name, "method": result.method, "measure": measure, "mpp": result.mpp,
+               "map_mpp": result.map_mpp, "patches": len(result.patches),
+               "mean_patch_score": float(np.nanmean(scores)) if len(scores) else None,
+               "max_patch_score": float(np.nanmax(scores)) if len(scores) else None, **numbers,
+               "compute_s": round(result.timing.compute_s, 2), "wall_s": round(result.timing.wall_s, 2)}
+    shown = {"patches scored": str(len(result.patches)),
+             "mean uncertainty on tissue": f"{numbers['mean_uncertainty']:.4f}",
+             "90th percentile on tissue": f"{numbers['p90_uncertainty']:.4f}",
+             "predicted tumour": f"{numbers['tumour_mm2']:.2f} mm² ({100 * np.nan_to_num(numbers['tumour_share_of_tissue']):.1f}% of tissue)"}
+    slide_heatmap(out_dir / "heatmap.png", thumbnail, thumb_mpp, uncertainty, result.map_mpp,
+                  result.tissue.mask, result.tissue.mpp, result.prediction, MEASURE_LABELS.get(measure, measure),
+                  f"{slide_path.name} · {result.method}", summary=shown)
+    write_mask(out_dir / "predicted_mask.tif", result.prediction, result.map_mpp)
+    _write_csv(out_dir / "patches.csv", result.rows())
+    _write_json(out_dir / "summary.json", summary)
+    return summary
+
+
+def run_uncertainty(target: str | Path, method: UncertaintyMethod, out: str | Path, workspace: str | Path | None = None,
+                    mpp: float | None = None, batch_size: int = 16, device: torch.device | str = "cpu",
+                    progress: bool = True) -> list[SlideResult]:
+    """Uncertainty for one slide or every slide in a folder; outputs under OUT/<slide stem>/."""
+    target, out = Path(target), Path(out)
+    paths = candidate_files(target) if target.is_dir() else [target]
+    measure = primary_measure(method)
+    results = []
+    for path in paths:
+        try:
+            with open_slide(path, mpp) as slide:
+                result = slide_uncertainty(method, slide, batch_size=batch_size, device=device, progress=progress)
+                thumbnail, thumb_mpp = slide.thumbnail(THUMB_MPP)
+        except SlideError as error:
+            log.warning("%s", error)
+            results.append(SlideResult(path, None, 0, {}, str(error)))
+            continue
+        out_dir = out / path.stem
+        summary = slide_outputs(result, path, thumbnail, thumb_mpp, measure, out_dir)
+        if workspace is not None:
+            scores_dir = Path(workspace) / "patch_scores"
+            scores_dir.mkdir(parents=True, exist_ok=True)
+            _write_csv(scores_dir / f"{path.stem}.{method.name}.csv", result.rows())
+        results.append(SlideResult(path, out_dir, len(result.patches), summary))
+    return results
