@@ -26,19 +26,20 @@ import torch  # noqa: E402
 from ugafl.common.model import ModelConfig, build_model, pick_device  # noqa: E402
 from ugafl.common.slide import open_slide  # noqa: E402
 from ugafl.common.uncertainty_engine import slide_uncertainty  # noqa: E402
-from ugafl.common.uncertainty_methods import Edue, Ensemble, McDropout, PlainForward, Tta  # noqa: E402
+from ugafl.common.uncertainty_methods import CPU_MAX_BATCH, GPU_MAX_BATCH, Edue, Ensemble, McDropout, PlainForward, Tta  # noqa: E402
 
 
 def methods(cfg: ModelConfig, passes: int, members: int, device) -> dict:
     torch.manual_seed(0)
     base = build_model(cfg).to(device)
     edue_cfg = replace(cfg, disagreement_head=True)
+    mb = GPU_MAX_BATCH if device.type == "cuda" else CPU_MAX_BATCH
     return {
-        "plain": PlainForward(base, cfg),
-        "mc_dropout": McDropout(build_model(cfg).to(device), cfg, passes),
-        "tta": Tta(base, cfg, passes),
-        "ensemble": Ensemble([build_model(cfg).to(device) for _ in range(members)], cfg),
-        "edue": Edue(build_model(edue_cfg).to(device), edue_cfg),
+        "plain": PlainForward(base, cfg, mb),
+        "mc_dropout": McDropout(build_model(cfg).to(device), cfg, passes, mb),
+        "tta": Tta(base, cfg, passes, mb),
+        "ensemble": Ensemble([build_model(cfg).to(device) for _ in range(members)], cfg, mb),
+        "edue": Edue(build_model(edue_cfg).to(device), edue_cfg, mb),
     }
 
 

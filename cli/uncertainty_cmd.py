@@ -38,6 +38,9 @@ def uncertainty(target: Path, models: tuple[Path, ...], method: str, out: Path, 
             click.echo(f"error: {r.error}", err=True)
         else:
             s = r.summary
+            if not r.patches:
+                click.echo(f"{r.path.name}: 0 patches (no tissue to score) -> {r.out_dir}")
+                continue
             click.echo(f"{r.path.name}: {r.patches} patches, mean {s['measure']} {s['mean_patch_score']:.4f}, "
                        f"predicted tumour {s['tumour_mm2']:.2f} mm² -> {r.out_dir}")
     if failed:

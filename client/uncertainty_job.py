@@ -107,7 +107,12 @@ def run_uncertainty(target: str | Path, method: UncertaintyMethod, out: str | Pa
             results.append(SlideResult(path, None, 0, {}, str(error)))
             continue
         out_dir = out / path.stem
-        summary = slide_outputs(result, path, thumbnail, thumb_mpp, measure, out_dir)
+        try:
+            summary = slide_outputs(result, path, thumbnail, thumb_mpp, measure, out_dir)
+        except (OSError, ValueError) as error:  # e.g. a full disk: record it, go on with the others
+            log.exception("%s: writing outputs failed", path)
+            results.append(SlideResult(path, None, 0, {}, f"{path}: writing outputs to {out_dir} failed: {error}"))
+            continue
         if workspace is not None:
             scores_dir = Path(workspace) / "patch_scores"
             scores_dir.mkdir(parents=True, exist_ok=True)

@@ -296,6 +296,8 @@ def _fit_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 def _outline(ax, cover: np.ndarray, factor: int, colour: str, width: float) -> None:
     """The 0.5 iso-line of a coverage map on the display grid (`factor` thumbnail pixels per
     pixel), in thumbnail coordinates."""
+    if min(cover.shape) < 2:  # a contour needs at least a 2x2 grid (a tiny slide's thumbnail can be 1x1)
+        return
     segments = [(c[:, ::-1] + 0.5) * factor for c in find_contours(np.nan_to_num(cover), 0.5)]
     if segments:
         ax.add_collection(LineCollection(segments, colors=colour, linewidths=width, capstyle="round",
