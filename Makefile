@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 RUN    ?= demo
 
-.PHONY: setup demo test clean
+.PHONY: setup demo test uncertainty-report benchmarks clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,23 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest
+
+# The uncertainty figures of the README: on the demo's data and central model, plus a 3-member
+# ensemble and an EDUE model trained the same way (about 25 min on 2 cores).
+UNC := runs/$(RUN)
+$(UNC)/ens-m0.pt: $(UNC)/central.pt
+	$(BIN)/ugafl train-central --data $(UNC)/data --out $(UNC)/ens.pt --config configs/demo.toml --members 3
+$(UNC)/edue.pt: $(UNC)/central.pt
+	$(BIN)/ugafl train-central --data $(UNC)/data --out $(UNC)/edue.pt --config configs/demo.toml --edue
+$(UNC)/central.pt:
+	$(MAKE) demo RUN=$(RUN)
+uncertainty-report: setup $(UNC)/ens-m0.pt $(UNC)/edue.pt
+	$(BIN)/ugafl uncertainty-report --data $(UNC)/data --model $(UNC)/central.pt \
+	  --ensemble $(UNC)/ens-m0.pt --ensemble $(UNC)/ens-m1.pt --ensemble $(UNC)/ens-m2.pt \
+	  --edue $(UNC)/edue.pt | tee $(UNC)/uncertainty_report.txt
+
+benchmarks: setup
+	$(BIN)/python benchmarks/uncertainty.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

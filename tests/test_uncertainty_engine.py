@@ -88,13 +88,16 @@ def test_mc_dropout_members_differ_while_norms_stay_in_eval(x):
     model = tiny(0)
     model.train()  # whatever mode it arrives in
     method = McDropout(model, CFG, passes=4, max_batch=5)  # 12 stacked patches in chunks of 5
-    dropouts = [m for m in model.modules() if isinstance(m, nn.modules.dropout._DropoutNd)]
-    norms = [m for m in model.modules() if isinstance(m, (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm))]
+    own = method.model  # McDropout works on a private copy...
+    assert own is not model
+    assert all(m.training for m in model.modules())  # ...so the caller's model is left as it arrived
+    dropouts = [m for m in own.modules() if isinstance(m, nn.modules.dropout._DropoutNd)]
+    norms = [m for m in own.modules() if isinstance(m, (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm))]
     assert dropouts and norms
     assert all(m.training for m in dropouts)
     assert not any(m.training for m in norms)
     # Only the dropout layers train: every other module is in eval.
-    assert all(not m.training for m in model.modules() if not isinstance(m, nn.modules.dropout._DropoutNd))
+    assert all(not m.training for m in own.modules() if not isinstance(m, nn.modules.dropout._DropoutNd))
     probs = method(x).probs
     for i, j in itertools.combinations(range(4), 2):
         assert (probs[i] - probs[j]).abs().max() > 1e-3, f"members {i} and {j} are identical: dropout is off"
