@@ -10,6 +10,7 @@ per-pixel class probabilities, shape (M, B, C, H, W), in as few batched passes a
 from __future__ import annotations
 
 import copy
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import torch
@@ -37,7 +38,7 @@ def _chunks(x: torch.Tensor, max_batch: int):
         yield x[i : i + max_batch]
 
 
-class UncertaintyMethod:
+class UncertaintyMethod(ABC):
     """Base: `__call__(x)` with x float (B, 3, H, W) in [0, 1] returns a MethodOutput."""
 
     name = "base"
@@ -50,9 +51,9 @@ class UncertaintyMethod:
     def _softmax(self, logits: torch.Tensor) -> torch.Tensor:
         return torch.softmax(logits[:, : self.cfg.num_classes].float(), dim=1)
 
-    @torch.no_grad()
+    @abstractmethod
     def __call__(self, x: torch.Tensor) -> MethodOutput:
-        raise NotImplementedError  # pragma: no cover - abstract
+        """M members' probabilities for the batch `x`."""
 
 
 class McDropout(UncertaintyMethod):
