@@ -1,0 +1,553 @@
+"""The site's persistent correction queue: WS/queue.db (SQLite) plus one folder of files per item,
+WS/queue/<item id>/ (image.png, model_mask.png, uncertainty.npy, later correction.png).
+
+Durability rules (a pathologist's acknowledged correction is never lost):
+- queue.db runs in WAL mode with synchronous=FULL and foreign keys on; every change is one
+  transaction, started with BEGIN IMMEDIATE so two writers (objects, threads or processes) are
+  serialised and two claimers never get the same item.
+- Files are written first (temp name in the item folder, fsync, rename, fsync the folder) and only
+  then is the row that references them committed. The write lock is held while the files are
+  written, so a crash leaves at most an orphan file (never a row pointing at a missing or partial
+  file), and sweep_orphans() (which takes the same lock) removes such files safely.
+- Every request is validated before anything is written; a refused request changes nothing.
+- Every state change writes an audit row: who, when (UTC, microseconds), from/to, detail JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sqlite3
+import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from ugafl.common.errors import UgaflError
+from ugafl.common.log import get_logger
+
+log = get_logger("queue")
+
+SCHEMA_VERSION = 1
+DB_NAME = "queue.db"
+FILES_DIR = "queue"
+STATES = ("pending", "in_review", "corrected", "rejected")
+IMAGE_NAME, MODEL_MASK_NAME, UNCERTAINTY_NAME, CORRECTION_NAME = (
+    "image.png", "model_mask.png", "uncertainty.npy", "correction.png")
+TEMP_SUFFIX = ".part"
+
+_SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE items (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    slide TEXT NOT NULL,
+    x INTEGER NOT NULL, y INTEGER NOT NULL, width INTEGER NOT NULL, height INTEGER NOT NULL,
+    mpp REAL NOT NULL,
+    score REAL NOT NULL,
+    measure TEXT NOT NULL,
+    strategy TEXT NOT NULL,
+    model_version TEXT NOT NULL,
+    round INTEGER NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('pending', 'in_review', 'corrected', 'rejected')),
+    reviewer TEXT NULL,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    image_path TEXT NOT NULL,
+    model_mask_path TEXT NOT NULL,
+    uncertainty_path TEXT NOT NULL,
+    correction_path TEXT NULL,
+    CHECK ((state = 'corrected') = (correction_path IS NOT NULL)),
+    UNIQUE (slide, x, y, width, height, model_version)
+);
+CREATE INDEX items_state_score ON items (state, score DESC);
+CREATE TABLE audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    item_id INTEGER NOT NULL REFERENCES items (id),
+    at TEXT NOT NULL,
+    who TEXT NOT NULL,
+    action TEXT NOT NULL,
+    from_state TEXT NULL,
+    to_state TEXT NOT NULL,
+    detail TEXT NOT NULL
+);
+CREATE INDEX audit_item ON audit (item_id, id);
+"""
+
+
+class QueueError(UgaflError):
+    """A queue request that was refused; nothing was changed."""
+
+
+@dataclass(frozen=True)
+class Item:
+    """One queue row; the *_path fields are absolute (correction_path None until corrected)."""
+
+    id: int
+    slide: str
+    x: int
+    y: int
+    width: int
+    height: int
+    mpp: float
+    score: float
+    measure: str
+    strategy: str
+    model_version: str
+    round: int
+    state: str
+    reviewer: str | None
+    created_at: str
+    updated_at: str
+    image_path: Path
+    model_mask_path: Path
+    uncertainty_path: Path
+    correction_path: Path | None
+
+    @property
+    def box(self) -> tuple[int, int, int, int]:
+        """Level-0 (x, y, width, height)."""
+        return (self.x, self.y, self.width, self.height)
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    id: int
+    item_id: int
+    at: str  # UTC ISO 8601 with microseconds
+    who: str
+    action: str  # add, claim, correct, reject, release, reset_stale
+    from_state: str | None
+    to_state: str
+    detail: dict
+
+
+def utc_now() -> str:
+    """UTC ISO 8601 with microseconds; all stamps share the format, so they sort as strings."""
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    """`write(fileobj)` into a temp file next to `path`, fsync, rename over `path`, fsync folder."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}{TEMP_SUFFIX}")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _png_writer(array: np.ndarray) -> Any:
+    return lambda f: Image.fromarray(array).save(f, format="PNG")
+
+
+def _npy_writer(array: np.ndarray) -> Any:
+    return lambda f: np.save(f, array, allow_pickle=False)
+
+
+def _need_str(field: str, value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise QueueError(f"{field} must be a non-empty string, got {value!r}")
+    return value
+
+
+def _need_who(who: Any) -> str:
+    return _need_str("who", who)
+
+
+def _check_binary_mask(field: str, mask: Any) -> np.ndarray:
+    """A bool (H, W) array from a bool mask or an integer one holding only {0,1} or {0,255}."""
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise QueueError(f"{field} must be 2-D (height, width), got shape {mask.shape}")
+    if mask.dtype == np.bool_:
+        return mask
+    if not np.issubdtype(mask.dtype, np.integer):
+        raise QueueError(f"{field} must be bool or uint8 (0/1 or 0/255), got dtype {mask.dtype}")
+    values = set(np.unique(mask).tolist())
+    if not (values <= {0, 1} or values <= {0, 255}):
+        bad = sorted(values - {0, 1, 255}) or sorted(values)
+        shown = ", ".join(str(v) for v in bad[:10]) + (" ..." if len(bad) > 10 else "")
+        raise QueueError(f"{field} has values {shown}; expected only 0/1 or 0/255")
+    return mask > 0
+
+
+def _size(shape: tuple[int, ...]) -> str:
+    return f"{shape[1]}x{shape[0]}"
+
+
+class CorrectionQueue:
+    """The correction queue of the site workspace `workspace` (created on first use).
+
+    Safe to share between threads (one lock per object) and to open from several objects or
+    processes at once (SQLite locking with BEGIN IMMEDIATE)."""
+
+    def __init__(self, workspace: str | Path, *, busy_timeout_s: float = 30.0):
+        self.workspace = Path(workspace).resolve()
+        self.workspace.mkdir(parents=True, exist_ok=True)
+        self.db_path = self.workspace / DB_NAME
+        self.files_dir = self.workspace / FILES_DIR
+        self._lock = threading.RLock()
+        self._conn = sqlite3.connect(self.db_path, timeout=busy_timeout_s, isolation_level=None,
+                                     check_same_thread=False)
+        try:
+            self._conn.row_factory = sqlite3.Row
+            mode = self._conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise QueueError(f"{self.db_path}: cannot switch to WAL journal mode (got {mode})")
+            self._conn.execute("PRAGMA synchronous=FULL")
+            self._conn.execute("PRAGMA foreign_keys=ON")
+            self._init_schema()
+            self.files_dir.mkdir(exist_ok=True)
+        except BaseException:
+            self._conn.close()
+            raise
+
+    # ------------------------------------------------------------------ plumbing
+
+    def __enter__(self) -> CorrectionQueue:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (BEGIN IMMEDIATE: the database write lock is taken now)."""
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    def _init_schema(self) -> None:
+        with self._write() as db:
+            has_meta = db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'").fetchone()
+            if not has_meta:
+                if db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='items'").fetchone():
+                    raise QueueError(f"{self.db_path}: has an items table but no schema version; not a queue this ugafl wrote")
+                for statement in _SCHEMA.split(";"):  # not executescript: it would COMMIT our transaction
+                    if statement.strip():
+                        db.execute(statement)
+                db.execute("INSERT INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+                db.execute("INSERT INTO meta (key, value) VALUES ('created_at', ?)", (utc_now(),))
+                return
+            row = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+            try:
+                version = int(row[0]) if row else None
+            except ValueError:
+                version = None
+            if version is None:
+                raise QueueError(f"{self.db_path}: meta table has no valid schema_version")
+            if version > SCHEMA_VERSION:
+                raise QueueError(
+                    f"{self.db_path}: queue schema version {version} is newer than this ugafl supports "
+                    f"({SCHEMA_VERSION}); upgrade ugafl to open it (the file was left untouched)")
+            if version < SCHEMA_VERSION:  # pragma: no cover - no older version exists yet
+                raise QueueError(f"{self.db_path}: queue schema version {version} is older than {SCHEMA_VERSION}; no migration exists")
+
+    @staticmethod
+    def _audit(db: sqlite3.Connection, item_id: int, at: str, who: str, action: str,
+               from_state: str | None, to_state: str, detail: dict) -> None:
+        db.execute(
+            "INSERT INTO audit (item_id, at, who, action, from_state, to_state, detail) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (item_id, at, who, action, from_state, to_state, json.dumps(detail, sort_keys=True)))
+
+    def _row(self, db: sqlite3.Connection, item_id: int) -> sqlite3.Row:
+        row = db.execute("SELECT * FROM items WHERE id = ?", (int(item_id),)).fetchone()
+        if row is None:
+            raise QueueError(f"no item {item_id}")
+        return row
+
+    def _item(self, row: sqlite3.Row) -> Item:
+        d = dict(row)
+        for key in ("image_path", "model_mask_path", "uncertainty_path", "correction_path"):
+            d[key] = self.workspace / d[key] if d[key] is not None else None
+        return Item(**d)
+
+    def _item_dir(self, item_id: int) -> Path:
+        return self.files_dir / str(item_id)
+
+    def _rel(self, path: Path) -> str:
+        return path.relative_to(self.workspace).as_posix()
+
+    # ------------------------------------------------------------------ adding
+
+    def add(self, slide: str, box: tuple[int, int, int, int], mpp: float, score: float, measure: str,
+            strategy: str, model_version: str, round: int, image: np.ndarray, model_mask: np.ndarray,
+            uncertainty: np.ndarray, who: str = "selection") -> int:
+        """Queue one proposed patch; returns its id. Refuses a box already queued for this model version."""
+        _need_str("slide", slide)
+        for name, value in (("measure", measure), ("strategy", strategy), ("model_version", model_version)):
+            _need_str(name, value)
+        who = _need_who(who)
+        try:
+            x, y, w, h = (int(v) for v in box)
+            if any(int(v) != v for v in box):
+                raise ValueError
+        except (TypeError, ValueError):
+            raise QueueError(f"box must be four integers (x, y, width, height), got {box!r}") from None
+        if w <= 0 or h <= 0 or x < 0 or y < 0:
+            raise QueueError(f"box {box!r}: x, y must be >= 0 and width, height > 0")
+        if not (isinstance(mpp, (int, float)) and math.isfinite(mpp) and mpp > 0):
+            raise QueueError(f"mpp must be a positive number, got {mpp!r}")
+        if not (isinstance(score, (int, float, np.floating)) and math.isfinite(float(score))):
+            raise QueueError(f"score must be a finite number, got {score!r}")
+        if isinstance(round, bool) or not isinstance(round, (int, np.integer)) or round < 0:
+            raise QueueError(f"round must be a non-negative integer, got {round!r}")
+        image = np.asarray(image)
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3 or 0 in image.shape:
+            raise QueueError(f"image must be uint8 (height, width, 3) RGB, got {image.dtype} {image.shape}")
+        hw = image.shape[:2]
+        model_mask = np.asarray(model_mask)
+        if model_mask.shape != hw:
+            raise QueueError(f"model_mask is {_size(model_mask.shape) if model_mask.ndim == 2 else model_mask.shape}, "
+                             f"image is {_size(hw)}")
+        mask = _check_binary_mask("model_mask", model_mask)
+        uncertainty = np.asarray(uncertainty)
+        if uncertainty.shape != hw:
+            raise QueueError(f"uncertainty is {_size(uncertainty.shape) if uncertainty.ndim == 2 else uncertainty.shape}, "
+                             f"image is {_size(hw)}")
+        if not np.issubdtype(uncertainty.dtype, np.number) or np.issubdtype(uncertainty.dtype, np.complexfloating):
+            raise QueueError(f"uncertainty must be a real-valued array, got dtype {uncertainty.dtype}")
+        unc = uncertainty.astype(np.float32)
+        if not np.isfinite(unc).all():
+            raise QueueError("uncertainty has NaN or infinite values")
+
+        now = utc_now()
+        with self._write() as db:
+            dup = db.execute(
+                "SELECT id, state FROM items WHERE slide=? AND x=? AND y=? AND width=? AND height=? AND model_version=?",
+                (slide, x, y, w, h, model_version)).fetchone()
+            if dup is not None:
+                raise QueueError(f"{slide} box ({x}, {y}, {w}, {h}) is already queued for model {model_version} "
+                                 f"as item {dup['id']} ({dup['state']})")
+            item_id = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM sqlite_sequence WHERE name='items'").fetchone()[0]
+            item_dir = self._item_dir(item_id)
+            paths = {name: item_dir / name for name in (IMAGE_NAME, MODEL_MASK_NAME, UNCERTAINTY_NAME)}
+            # Files first (the write lock is held, so no other writer or sweep runs meanwhile) ...
+            item_dir.mkdir(parents=True, exist_ok=True)
+            _fsync_dir(self.files_dir)
+            _atomic_write(paths[IMAGE_NAME], _png_writer(image))
+            _atomic_write(paths[MODEL_MASK_NAME], _png_writer(mask.astype(np.uint8)))
+            _atomic_write(paths[UNCERTAINTY_NAME], _npy_writer(unc))
+            # ... then the row that references them.
+            db.execute(
+                "INSERT INTO items (id, slide, x, y, width, height, mpp, score, measure, strategy, model_version, round,"
+                " state, reviewer, created_at, updated_at, image_path, model_mask_path, uncertainty_path, correction_path)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', NULL, ?, ?, ?, ?, ?, NULL)",
+                (item_id, slide, x, y, w, h, float(mpp), float(score), measure, strategy, model_version, int(round),
+                 now, now, self._rel(paths[IMAGE_NAME]), self._rel(paths[MODEL_MASK_NAME]),
+                 self._rel(paths[UNCERTAINTY_NAME])))
+            self._audit(db, item_id, now, who, "add", None, "pending",
+                        {"score": float(score), "measure": measure, "strategy": strategy,
+                         "model_version": model_version, "round": int(round)})
+        log.debug("queued item %d: %s %s score %.4g", item_id, slide, (x, y, w, h), score)
+        return int(item_id)
+
+    # ------------------------------------------------------------------ reviewing
+
+    def next_pending(self, who: str) -> Item | None:
+        """Claim the highest-score pending item for `who` (pending -> in_review); None when none is left."""
+        who = _need_who(who)
+        with self._write() as db:
+            row = db.execute("SELECT id FROM items WHERE state='pending' ORDER BY score DESC, id ASC LIMIT 1").fetchone()
+            if row is None:
+                return None
+            now = utc_now()
+            db.execute("UPDATE items SET state='in_review', reviewer=?, updated_at=? WHERE id=?", (who, now, row["id"]))
+            self._audit(db, row["id"], now, who, "claim", "pending", "in_review", {})
+            return self._item(self._row(db, row["id"]))
+
+    def submit_correction(self, item_id: int, mask: np.ndarray, who: str) -> None:
+        """Store `who`'s corrected mask for the item (pending/in_review -> corrected). The mask must
+        have the patch's shape and hold only 0/1 or 0/255 (bool or uint8). When this returns the
+        correction is on disk and committed."""
+        who = _need_who(who)
+        mask = np.asarray(mask)
+        with self._lock:
+            # Validate everything before writing anything.
+            item = self.get(item_id)
+            self._check_open(item, "correct")
+            with Image.open(item.image_path) as im:
+                patch_w, patch_h = im.size
+            if mask.ndim != 2 or mask.shape != (patch_h, patch_w):
+                got = _size(mask.shape) if mask.ndim == 2 else f"shape {mask.shape}"
+                raise QueueError(f"mask is {got}, patch is {patch_w}x{patch_h} (width x height) for item {item_id}")
+            binary = _check_binary_mask("mask", mask)
+            with self._write() as db:
+                row = self._row(db, item_id)  # re-read under the write lock: another process may have moved it
+                current = self._item(row)
+                self._check_open(current, "correct")
+                path = self._item_dir(item.id) / CORRECTION_NAME
+                _atomic_write(path, _png_writer(binary.astype(np.uint8)))
+                now = utc_now()
+                db.execute("UPDATE items SET state='corrected', reviewer=?, updated_at=?, correction_path=? WHERE id=?",
+                           (who, now, self._rel(path), item.id))
+                self._audit(db, item.id, now, who, "correct", current.state, "corrected",
+                            {"foreground_px": int(binary.sum()), "previous_reviewer": current.reviewer})
+        log.info("item %d corrected by %s", item.id, who)
+
+    def reject(self, item_id: int, who: str, reason: str) -> None:
+        """`who` declines to annotate the item (pending/in_review -> rejected), with a reason."""
+        who = _need_who(who)
+        reason = _need_str("reason", reason)
+        with self._write() as db:
+            item = self._item(self._row(db, item_id))
+            self._check_open(item, "reject")
+            now = utc_now()
+            db.execute("UPDATE items SET state='rejected', reviewer=?, updated_at=? WHERE id=?", (who, now, item.id))
+            self._audit(db, item.id, now, who, "reject", item.state, "rejected",
+                        {"reason": reason, "previous_reviewer": item.reviewer})
+
+    def release(self, item_id: int, who: str) -> None:
+        """Give a claimed item back (in_review -> pending)."""
+        who = _need_who(who)
+        with self._write() as db:
+            item = self._item(self._row(db, item_id))
+            if item.state != "in_review":
+                raise QueueError(f"item {item.id} is {item.state}, not in_review; nothing to release")
+            now = utc_now()
+            db.execute("UPDATE items SET state='pending', reviewer=NULL, updated_at=? WHERE id=?", (now, item.id))
+            self._audit(db, item.id, now, who, "release", "in_review", "pending", {"previous_reviewer": item.reviewer})
+
+    def reset_stale(self, older_than_s: float, who: str) -> int:
+        """Return in_review items untouched for more than `older_than_s` seconds to pending; the count."""
+        who = _need_who(who)
+        if not (isinstance(older_than_s, (int, float)) and older_than_s >= 0):
+            raise QueueError(f"older_than_s must be a non-negative number, got {older_than_s!r}")
+        with self._write() as db:
+            now_dt = datetime.now(timezone.utc)
+            cutoff = (now_dt - timedelta(seconds=older_than_s)).isoformat(timespec="microseconds")
+            now = now_dt.isoformat(timespec="microseconds")
+            rows = db.execute("SELECT id, reviewer, updated_at FROM items WHERE state='in_review' AND updated_at < ?",
+                              (cutoff,)).fetchall()
+            for row in rows:
+                db.execute("UPDATE items SET state='pending', reviewer=NULL, updated_at=? WHERE id=?", (now, row["id"]))
+                self._audit(db, row["id"], now, who, "reset_stale", "in_review", "pending",
+                            {"previous_reviewer": row["reviewer"], "claimed_at": row["updated_at"],
+                             "older_than_s": older_than_s})
+        if rows:
+            log.info("returned %d stale in_review item(s) to pending", len(rows))
+        return len(rows)
+
+    @staticmethod
+    def _check_open(item: Item, verb: str) -> None:
+        if item.state not in ("pending", "in_review"):
+            by = f" by {item.reviewer}" if item.reviewer else ""
+            raise QueueError(f"item {item.id} is already {item.state}{by}; cannot {verb} it")
+
+    # ------------------------------------------------------------------ reading
+
+    def get(self, item_id: int) -> Item:
+        with self._lock:
+            return self._item(self._row(self._conn, item_id))
+
+    def list(self, state: str | None = None, slide: str | None = None) -> list[Item]:
+        """Items, optionally of one state and/or one slide, by id."""
+        if state is not None and state not in STATES:
+            raise QueueError(f"unknown state {state!r}; one of {', '.join(STATES)}")
+        sql, args = "SELECT * FROM items WHERE 1=1", []
+        if state is not None:
+            sql, args = sql + " AND state=?", args + [state]
+        if slide is not None:
+            sql, args = sql + " AND slide=?", args + [slide]
+        with self._lock:
+            return [self._item(r) for r in self._conn.execute(sql + " ORDER BY id", args).fetchall()]
+
+    def counts(self) -> dict[str, int]:
+        """Items per state (every state present, 0 when none)."""
+        with self._lock:
+            rows = self._conn.execute("SELECT state, COUNT(*) FROM items GROUP BY state").fetchall()
+        out = dict.fromkeys(STATES, 0)
+        out.update({r[0]: r[1] for r in rows})
+        return out
+
+    def history(self, item_id: int) -> list[AuditEntry]:
+        with self._lock:
+            self._row(self._conn, item_id)
+            rows = self._conn.execute("SELECT * FROM audit WHERE item_id=? ORDER BY id", (int(item_id),)).fetchall()
+        return [AuditEntry(**{**dict(r), "detail": json.loads(r["detail"])}) for r in rows]
+
+    def taken_boxes(self) -> list[tuple[str, int, int, int, int]]:
+        """(slide, x, y, w, h) of every queued item in any state, for selection to exclude."""
+        with self._lock:
+            rows = self._conn.execute("SELECT DISTINCT slide, x, y, width, height FROM items ORDER BY slide, y, x").fetchall()
+        return [tuple(r) for r in rows]
+
+    def load_image(self, item_id: int) -> np.ndarray:
+        """uint8 (H, W, 3)."""
+        with Image.open(self.get(item_id).image_path) as im:
+            return np.asarray(im.convert("RGB"))
+
+    def load_model_mask(self, item_id: int) -> np.ndarray:
+        """bool (H, W)."""
+        with Image.open(self.get(item_id).model_mask_path) as im:
+            return np.asarray(im) > 0
+
+    def load_uncertainty(self, item_id: int) -> np.ndarray:
+        """float32 (H, W)."""
+        return np.load(self.get(item_id).uncertainty_path, allow_pickle=False)
+
+    def load_correction(self, item_id: int) -> np.ndarray:
+        """bool (H, W) as submitted."""
+        item = self.get(item_id)
+        if item.correction_path is None:
+            raise QueueError(f"item {item.id} has no correction ({item.state})")
+        with Image.open(item.correction_path) as im:
+            return np.asarray(im) > 0
+
+    # ------------------------------------------------------------------ housekeeping
+
+    def sweep_orphans(self) -> list[Path]:
+        """Delete files under WS/queue/ that no row references (left by a crash between writing a
+        file and committing its row, and temp files); returns what was deleted. Holds the write
+        lock, so it never races a writer that is between its file and its commit."""
+        removed: list[Path] = []
+        with self._write() as db:
+            keep = set()
+            for row in db.execute("SELECT image_path, model_mask_path, uncertainty_path, correction_path FROM items"):
+                keep.update(self.workspace / p for p in row if p is not None)
+            if not self.files_dir.is_dir():
+                return removed
+            for dirpath, dirnames, filenames in os.walk(self.files_dir, topdown=False):
+                here = Path(dirpath)
+                for name in filenames:
+                    path = here / name
+                    if path not in keep:
+                        path.unlink()
+                        removed.append(path)
+                if here != self.files_dir and not any(here.iterdir()):
+                    here.rmdir()
+            if removed:
+                _fsync_dir(self.files_dir)
+        if removed:
+            log.info("swept %d orphan file(s) from %s", len(removed), self.files_dir)
+        return removed
