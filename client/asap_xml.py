@@ -1,0 +1,139 @@
+"""ASAP XML exchange (the Camelyon annotation format), level-0 slide pixels (x right, y down).
+
+Tumour outlines are Polygon annotations in a tumour group ("Tumor", Camelyon16's "_0"/"_1", ...);
+holes are polygons in the "Exclusion" group (Camelyon16: "_2") and are subtracted from the tumour
+polygon that contains them. Export writes per item a "Region" Rectangle named "ugafl item <id>",
+exteriors as "ugafl item <id> part <k>" (group Tumor) and holes as "ugafl item <id> part <k> hole <m>"
+(group Exclusion).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import xml.etree.ElementTree as ET
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+
+from ugafl.client.annotations import (AnnotationError, Box, ExportPatch, Polygon, as_export_patches,
+                                      assign_to_items, atomic_write_bytes, check_box, close_ring, mask_to_polygons,
+                                      ring_bounds, ring_inside, signed_area)
+
+TUMOUR_GROUP, EXCLUSION_GROUP, REGION_GROUP = "Tumor", "Exclusion", "Region"
+EXCLUSION_GROUPS = {"exclusion", "_2"}
+GROUP_COLOURS = {TUMOUR_GROUP: "#F4FA58", EXCLUSION_GROUP: "#64FE2E", REGION_GROUP: "#0000B4"}
+_ITEM_NAME = re.compile(r"^\s*ugafl item (\d+)\b")
+
+
+def _annotation(parent: ET.Element, name: str, group: str, kind: str, points: np.ndarray) -> None:
+    ann = ET.SubElement(parent, "Annotation", Name=name, Type=kind, PartOfGroup=group, Color=GROUP_COLOURS[group])
+    coords = ET.SubElement(ann, "Coordinates")
+    if len(points) > 1 and np.array_equal(points[0], points[-1]):
+        points = points[:-1]  # ASAP rings are implicitly closed
+    for order, (x, y) in enumerate(points):
+        ET.SubElement(coords, "Coordinate", Order=str(order), X=f"{float(x):.3f}", Y=f"{float(y):.3f}")
+
+
+def export_items(items: Iterable[ExportPatch | tuple], path: str | Path) -> Path:
+    """Write an ASAP XML file for `items` (ExportPatch or (item_id, box, mask, ...)); atomic."""
+    root = ET.Element("ASAP_Annotations")
+    annotations = ET.SubElement(root, "Annotations")
+    for item in as_export_patches(items):
+        x, y, w, h = check_box(item.box, f"item {item.item_id}")
+        rect = np.array([[x, y], [x + w, y], [x + w, y + h], [x, y + h]])
+        _annotation(annotations, f"ugafl item {item.item_id}", REGION_GROUP, "Rectangle", rect)
+        for k, (exterior, holes) in enumerate(mask_to_polygons(item.mask, (x, y, w, h))):
+            _annotation(annotations, f"ugafl item {item.item_id} part {k}", TUMOUR_GROUP, "Polygon", exterior)
+            for m, hole in enumerate(holes):
+                _annotation(annotations, f"ugafl item {item.item_id} part {k} hole {m}", EXCLUSION_GROUP,
+                            "Polygon", hole)
+    groups = ET.SubElement(root, "AnnotationGroups")
+    for name, colour in GROUP_COLOURS.items():
+        group = ET.SubElement(groups, "Group", Name=name, PartOfGroup="None", Color=colour)
+        ET.SubElement(group, "Attributes")
+    ET.indent(root)
+    return atomic_write_bytes(path, ET.tostring(root, encoding="utf-8", xml_declaration=True))
+
+
+def _coordinates(ann: ET.Element, where: str) -> np.ndarray:
+    coords = ann.find("Coordinates")
+    if coords is None or len(coords.findall("Coordinate")) == 0:
+        raise AnnotationError(f"{where}: has no Coordinates")
+    points = []
+    for k, c in enumerate(coords.findall("Coordinate")):
+        try:
+            x, y = float(c.attrib["X"].replace(",", ".")), float(c.attrib["Y"].replace(",", "."))
+            order = float(c.attrib.get("Order", k))
+        except KeyError as exc:
+            raise AnnotationError(f"{where}: coordinate {k} has no {exc.args[0]} attribute") from None
+        except ValueError:
+            raise AnnotationError(f"{where}: coordinate {k} has a non-numeric value "
+                                  f"(X={c.attrib.get('X')!r}, Y={c.attrib.get('Y')!r}, Order={c.attrib.get('Order')!r})") from None
+        if not (math.isfinite(x) and math.isfinite(y) and math.isfinite(order)):
+            raise AnnotationError(f"{where}: coordinate {k} is not finite")
+        points.append((order, k, x, y))
+    points.sort()
+    ring = close_ring(np.array([(x, y) for _, _, x, y in points], dtype=float))
+    if len(np.unique(ring, axis=0)) < 3:
+        raise AnnotationError(f"{where}: a polygon needs at least 3 distinct points, got {len(np.unique(ring, axis=0))}")
+    return ring
+
+
+def import_corrections(path: str | Path, boxes: dict[int, Box] | None = None,
+                       shapes: dict[int, tuple[int, int]] | None = None) -> dict[int, list[Polygon]]:
+    """Tumour polygons (with holes) per item id from an ASAP XML file.
+
+    Exclusion polygons become holes of the innermost tumour polygon containing them (dropped when
+    none does). A polygon named "ugafl item <id> ..." belongs to that item; others go to every item
+    whose patch contains them. Boxes come from `boxes` and the file's Region rectangles; `shapes`
+    sets the allowed overshoot to one patch pixel (see annotations.assign_to_items). Keys: every
+    item with a Region rectangle in the file or a polygon."""
+    path = Path(path)
+    try:
+        root = ET.parse(path).getroot()
+    except ET.ParseError as exc:
+        raise AnnotationError(f"{path}: malformed XML ({exc})") from None
+    except OSError as exc:
+        raise AnnotationError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if root.tag != "ASAP_Annotations":
+        raise AnnotationError(f"{path}: root element is <{root.tag}>, expected <ASAP_Annotations>")
+    known: dict[int, Box] = {int(i): check_box(b, f"item {i}") for i, b in (boxes or {}).items()}
+    regions: set[int] = set()
+    tumour: list[tuple[str, np.ndarray, int | None]] = []
+    exclusions: list[tuple[str, np.ndarray]] = []
+    for index, ann in enumerate(root.iter("Annotation")):
+        name = ann.attrib.get("Name", "")
+        label = f"annotation {index} ({name})" if name else f"annotation {index}"
+        where = f"{path} {label}"
+        group = ann.attrib.get("PartOfGroup", "None")
+        kind = ann.attrib.get("Type", "Polygon")
+        match = _ITEM_NAME.match(name)
+        item_id = int(match.group(1)) if match else None
+        if group == REGION_GROUP:
+            if item_id is not None:
+                x0, y0, x1, y1 = ring_bounds(_coordinates(ann, where))
+                if x1 <= x0 or y1 <= y0:
+                    raise AnnotationError(f"{where}: region of item {item_id} has no area")
+                known.setdefault(item_id, (x0, y0, x1 - x0, y1 - y0))
+                regions.add(item_id)
+            continue
+        if kind not in ("Polygon", "Spline", "Rectangle"):
+            raise AnnotationError(f"{where}: type {kind} cannot be a correction; draw an area (Polygon)")
+        ring = _coordinates(ann, where)
+        if group.lower() in EXCLUSION_GROUPS:
+            exclusions.append((label, ring))
+        else:
+            tumour.append((label, ring, item_id))
+    holes: list[list[np.ndarray]] = [[] for _ in tumour]
+    for label, ring in exclusions:
+        parents = [k for k, (_, exterior, _) in enumerate(tumour) if ring_inside(ring, exterior)]
+        if parents:
+            innermost = min(parents, key=lambda k: abs(signed_area(tumour[k][1])))
+            holes[innermost].append(ring)
+    polygons = [(label, (exterior, holes[k]), item_id) for k, (label, exterior, item_id) in enumerate(tumour)]
+    out: dict[int, list[Polygon]] = {i: [] for i in sorted(regions)}
+    for item_id, polys in assign_to_items(polygons, known, shapes, str(path)).items():
+        out.setdefault(item_id, []).extend(polys)
+    return out
