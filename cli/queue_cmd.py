@@ -1,0 +1,175 @@
+"""`ugafl queue ...`: fill, inspect and maintain the site's correction queue (WS/queue.db)."""
+
+from __future__ import annotations
+
+import getpass
+import hashlib
+import json
+from pathlib import Path
+
+import click
+
+from ugafl.cli.uncertainty_cmd import METHOD_CHOICE
+
+STRATEGY_CHOICE = click.Choice(["stochastic-batch", "top-k", "random"])
+STATE_CHOICE = click.Choice(["pending", "in_review", "corrected", "rejected"])
+MEASURE_CHOICE = click.Choice(["entropy", "mutual_information", "uga", "variance"])
+WORKSPACE = click.option("--workspace", type=click.Path(path_type=Path), required=True, help="Site workspace folder.")
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser() or "unknown"
+    except Exception:  # no login name in some containers
+        return "unknown"
+
+
+def _model_version(paths: list[Path]) -> str:
+    """The checkpoint's content hash (first 12 hex digits); for several, a hash of their hashes."""
+    from ugafl.common.checkpoint import load_checkpoint
+
+    hashes = [load_checkpoint(p).content_hash for p in paths]
+    if len(hashes) == 1:
+        return hashes[0][:12]
+    return hashlib.sha256(",".join(hashes).encode()).hexdigest()[:12]
+
+
+def _box(item) -> str:
+    return f"{item.x},{item.y} {item.width}x{item.height}"
+
+
+def _stamp(iso: str) -> str:
+    """'2026-11-22T16:17:56.123456+00:00' -> '2026-11-22 16:17:56Z'."""
+    return iso[:19].replace("T", " ") + "Z"
+
+
+def format_table(items) -> str:
+    """A fixed-width table of queue items, one line each, under a header."""
+    header = ("ID", "STATE", "SLIDE", "BOX (level 0)", "SCORE", "STRATEGY", "MODEL", "REVIEWER", "UPDATED")
+    rows = [(str(it.id), it.state, it.slide, _box(it), f"{it.score:.4f}", it.strategy, it.model_version,
+             it.reviewer or "-", _stamp(it.updated_at)) for it in items]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    right = {0, 4}
+    lines = ["  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
+             for r in [header, *rows]]
+    return "\n".join(lines)
+
+
+@click.group("queue")
+def queue() -> None:
+    """The site's correction queue: patches proposed for a pathologist to correct."""
+
+
+@queue.command("select")
+@WORKSPACE
+@click.option("--slides", "slides_dir", type=click.Path(path_type=Path), required=True,
+              help="Folder with the scored slides (found by the file stem in the patch tables).")
+@click.option("--model", "models", type=click.Path(path_type=Path), multiple=True, required=True,
+              help="Checkpoint the scores were made with; repeat it for an ensemble.")
+@click.option("--method", type=METHOD_CHOICE, required=True, help="Which WS/patch_scores/*.<method>.csv to select from.")
+@click.option("--strategy", type=STRATEGY_CHOICE, required=True)
+@click.option("--budget", type=click.IntRange(1), required=True, help="Patches to queue.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--measure", type=MEASURE_CHOICE, default=None, help="Score to rank by [default: variance for edue, else uga].")
+@click.option("--model-version", default=None, help="Label of the model [default: the checkpoint's content hash].")
+@click.option("--round", "round_", type=click.IntRange(0), default=0, show_default=True, help="Annotation round.")
+@click.option("--max-per-slide", type=click.IntRange(1), default=None, help="At most this many patches per slide.")
+@click.option("--batches", type=click.IntRange(1), default=None, help="stochastic-batch: batches to compare [default: all].")
+@click.option("--passes", type=click.IntRange(2, 64), default=8, show_default=True, help="T for mc_dropout and tta.")
+@click.option("--mpp", type=float, default=None, help="Override the slides' level-0 resolution, µm/px.")
+@click.option("--device", default="auto", show_default=True)
+def select_cmd(workspace: Path, slides_dir: Path, models: tuple[Path, ...], method: str, strategy: str, budget: int,
+               seed: int, measure: str | None, model_version: str | None, round_: int, max_per_slide: int | None,
+               batches: int | None, passes: int, mpp: float | None, device: str) -> None:
+    """Queue the next BUDGET patches to correct, chosen from the workspace's patch scores."""
+    from ugafl.client.queue_fill import fill_queue
+    from ugafl.client.queue_store import CorrectionQueue
+    from ugafl.common.model import pick_device
+    from ugafl.common.uncertainty_methods import load_method
+
+    paths = [p for m in models for p in (sorted(m.glob("*.pt")) if m.is_dir() else [m])]
+    dev = pick_device(device)
+    version = model_version or _model_version(paths)
+    method_obj = load_method(method, paths, dev, passes)
+    ids = fill_queue(workspace, slides_dir, method_obj, method, strategy, budget, seed, version, round_, measure,
+                     max_per_slide, batches=batches, slide_mpp=mpp, device=dev)
+    if not ids:
+        click.echo("no patches queued: every scored patch is already queued or has no score")
+        return
+    with CorrectionQueue(workspace) as q:
+        click.echo(f"queued {len(ids)} patch(es) ({strategy}, model {version}, round {round_}):")
+        click.echo(format_table([q.get(i) for i in ids]))
+
+
+@queue.command("list")
+@WORKSPACE
+@click.option("--state", type=STATE_CHOICE, default=None, help="Only items in this state.")
+def list_cmd(workspace: Path, state: str | None) -> None:
+    """The queue's items, by id, with a count per state."""
+    from ugafl.client.queue_store import CorrectionQueue
+
+    with CorrectionQueue(workspace) as q:
+        items = q.list(state)
+        counts = q.counts()
+    if items:
+        click.echo(format_table(items))
+    else:
+        click.echo("no items" + (f" in state {state}" if state else ""))
+    click.echo(", ".join(f"{k} {v}" for k, v in counts.items()))
+
+
+@queue.command("show")
+@WORKSPACE
+@click.argument("item_id", type=int)
+def show_cmd(workspace: Path, item_id: int) -> None:
+    """One item's fields and its audit history."""
+    from ugafl.client.queue_store import CorrectionQueue
+
+    with CorrectionQueue(workspace) as q:
+        item = q.get(item_id)
+        history = q.history(item_id)
+    fields = [("id", item.id), ("state", item.state), ("slide", item.slide), ("box (level 0)", _box(item)),
+              ("mpp", f"{item.mpp:g}"), ("score", f"{item.score:.6g}"), ("measure", item.measure),
+              ("strategy", item.strategy), ("model version", item.model_version), ("round", item.round),
+              ("reviewer", item.reviewer or "-"), ("created", item.created_at), ("updated", item.updated_at),
+              ("image", item.image_path), ("model mask", item.model_mask_path), ("uncertainty", item.uncertainty_path),
+              ("correction", item.correction_path or "-")]
+    width = max(len(k) for k, _ in fields)
+    for key, value in fields:
+        click.echo(f"{key.ljust(width)}  {value}")
+    click.echo("history:")
+    for entry in history:
+        moved = f"{entry.from_state or '-'} -> {entry.to_state}"
+        detail = json.dumps(entry.detail, sort_keys=True) if entry.detail else ""
+        click.echo(f"  {entry.at}  {entry.action:<11} {moved:<24} by {entry.who}  {detail}".rstrip())
+
+
+@queue.command("reset-stale")
+@WORKSPACE
+@click.option("--older-than", type=click.FloatRange(0), required=True, help="Seconds a claim may sit untouched.")
+@click.option("--who", default=None, help="Recorded in the audit [default: your login name].")
+def reset_stale_cmd(workspace: Path, older_than: float, who: str | None) -> None:
+    """Return items claimed (in_review) longer ago than --older-than seconds to pending."""
+    from ugafl.client.queue_store import CorrectionQueue
+
+    with CorrectionQueue(workspace) as q:
+        n = q.reset_stale(older_than, who or _user())
+    click.echo(f"returned {n} stale item(s) to pending")
+
+
+@queue.command("annotate")
+@WORKSPACE
+@click.option("--data", "data_dir", type=click.Path(path_type=Path), required=True, help="Dataset folder with manifest.json.")
+@click.option("--rater", type=click.IntRange(1), default=None, help="Use simulated rater K's mask instead of the truth.")
+@click.option("--boundary-noise", type=click.IntRange(0), default=0, show_default=True,
+              help="Dilate/erode each mask by a random 0..PX pixels.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--limit", type=click.IntRange(0), default=None, help="Correct at most this many items.")
+@click.option("--who", default="simulated-annotator", show_default=True, help="Recorded as the reviewer.")
+def annotate_cmd(workspace: Path, data_dir: Path, rater: int | None, boundary_noise: int, seed: int, limit: int | None,
+                 who: str) -> None:
+    """Simulated annotator: correct the open items with the dataset's truth (or a rater's) masks."""
+    from ugafl.client.simulated_annotator import annotate
+
+    n = annotate(workspace, data_dir, who=who, rater=rater, boundary_noise_px=boundary_noise, seed=seed, limit=limit)
+    click.echo(f"{who} corrected {n} item(s)")

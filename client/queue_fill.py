@@ -1,0 +1,196 @@
+"""Fill the site's correction queue: pick the next B patches from the workspace's patch-score
+tables (WS/patch_scores/<slide stem>.<method>.csv, written by `ugafl uncertainty --workspace`),
+skip every box that overlaps one already queued (any state, any model version), and queue each
+chosen patch with its image, the model's mask and the per-pixel uncertainty map, so a
+pathologist (or the simulated annotator) can correct it.
+
+Everything a patch needs is computed and every slide is found before the first item is added:
+a missing slide or an unreadable patch leaves the queue unchanged.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ugafl.client.queue_store import CorrectionQueue
+from ugafl.client.selection import STRATEGIES, Candidates, exclude, load_candidates, select, slide_name
+from ugafl.common.errors import ConfigError, DataError
+from ugafl.common.log import get_logger
+from ugafl.common.model import to_input
+from ugafl.common.slide import open_slide
+from ugafl.common.slide_scan import candidate_files
+from ugafl.common.uncertainty_measures import compute_measures
+from ugafl.common.uncertainty_methods import UncertaintyMethod
+
+log = get_logger("queue_fill")
+
+PIXEL_MEASURES = ("entropy", "mutual_information", "uga", "variance")
+
+
+def default_measure(method_name: str) -> str:
+    """The measure selection ranks by when none is given: EDUE's variance, else the UGA score."""
+    return "variance" if method_name == "edue" else "uga"
+
+
+@dataclass(frozen=True)
+class _Chosen:
+    slide: str
+    box: tuple[int, int, int, int]
+    mpp: float
+    score: float
+
+
+def score_tables(workspace: str | Path, method_name: str) -> list[Path]:
+    """WS/patch_scores/*.<method_name>.csv, sorted by name."""
+    folder = Path(workspace) / "patch_scores"
+    return sorted(p for p in folder.glob(f"*.{method_name}.csv") if p.is_file()) if folder.is_dir() else []
+
+
+def find_slide(slides_dir: Path, stem: str) -> Path:
+    """The slide file `<stem>.*` in `slides_dir` (not recursive); DataError naming the stem if absent."""
+    matches = [p for p in candidate_files(slides_dir) if p.stem == stem]
+    if not matches:
+        raise DataError(f"{slides_dir}: no slide file named {stem}.* (the patch scores in the workspace name slide "
+                        f"'{stem}'); pass the folder the slides were scored from with --slides")
+    if len(matches) > 1:
+        log.warning("%s: several files named %s.*: using %s", slides_dir, stem, matches[0].name)
+    return matches[0]
+
+
+def _read_row_mpp(path: Path, boxes: set[tuple[int, int, int, int]]) -> dict[tuple[int, int, int, int], float]:
+    """mpp of the rows of one patch-score table whose box is in `boxes`."""
+    out: dict[tuple[int, int, int, int], float] = {}
+    with path.open(newline="") as handle:
+        for row in csv.DictReader(handle):
+            try:
+                box = tuple(int(round(float(row[k]))) for k in ("x", "y", "width", "height"))
+            except (KeyError, TypeError, ValueError):
+                continue
+            if box in boxes and box not in out:
+                try:
+                    out[box] = float(row["mpp"])
+                except (KeyError, TypeError, ValueError):
+                    raise DataError(f"{path}: the row of box {box} has no valid 'mpp' value") from None
+    return out
+
+
+def _read_patch(slide, box: tuple[int, int, int, int], mpp: float, patch_size: int) -> np.ndarray:
+    """The box at `mpp` as RGB uint8 (patch_size, patch_size, 3), as the uncertainty job read it."""
+    x, y, w, h = box
+    rgb = slide.read_region((x, y), (w, h), mpp)
+    if rgb.shape[:2] == (patch_size, patch_size):
+        return np.ascontiguousarray(rgb)
+    if max(abs(rgb.shape[0] - patch_size), abs(rgb.shape[1] - patch_size)) > 2:
+        raise DataError(f"{slide.path}: box {box} is {rgb.shape[1]}x{rgb.shape[0]} px at {mpp:g} µm/px, not the "
+                        f"model's patch size {patch_size}: were the scores made with another model or --mpp?")
+    return np.asarray(Image.fromarray(rgb).resize((patch_size, patch_size), Image.Resampling.BILINEAR))
+
+
+def patch_outputs(method: UncertaintyMethod, image: np.ndarray, measure: str,
+                  device: torch.device | str = "cpu") -> tuple[np.ndarray, np.ndarray]:
+    """(model mask bool (H, W): mean tumour probability >= 0.5, uncertainty float32 (H, W) of `measure`)."""
+    out = method(to_input(image[None], device))
+    prob = out.probs.mean(dim=0)[0, 1].cpu().numpy()
+    if measure == "variance":
+        if out.variance is None:
+            raise ConfigError(f"measure 'variance' needs the edue method (a model with a disagreement head), "
+                              f"not {method.name}")
+        unc = out.variance[0].cpu().numpy()
+    else:
+        unc = compute_measures(out.probs)[measure][0].cpu().numpy()
+    return prob >= 0.5, unc.astype(np.float32)
+
+
+def fill_queue(workspace: str | Path, slides_dir: str | Path, method: UncertaintyMethod, method_name: str,
+               strategy: str, budget: int, seed: int, model_version: str, round: int = 0, measure: str | None = None,
+               max_per_slide: int | None = None, batches: int | None = None, slide_mpp: float | None = None,
+               device: torch.device | str = "cpu") -> list[int]:
+    """Select `budget` patches and queue them; returns the new item ids in selection order.
+
+    Candidates are the rows of WS/patch_scores/*.<method_name>.csv scored by `measure` (default:
+    variance for edue, else uga); boxes overlapping an already queued item are dropped first.
+    Each chosen patch is read from `<stem>.*` in `slides_dir` at its row's mpp (`slide_mpp`
+    overrides the slides' level-0 resolution, like --mpp of `ugafl uncertainty`) and run through
+    `method` for the model's mask (p̄ >= 0.5) and the `measure` map. Deterministic for a seed.
+    """
+    workspace, slides_dir = Path(workspace), Path(slides_dir)
+    measure = measure or default_measure(method_name)
+    if strategy not in STRATEGIES:
+        raise ConfigError(f"unknown selection strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+    if measure not in PIXEL_MEASURES:
+        raise ConfigError(f"unknown measure {measure!r}; choose one of {', '.join(PIXEL_MEASURES)}")
+    if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)) or budget < 1:
+        raise ConfigError(f"budget must be a positive number of patches, got {budget!r}")
+    if max_per_slide is not None and max_per_slide < 1:
+        raise ConfigError(f"max_per_slide must be >= 1, got {max_per_slide}")
+    if batches is not None and batches < 1:
+        raise ConfigError(f"batches must be >= 1, got {batches}")
+    if not slides_dir.is_dir():
+        raise DataError(f"{slides_dir}: slides folder not found")
+    tables = score_tables(workspace, method_name)
+    if not tables:
+        raise DataError(f"{workspace / 'patch_scores'}: no patch-score tables for method {method_name} "
+                        f"(*.{method_name}.csv); run `ugafl uncertainty SLIDES --method {method_name} "
+                        f"--workspace {workspace} ...` first")
+
+    queue = CorrectionQueue(workspace)
+    try:
+        cand, names = load_candidates(tables, measure)
+        index = {name: i for i, name in enumerate(names)}
+        taken = [t for t in queue.taken_boxes() if t[0] in index]
+        if taken:
+            arr = np.array([t[1:] for t in taken], np.int64)
+            taken_c = Candidates(np.array([index[t[0]] for t in taken], np.int64), arr[:, 0], arr[:, 1], arr[:, 2],
+                                 arr[:, 3], np.zeros(len(taken)))
+            before = len(cand)
+            cand = exclude(cand, taken_c)
+            log.info("%d of %d candidates overlap %d queued boxes and are skipped", before - len(cand), before,
+                     len(taken))
+        chosen_idx = select(cand, strategy, int(budget), int(seed), batches=batches, max_per_slide=max_per_slide)
+        if chosen_idx.size == 0:
+            log.warning("no candidate patch left to queue (all scored patches are queued or have no score)")
+            return []
+
+        # The row mpp of each chosen box, from its own slide's table(s).
+        by_slide: dict[str, set] = {}
+        for i in chosen_idx:
+            box = (int(cand.x[i]), int(cand.y[i]), int(cand.width[i]), int(cand.height[i]))
+            by_slide.setdefault(names[int(cand.slide[i])], set()).add(box)
+        row_mpp: dict[str, dict] = {}
+        for path in tables:
+            stem = slide_name(path)
+            if stem in by_slide:
+                known = row_mpp.setdefault(stem, {})
+                for box, mpp in _read_row_mpp(path, by_slide[stem]).items():
+                    known.setdefault(box, mpp)
+        chosen = []
+        for i in chosen_idx:
+            stem = names[int(cand.slide[i])]
+            box = (int(cand.x[i]), int(cand.y[i]), int(cand.width[i]), int(cand.height[i]))
+            mpp = row_mpp.get(stem, {}).get(box, method.cfg.mpp)
+            chosen.append(_Chosen(stem, box, mpp, float(cand.score[i])))
+
+        # Find every slide before reading anything, and compute every patch before adding anything.
+        files = {stem: find_slide(slides_dir, stem) for stem in dict.fromkeys(c.slide for c in chosen)}
+        prepared = []
+        for stem, path in files.items():
+            with open_slide(path, slide_mpp) as slide:
+                for c in (c for c in chosen if c.slide == stem):
+                    image = _read_patch(slide, c.box, c.mpp, method.cfg.patch_size)
+                    mask, unc = patch_outputs(method, image, measure, device)
+                    prepared.append((c, image, mask, unc))
+        order = {id(c): k for k, c in enumerate(chosen)}
+        prepared.sort(key=lambda t: order[id(t[0])])
+
+        ids = [queue.add(c.slide, c.box, c.mpp, c.score, measure, strategy, model_version, int(round), image, mask, unc)
+               for c, image, mask, unc in prepared]
+        log.info("queued %d patches (%s by %s, model %s, round %d)", len(ids), strategy, measure, model_version, round)
+        return ids
+    finally:
+        queue.close()
