@@ -173,3 +173,30 @@ def annotate_cmd(workspace: Path, data_dir: Path, rater: int | None, boundary_no
 
     n = annotate(workspace, data_dir, who=who, rater=rater, boundary_noise_px=boundary_noise, seed=seed, limit=limit)
     click.echo(f"{who} corrected {n} item(s)")
+
+
+@queue.command("export")
+@WORKSPACE
+@click.option("--format", "fmt", type=click.Choice(["geojson", "asap"]), default="geojson", show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="File to write (.geojson or .xml).")
+@click.option("--state", type=STATE_CHOICE, default="pending", show_default=True)
+def export_cmd(workspace: Path, fmt: str, out: Path, state: str) -> None:
+    """Export queued patches with the model's contour for QuPath (GeoJSON) or ASAP (XML)."""
+    from ugafl.client.annotation_io import export_queue
+
+    n = export_queue(workspace, out, fmt, state)
+    click.echo(f"exported {n} item(s) in state {state} to {out}")
+
+
+@queue.command("import")
+@WORKSPACE
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["geojson", "asap", "png"]), default="geojson", show_default=True)
+@click.option("--item", "item_id", type=int, default=None, help="The item a PNG mask belongs to.")
+@click.option("--who", default=None, help="Who corrected (default: the login name).")
+def import_cmd(workspace: Path, path: Path, fmt: str, item_id: int | None, who: str | None) -> None:
+    """Import corrected annotations (QuPath GeoJSON, ASAP XML, or one item's PNG mask)."""
+    from ugafl.client.annotation_io import import_file
+
+    ids = import_file(workspace, path, fmt, who or _user(), item_id)
+    click.echo(f"imported corrections for {len(ids)} item(s): {', '.join(map(str, ids))}")
