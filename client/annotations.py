@@ -13,8 +13,6 @@ Coordinate frames:
 from __future__ import annotations
 
 import math
-import os
-import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +20,8 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+
+from ugafl.common.atomic import atomic_write_bytes  # noqa: F401  (the format modules write through it)
 from skimage.draw import polygon as draw_polygon
 from skimage.measure import approximate_polygon, find_contours, points_in_poly
 
@@ -238,22 +238,6 @@ def assign_to_items(polygons: list[tuple[str, Polygon, int | None]], boxes: dict
 
 
 # ---------------------------------------------------------------------- files
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write `data` to a temp file next to `path`, fsync, rename over `path`."""
-    path = Path(path)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.part")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
-
 
 def import_png_mask(path: str | Path, shape: tuple[int, int]) -> np.ndarray:
     """A bool (H, W) mask from a PNG holding only {0, 1} or {0, 255} (grey, or RGB with equal channels).

@@ -20,7 +20,6 @@ import math
 import os
 import sqlite3
 import threading
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from ugafl.common.atomic import atomic_write, fsync_dir
 from ugafl.common.errors import UgaflError
 from ugafl.common.log import get_logger
 
@@ -42,7 +42,6 @@ FILES_DIR = "queue"
 STATES = ("pending", "in_review", "corrected", "rejected")
 IMAGE_NAME, MODEL_MASK_NAME, UNCERTAINTY_NAME, CORRECTION_NAME = (
     "image.png", "model_mask.png", "uncertainty.npy", "correction.png")
-TEMP_SUFFIX = ".part"
 
 _SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -134,35 +133,21 @@ def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="microseconds")
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _atomic_write(path: Path, write: Any) -> None:
-    """`write(fileobj)` into a temp file next to `path`, fsync, rename over `path`, fsync folder."""
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}{TEMP_SUFFIX}")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
 def _png_writer(array: np.ndarray) -> Any:
-    return lambda f: Image.fromarray(array).save(f, format="PNG")
+    return lambda tmp: Image.fromarray(array).save(tmp, format="PNG")
 
 
 def _npy_writer(array: np.ndarray) -> Any:
-    return lambda f: np.save(f, array, allow_pickle=False)
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as handle:  # np.save on a path would append ".npy" to the temp name
+            np.save(handle, array, allow_pickle=False)
+
+    return write
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    """Durable: the file, its rename and the folder entry all reach the disk before a row refers to it."""
+    atomic_write(path, write, sync_dir=True)
 
 
 def _need_str(field: str, value: Any) -> str:
@@ -354,7 +339,7 @@ class CorrectionQueue:
             paths = {name: item_dir / name for name in (IMAGE_NAME, MODEL_MASK_NAME, UNCERTAINTY_NAME)}
             # Files first (the write lock is held, so no other writer or sweep runs meanwhile) ...
             item_dir.mkdir(parents=True, exist_ok=True)
-            _fsync_dir(self.files_dir)
+            fsync_dir(self.files_dir)
             _atomic_write(paths[IMAGE_NAME], _png_writer(image))
             _atomic_write(paths[MODEL_MASK_NAME], _png_writer(mask.astype(np.uint8)))
             _atomic_write(paths[UNCERTAINTY_NAME], _npy_writer(unc))
@@ -547,7 +532,7 @@ class CorrectionQueue:
                 if here != self.files_dir and not any(here.iterdir()):
                     here.rmdir()
             if removed:
-                _fsync_dir(self.files_dir)
+                fsync_dir(self.files_dir)
         if removed:
             log.info("swept %d orphan file(s) from %s", len(removed), self.files_dir)
         return removed

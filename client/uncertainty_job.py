@@ -6,14 +6,15 @@ read is recorded with its reason and the others go on."""
 from __future__ import annotations
 
 import csv
+import io
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ugafl.common.atomic import atomic_write_text
 from ugafl.common.errors import SlideError
 from ugafl.common.heatmap import resample_to_grid, slide_heatmap, summary_numbers
 from ugafl.common.log import get_logger
@@ -44,12 +45,11 @@ class SlideResult:
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_name(path.name + ".part")
-    with tmp.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["x", "y", "width", "height", "mpp"])
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=list(rows[0]) if rows else ["x", "y", "width", "height", "mpp"])
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, text.getvalue())
 
 
 def _finite(value):
@@ -58,9 +58,7 @@ def _finite(value):
 
 
 def _write_json(path: Path, payload: dict) -> None:
-    tmp = path.with_name(path.name + ".part")
-    tmp.write_text(json.dumps({k: _finite(v) for k, v in payload.items()}, indent=1))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps({k: _finite(v) for k, v in payload.items()}, indent=1))
 
 
 def slide_outputs(result: SlideUncertainty, slide_path: Path, thumbnail: np.ndarray, thumb_mpp: float, measure: str,

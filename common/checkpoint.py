@@ -7,13 +7,13 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from ugafl.common.atomic import atomic_write
 from ugafl.common.errors import CheckpointError
 from ugafl.common.model import ModelConfig, build_model
 
@@ -58,9 +58,7 @@ def save_checkpoint(path: str | Path, model: nn.Module, model_config: ModelConfi
         "content_hash": digest,
         "state_dict": state,
     }
-    tmp = path.with_name(path.name + ".part")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: torch.save(payload, tmp))
     return digest
 
 

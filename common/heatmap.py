@@ -15,7 +15,6 @@ arrays is bounded by the thumbnail size.
 from __future__ import annotations
 
 import math
-import os
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,8 @@ from matplotlib.lines import Line2D
 from matplotlib import patheffects
 from PIL import Image
 from skimage.measure import find_contours
+
+from ugafl.common.atomic import atomic_write
 
 CMAP = "inferno"  # perceptually uniform; dark = confident, bright = unsure
 ALPHA = 0.65  # opacity of the heat map over tissue (off tissue: 0)
@@ -104,15 +105,7 @@ def slide_heatmap(
     panel with the slide as scanned."""
     render = render_heatmap(thumbnail, thumb_mpp, uncertainty, map_mpp, tissue, tissue_mpp, prediction,
                             measure, title, summary, vmax, show_slide=show_slide)
-    out = Path(out)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.part")
-    try:
-        Image.fromarray(render.image).save(tmp, format="PNG", dpi=(DPI, DPI))
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return out
+    return atomic_write(out, lambda tmp: Image.fromarray(render.image).save(tmp, format="PNG", dpi=(DPI, DPI)))
 
 
 def render_heatmap(

@@ -4,10 +4,10 @@ resolution and file paths (relative to the manifest's folder)."""
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ugafl.common.atomic import atomic_write_text
 from ugafl.common.errors import DataError
 
 MANIFEST_NAME = "manifest.json"
@@ -72,10 +72,7 @@ class Manifest:
         self.root.mkdir(parents=True, exist_ok=True)
         target = self.root / MANIFEST_NAME
         payload = {"format": MANIFEST_FORMAT, "info": self.info, "slides": [asdict(s) for s in self.slides]}
-        tmp = target.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(payload, indent=1))
-        os.replace(tmp, target)
-        return target
+        return atomic_write_text(target, json.dumps(payload, indent=1))
 
 
 def _record(raw: dict, where: str) -> SlideRecord:

@@ -7,12 +7,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import os
 
 import numpy as np
 import tifffile
 from PIL import Image
 
+from ugafl.common.atomic import atomic_write
 from ugafl.common.errors import DataError
 
 
@@ -46,9 +46,9 @@ def tiff_resolution(mpp: float) -> dict:
 
 def write_mask(path: Path, mask: np.ndarray, mpp: float) -> None:
     """A bool mask as uint8 0/1 TIFF (deflate) with its µm/px in the resolution tags, atomically."""
-    tmp = path.with_name(path.name + ".part")
-    tifffile.imwrite(tmp, mask.astype(np.uint8), compression="zlib", photometric="minisblack", metadata=None, **tiff_resolution(mpp))
-    os.replace(tmp, path)
+    data = mask.astype(np.uint8)
+    atomic_write(path, lambda tmp: tifffile.imwrite(tmp, data, compression="zlib", photometric="minisblack", metadata=None,
+                                                    **tiff_resolution(mpp)))
 
 
 def read_mask(path: Path) -> tuple[np.ndarray, float]:

@@ -3,7 +3,6 @@ always in the resolution tags (pixels per centimetre). Masks are written by comm
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +23,7 @@ def pyramid(level0: np.ndarray, min_levels: int = 3, min_size: int = 512) -> lis
     return levels
 
 
+from ugafl.common.atomic import atomic_write
 from ugafl.common.masks import tiff_resolution as _resolution
 
 
@@ -41,14 +41,15 @@ def write_slide(path: Path, level0: np.ndarray, mpp: float, file_format: str, jp
         )
     elif file_format != "tiff":
         raise ValueError(f"unknown slide format {file_format!r}")
-    tmp = path.with_name(path.name + ".part")
-    with tifffile.TiffWriter(tmp, bigtiff=level0.nbytes > 2**31) as tif:
-        for i, level in enumerate(levels):
-            level_mpp = mpp * level0.shape[1] / level.shape[1]
-            tif.write(
-                level, photometric="rgb", tile=(TILE, TILE), compression="jpeg", compressionargs={"level": jpeg_quality},
-                subfiletype=0 if i == 0 else 1, description=description if i == 0 else None, metadata=None,
-                **_resolution(level_mpp),
-            )
-    os.replace(tmp, path)
+    def write(tmp: Path) -> None:
+        with tifffile.TiffWriter(tmp, bigtiff=level0.nbytes > 2**31) as tif:
+            for i, level in enumerate(levels):
+                level_mpp = mpp * level0.shape[1] / level.shape[1]
+                tif.write(
+                    level, photometric="rgb", tile=(TILE, TILE), compression="jpeg", compressionargs={"level": jpeg_quality},
+                    subfiletype=0 if i == 0 else 1, description=description if i == 0 else None, metadata=None,
+                    **_resolution(level_mpp),
+                )
+
+    atomic_write(path, write)
     return len(levels)

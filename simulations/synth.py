@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from ugafl.common.atomic import atomic_write_text
 from ugafl.common.log import get_logger
 from ugafl.common.manifest import Manifest, SlideRecord, TumourRegion
 from ugafl.simulations.centres import CENTRES, get_centre
@@ -122,9 +123,7 @@ def generate_slide(out: Path, cfg: SynthConfig, spec: SlideSpec) -> SlideRecord:
         seed=int(seed_seq.generate_state(1)[0]),
     )
     record_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = record_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"digest": slide_digest(cfg, spec.centre), "record": asdict(record)}))
-    os.replace(tmp, record_path)
+    atomic_write_text(record_path, json.dumps({"digest": slide_digest(cfg, spec.centre), "record": asdict(record)}))
     return record
 
 
