@@ -16,7 +16,7 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 from PIL import Image
@@ -242,9 +242,14 @@ def assign_to_items(polygons: list[tuple[str, Polygon, int | None]], boxes: dict
 def import_png_mask(path: str | Path, shape: tuple[int, int]) -> np.ndarray:
     """A bool (H, W) mask from a PNG holding only {0, 1} or {0, 255} (grey, or RGB with equal channels).
     `shape` is the patch's (H, W); any other size is refused."""
-    path = Path(path)
+    return decode_png_mask(Path(path), shape, str(path))
+
+
+def decode_png_mask(source: Path | BinaryIO, shape: tuple[int, int], name: str) -> np.ndarray:
+    """`import_png_mask` for a file or an open binary stream; `name` opens every error message."""
+    path = name
     try:
-        with Image.open(path) as im:
+        with Image.open(source) as im:
             im.load()
             array = np.asarray(im)
     except (OSError, ValueError, SyntaxError) as exc:

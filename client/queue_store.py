@@ -20,7 +20,7 @@ import math
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -359,11 +359,15 @@ class CorrectionQueue:
 
     # ------------------------------------------------------------------ reviewing
 
-    def next_pending(self, who: str) -> Item | None:
-        """Claim the highest-score pending item for `who` (pending -> in_review); None when none is left."""
+    def next_pending(self, who: str, skip: Iterable[int] = ()) -> Item | None:
+        """Claim the highest-score pending item for `who` (pending -> in_review), passing over the ids
+        in `skip` (items this reviewer skipped); None when none is left."""
         who = _need_who(who)
+        skip_ids = sorted({int(i) for i in skip})
+        not_in = f" AND id NOT IN ({', '.join('?' * len(skip_ids))})" if skip_ids else ""
         with self._write() as db:
-            row = db.execute("SELECT id FROM items WHERE state='pending' ORDER BY score DESC, id ASC LIMIT 1").fetchone()
+            row = db.execute(f"SELECT id FROM items WHERE state='pending'{not_in} ORDER BY score DESC, id ASC LIMIT 1",
+                             skip_ids).fetchone()
             if row is None:
                 return None
             now = utc_now()

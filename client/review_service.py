@@ -1,0 +1,183 @@
+"""What the review web app does, without the web: hand a browser tab the next queue item in
+priority order, render its pictures, and pass its decision (correction, rejection, skip) to the
+correction queue. `review_server` is only HTTP glue over this.
+
+Tabs: each browser tab has a random tab id (kept in the tab's sessionStorage, so it survives a
+reload). An item claimed for a tab is *held* by it: a reload gets the same item back, and another
+tab can neither be given it nor submit to it. So two tabs never overwrite each other's work; the
+queue's own state checks refuse a second decision on an item in any case. Holds live in this
+process's memory; after a restart, claims left in review go back with `ugafl queue reset-stale`.
+
+Pixels: every picture is the item's patch grid (the patch image's size, at the item's mpp),
+row 0 at the top; masks travel as greyscale PNGs holding 0/255.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from matplotlib import colormaps
+from PIL import Image
+
+from ugafl.client.annotations import decode_png_mask
+from ugafl.client.queue_store import CorrectionQueue, Item, QueueError
+from ugafl.common.errors import UgaflError
+from ugafl.common.heatmap import CMAP
+from ugafl.common.log import get_logger
+
+log = get_logger("review")
+
+# Upper bounds of the uncertainty measures of a two-class model, in nats (entropy and mutual
+# information are at most ln 2; the variance of a probability at most 1/4). Other measures (uga)
+# are drawn against the patch's own 99th percentile.
+MEASURE_MAX = {"entropy": math.log(2), "mutual_information": math.log(2), "variance": 0.25}
+REJECT_REASONS = ("not tumour tissue / artefact", "cannot judge at this resolution", "other")
+
+
+class ReviewError(UgaflError):
+    """A request from the review app that was refused; the queue is unchanged."""
+
+
+class HeldByOtherTab(ReviewError):
+    """The item is open in another browser tab."""
+
+
+@dataclass
+class _Tab:
+    item_id: int | None = None
+    skipped: set[int] = field(default_factory=set)
+
+
+def png_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def uncertainty_picture(values: np.ndarray, measure: str) -> tuple[np.ndarray, float]:
+    """The uncertainty map coloured with the slide heat maps' colour map (dark = confident,
+    bright = unsure), as uint8 RGB, and the value at the top of the scale."""
+    values = np.nan_to_num(np.asarray(values, dtype=np.float32), nan=0.0)
+    vmax = MEASURE_MAX.get(measure) or float(np.percentile(values, 99.0))
+    if not vmax > 0:
+        vmax = 1.0
+    rgba = colormaps[CMAP](np.clip(values / vmax, 0.0, 1.0), bytes=True)
+    return np.ascontiguousarray(rgba[..., :3]), float(vmax)
+
+
+def item_summary(item: Item, vmax: float) -> dict:
+    """What the page shows of an item (JSON-ready)."""
+    return {"id": item.id, "slide": item.slide, "x": item.x, "y": item.y, "box_width": item.width,
+            "box_height": item.height, "mpp": item.mpp, "score": item.score, "measure": item.measure,
+            "strategy": item.strategy, "model_version": item.model_version, "round": item.round,
+            "state": item.state, "reviewer": item.reviewer, "uncertainty_max": vmax}
+
+
+class ReviewService:
+    """The review app's operations on the queue of `workspace`; safe to call from many threads."""
+
+    def __init__(self, workspace: str | Path):
+        self.queue = CorrectionQueue(workspace)
+        self._lock = threading.Lock()
+        self._tabs: dict[str, _Tab] = {}
+        self._holder: dict[int, str] = {}  # item id -> tab id
+
+    def close(self) -> None:
+        self.queue.close()
+
+    # ------------------------------------------------------------------ reading
+
+    def progress(self) -> dict:
+        counts = self.queue.counts()
+        done = counts["corrected"] + counts["rejected"]
+        return {**counts, "done": done, "total": sum(counts.values())}
+
+    def item_json(self, item_id: int) -> dict:
+        item = self.queue.get(item_id)
+        _, vmax = self.pictures(item_id)["uncertainty_scale"]
+        width, height = Image.open(item.image_path).size
+        return {**item_summary(item, vmax), "width": width, "height": height}
+
+    def pictures(self, item_id: int) -> dict:
+        """PNG bytes of the item's image, model mask (0/255) and coloured uncertainty."""
+        item = self.queue.get(item_id)
+        colour, vmax = uncertainty_picture(self.queue.load_uncertainty(item_id), item.measure)
+        return {"image": item.image_path.read_bytes(), "model_mask": item.model_mask_path.read_bytes(),
+                "uncertainty": png_bytes(colour), "uncertainty_scale": (0.0, vmax)}
+
+    # ------------------------------------------------------------------ claiming
+
+    def next_item(self, tab_id: str, reviewer: str) -> dict | None:
+        """The item `tab_id` works on: the one it holds if still in review (after a reload), else
+        the highest-score pending item it has not skipped, claimed for `reviewer`. None: nothing left."""
+        tab_id = _need_tab(tab_id)
+        with self._lock:
+            tab = self._tabs.setdefault(tab_id, _Tab())
+            if tab.item_id is not None:
+                held = self.queue.get(tab.item_id)
+                if held.state == "in_review":
+                    return self.item_json(held.id)
+                self._drop(tab)
+            item = self.queue.next_pending(reviewer, skip=tab.skipped)
+            if item is None:
+                return None
+            tab.item_id = item.id
+            self._holder[item.id] = tab_id
+        log.info("item %d claimed by %s (tab %s)", item.id, reviewer, tab_id[:8])
+        return self.item_json(item.id)
+
+    def _drop(self, tab: _Tab) -> None:
+        if tab.item_id is not None:
+            self._holder.pop(tab.item_id, None)
+        tab.item_id = None
+
+    def _check_holder(self, tab_id: str, item_id: int) -> _Tab:
+        """The tab, if it holds the item; else a clear refusal."""
+        tab = self._tabs.get(tab_id)
+        if tab is None or tab.item_id != item_id:
+            other = self._holder.get(item_id)
+            if other is not None and other != tab_id:
+                raise HeldByOtherTab(f"item {item_id} is open in another tab; this tab's work on it was not saved")
+            state = self.queue.get(item_id).state
+            raise ReviewError(f"item {item_id} is not open in this tab (it is {state}); nothing was saved")
+        return tab
+
+    # ------------------------------------------------------------------ decisions
+
+    def submit(self, tab_id: str, item_id: int, mask_png: bytes, reviewer: str) -> None:
+        """Store the tab's corrected mask (greyscale PNG, 0/255 or 0/1, the patch's size)."""
+        with self._lock:
+            tab = self._check_holder(_need_tab(tab_id), item_id)
+            item = self.queue.get(item_id)
+            width, height = Image.open(item.image_path).size
+            mask = decode_png_mask(io.BytesIO(mask_png), (height, width), f"correction for item {item_id}")
+            self.queue.submit_correction(item_id, mask.astype(np.uint8), reviewer)
+            self._drop(tab)
+
+    def reject(self, tab_id: str, item_id: int, reviewer: str, reason: str) -> None:
+        with self._lock:
+            tab = self._check_holder(_need_tab(tab_id), item_id)
+            self.queue.reject(item_id, reviewer, reason)
+            self._drop(tab)
+
+    def skip(self, tab_id: str, item_id: int, reviewer: str) -> None:
+        """Give the item back to the queue (pending) and pass over it for the rest of this tab."""
+        with self._lock:
+            tab = self._check_holder(_need_tab(tab_id), item_id)
+            try:
+                self.queue.release(item_id, reviewer)
+            except QueueError:
+                pass  # already pending (reset as stale): skipping still applies to this tab
+            tab.skipped.add(item_id)
+            self._drop(tab)
+
+
+def _need_tab(tab_id: object) -> str:
+    if not isinstance(tab_id, str) or not 8 <= len(tab_id) <= 64 or not tab_id.isalnum():
+        raise ReviewError("tab id must be 8 to 64 letters or digits")
+    return tab_id

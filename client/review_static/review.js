@@ -1,0 +1,341 @@
+// ugafl review: the pathologist's correction tool. Plain browser JavaScript, no build step.
+// The correction is a 0/1 array at the patch's own pixel grid; brush, eraser and fill edit it
+// pixel by pixel (no antialiasing, so the saved mask holds exactly 0 and 255).
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const TOKEN = document.querySelector('meta[name="ugafl-token"]').content;
+const TAB = sessionStorage.getItem("ugafl-tab") || (() => {
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  const id = Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+  sessionStorage.setItem("ugafl-tab", id);
+  return id;
+})();
+const UNDO_LIMIT = 50;
+
+const st = {
+  item: null, w: 0, h: 0, mask: null, model: null, undo: [],
+  tool: "brush", size: 6, drawing: false, last: null, busy: false,
+};
+
+// ---------------------------------------------------------------- server
+
+async function post(path, extra = {}) {
+  const body = JSON.stringify({ token: TOKEN, tab: TAB, reviewer: reviewer(), ...extra });
+  const res = await fetch(path, { method: "POST", headers: { "Content-Type": "application/json" }, body });
+  const data = await res.json().catch(() => ({ error: `server answered ${res.status}` }));
+  if (!res.ok) throw new Error(data.error || `server answered ${res.status}`);
+  return data;
+}
+
+function reviewer() { return $("reviewer").value.trim(); }
+
+function showProgress(p) {
+  if (!p) return;
+  $("progress-text").textContent =
+    `${p.done} of ${p.total} done · ${p.corrected} corrected · ${p.rejected} rejected · ` +
+    `${p.pending} pending · ${p.in_review} in review`;
+  $("progress-bar").style.width = p.total ? `${(100 * p.done) / p.total}%` : "0";
+}
+
+function say(text, isError = false) {
+  $("message").textContent = text;
+  $("message").className = isError ? "error" : "";
+}
+
+function setState(s) { document.body.dataset.state = s; }
+
+// ---------------------------------------------------------------- loading an item
+
+function loadImage(src) {
+  return new Promise((resolve, reject) => {
+    const img = new Image();
+    img.onload = () => resolve(img);
+    img.onerror = () => reject(new Error(`could not load ${src}`));
+    img.src = src;
+  });
+}
+
+function pixelsOf(img) {
+  const c = document.createElement("canvas");
+  c.width = img.naturalWidth; c.height = img.naturalHeight;
+  const ctx = c.getContext("2d");
+  ctx.drawImage(img, 0, 0);
+  const rgba = ctx.getImageData(0, 0, c.width, c.height).data;
+  const out = new Uint8Array(c.width * c.height);
+  for (let i = 0; i < out.length; i++) out[i] = rgba[4 * i] > 127 ? 1 : 0;
+  return out;
+}
+
+async function next() {
+  if (!reviewer()) { say("Enter your name at the top first.", true); $("reviewer").focus(); return; }
+  localStorage.setItem("ugafl-reviewer", reviewer());
+  setState("loading");
+  try {
+    const data = await post("/api/next");
+    showProgress(data.progress);
+    if (!data.item) { showDone(); return; }
+    await show(data.item);
+  } catch (err) { say(err.message, true); setState("error"); }
+}
+
+async function show(item) {
+  const base = `/api/items/${item.id}`;
+  const [patch, model, unc] = await Promise.all(
+    ["image.png", "model_mask.png", "uncertainty.png"].map((n) => loadImage(`${base}/${n}?v=${Date.now()}`)));
+  st.item = item; st.w = item.width; st.h = item.height;
+  st.model = pixelsOf(model);
+  st.mask = st.model.slice();
+  st.undo = [];
+  for (const id of ["unc-layer", "model-layer", "mask-layer", "cursor-layer", "model-panel"]) {
+    $(id).width = st.w; $(id).height = st.h;
+  }
+  $("patch").src = patch.src; $("model-image").src = patch.src; $("unc-panel").src = unc.src;
+  st.uncImage = unc;
+  $("unc-measure").textContent = `(${item.measure})`;
+  $("unc-max").textContent = `${item.uncertainty_max.toPrecision(3)} unsure`;
+  const rows = [["item", item.id], ["slide", item.slide], ["box (level 0)", `${item.x}, ${item.y} · ${item.box_width}×${item.box_height}`],
+    ["resolution", `${item.mpp} µm/px`], ["score", `${item.score.toPrecision(4)} (${item.measure})`],
+    ["chosen by", item.strategy], ["model", item.model_version], ["round", item.round]];
+  $("details").replaceChildren(...rows.flatMap(([k, v]) => {
+    const dt = document.createElement("dt"); dt.textContent = k;
+    const dd = document.createElement("dd"); dd.textContent = String(v);
+    return [dt, dd];
+  }));
+  $("workspace").hidden = false; $("done").hidden = true;
+  drawAll();
+  document.body.dataset.item = String(item.id);
+  say(`Patch ${item.id} from ${item.slide}: correct the yellow area, then Accept.`);
+  setState("ready");
+}
+
+function showDone() {
+  st.item = null;
+  $("workspace").hidden = true; $("done").hidden = false;
+  document.body.dataset.item = "";
+  setState("done");
+}
+
+// ---------------------------------------------------------------- drawing layers
+
+function boundary(arr, x, y) {
+  const { w, h } = st, i = y * w + x;
+  return (x === 0 || !arr[i - 1]) || (x === w - 1 || !arr[i + 1]) || (y === 0 || !arr[i - w]) || (y === h - 1 || !arr[i + w]);
+}
+
+function paintMask(canvas, arr, rgb, fillAlpha, edgeAlpha, visible) {
+  const ctx = canvas.getContext("2d");
+  const img = ctx.createImageData(st.w, st.h);
+  if (visible) {
+    for (let y = 0; y < st.h; y++) for (let x = 0; x < st.w; x++) {
+      const i = y * st.w + x;
+      if (!arr[i]) continue;
+      const a = boundary(arr, x, y) ? edgeAlpha : fillAlpha;
+      if (!a) continue;
+      img.data.set([rgb[0], rgb[1], rgb[2], a], 4 * i);
+    }
+  }
+  ctx.putImageData(img, 0, 0);
+}
+
+function drawAll() {
+  paintMask($("mask-layer"), st.mask, [255, 212, 0], 90, 255, $("show-mask").checked);
+  paintMask($("model-layer"), st.model, [0, 229, 255], 0, 255, $("show-model").checked);
+  paintMask($("model-panel"), st.model, [0, 229, 255], 110, 255, true);
+  const u = $("unc-layer").getContext("2d");
+  u.clearRect(0, 0, st.w, st.h);
+  if ($("show-unc").checked && st.uncImage) { u.globalAlpha = 0.6; u.drawImage(st.uncImage, 0, 0); }
+}
+
+// ---------------------------------------------------------------- editing
+
+function pushUndo() {
+  st.undo.push(st.mask.slice());
+  if (st.undo.length > UNDO_LIMIT) st.undo.shift();
+}
+
+function stamp(cx, cy, value) {
+  const r = st.size / 2, r2 = r * r;
+  const x0 = Math.max(0, Math.floor(cx - r)), x1 = Math.min(st.w - 1, Math.ceil(cx + r));
+  const y0 = Math.max(0, Math.floor(cy - r)), y1 = Math.min(st.h - 1, Math.ceil(cy + r));
+  for (let y = y0; y <= y1; y++) for (let x = x0; x <= x1; x++) {
+    const dx = x + 0.5 - cx, dy = y + 0.5 - cy;
+    if (dx * dx + dy * dy <= r2) st.mask[y * st.w + x] = value;
+  }
+}
+
+function line(a, b, value) {
+  const d = Math.hypot(b.x - a.x, b.y - a.y), steps = Math.max(1, Math.ceil(d / Math.max(0.5, st.size / 4)));
+  for (let k = 1; k <= steps; k++) stamp(a.x + ((b.x - a.x) * k) / steps, a.y + ((b.y - a.y) * k) / steps, value);
+}
+
+function flood(x, y, value) {
+  const { w, h, mask } = st, seed = mask[y * w + x];
+  if (seed === value) return;
+  const todo = [y * w + x];
+  mask[y * w + x] = value;
+  while (todo.length) {
+    const i = todo.pop(), px = i % w, py = (i - px) / w;
+    for (const [nx, ny] of [[px - 1, py], [px + 1, py], [px, py - 1], [px, py + 1]]) {
+      if (nx < 0 || ny < 0 || nx >= w || ny >= h) continue;
+      const j = ny * w + nx;
+      if (mask[j] === seed) { mask[j] = value; todo.push(j); }
+    }
+  }
+}
+
+function patchPoint(ev) {
+  const r = $("cursor-layer").getBoundingClientRect();
+  return {
+    x: Math.min(st.w - 0.001, Math.max(0, ((ev.clientX - r.left) / r.width) * st.w)),
+    y: Math.min(st.h - 0.001, Math.max(0, ((ev.clientY - r.top) / r.height) * st.h)),
+  };
+}
+
+function onDown(ev) {
+  if (!st.item || st.busy || ev.button !== 0) return;
+  ev.preventDefault();
+  $("cursor-layer").setPointerCapture(ev.pointerId);
+  const p = patchPoint(ev);
+  pushUndo();
+  if (st.tool === "fill") {
+    flood(Math.floor(p.x), Math.floor(p.y), ev.shiftKey ? 0 : 1);
+  } else {
+    st.drawing = true; st.last = p;
+    stamp(p.x, p.y, st.tool === "brush" ? 1 : 0);
+  }
+  drawAll();
+}
+
+function onMove(ev) {
+  if (!st.drawing) return;
+  const p = patchPoint(ev);
+  line(st.last, p, st.tool === "brush" ? 1 : 0);
+  st.last = p;
+  drawAll();
+}
+
+function onUp() { st.drawing = false; st.last = null; }
+
+function setTool(tool) {
+  st.tool = tool;
+  for (const b of document.querySelectorAll("[data-tool]")) b.setAttribute("aria-pressed", String(b.dataset.tool === tool));
+}
+
+function setSize(n) {
+  st.size = Math.max(1, Math.min(40, n));
+  $("size").value = String(st.size); $("size-value").textContent = String(st.size);
+}
+
+function undo() {
+  if (!st.undo.length) return;
+  st.mask = st.undo.pop();
+  drawAll();
+}
+
+// ---------------------------------------------------------------- decisions
+
+function maskPng() {
+  const c = document.createElement("canvas");
+  c.width = st.w; c.height = st.h;
+  const ctx = c.getContext("2d");
+  const img = ctx.createImageData(st.w, st.h);
+  for (let i = 0; i < st.mask.length; i++) {
+    const v = st.mask[i] ? 255 : 0;
+    img.data[4 * i] = v; img.data[4 * i + 1] = v; img.data[4 * i + 2] = v; img.data[4 * i + 3] = 255;
+  }
+  ctx.putImageData(img, 0, 0);
+  return c.toDataURL("image/png");
+}
+
+async function decide(action, extra, done) {
+  if (!st.item || st.busy) return;
+  st.busy = true; setState("saving");
+  const id = st.item.id;
+  try {
+    const data = await post(`/api/items/${id}/${action}`, extra);
+    showProgress(data.progress);
+    say(done(id));
+    st.busy = false;
+    await next();
+  } catch (err) {
+    st.busy = false;
+    say(`Item ${id}: ${err.message}`, true);
+    setState("error");
+  }
+}
+
+const accept = () => decide("correction", { mask_png: maskPng() }, (id) => `Saved your correction of item ${id}.`);
+const skip = () => decide("skip", {}, (id) => `Skipped item ${id}; it stays in the queue.`);
+
+function openReject() {
+  if (!st.item || st.busy) return;
+  $("reject-note").value = "";
+  $("reject-dialog").showModal();
+  $("reject-reason").focus();
+}
+
+function onRejectClose() {
+  if ($("reject-dialog").returnValue !== "ok") return;
+  const note = $("reject-note").value.trim();
+  const reason = $("reject-reason").value + (note ? `: ${note}` : "");
+  decide("reject", { reason }, (id) => `Rejected item ${id} (${reason}).`);
+}
+
+// ---------------------------------------------------------------- keyboard
+
+function onKey(ev) {
+  if ($("reject-dialog").open) return;  // the dialog handles Enter and Esc itself
+  const t = ev.target;
+  if (t instanceof HTMLInputElement && t.type !== "checkbox" && t.type !== "range") {
+    if (ev.key === "Enter" && t.id === "reviewer") { t.blur(); if (!st.item) next(); }
+    return;
+  }
+  if ((ev.ctrlKey || ev.metaKey) && ev.key.toLowerCase() === "z") { ev.preventDefault(); undo(); return; }
+  if (ev.ctrlKey || ev.metaKey || ev.altKey) return;
+  const toggle = (id) => { $(id).checked = !$(id).checked; drawAll(); };
+  const keys = {
+    b: () => setTool("brush"), e: () => setTool("eraser"), f: () => setTool("fill"),
+    "[": () => setSize(st.size - 1), "]": () => setSize(st.size + 1),
+    m: () => toggle("show-mask"), c: () => toggle("show-model"), u: () => toggle("show-unc"),
+    enter: accept, a: accept, r: openReject, s: skip,
+  };
+  const fn = keys[ev.key.toLowerCase()];
+  if (fn) { ev.preventDefault(); fn(); }
+}
+
+// ---------------------------------------------------------------- start
+
+function maskBase64() {
+  let text = "";
+  const m = st.mask || new Uint8Array(0);
+  for (let i = 0; i < m.length; i += 8192) text += String.fromCharCode(...m.subarray(i, i + 8192));
+  return btoa(text);
+}
+
+function start() {
+  if (!$("reviewer").value) $("reviewer").value = localStorage.getItem("ugafl-reviewer") || "";
+  const layer = $("cursor-layer");
+  layer.addEventListener("pointerdown", onDown);
+  layer.addEventListener("pointermove", onMove);
+  layer.addEventListener("pointerup", onUp);
+  layer.addEventListener("pointercancel", onUp);
+  for (const b of document.querySelectorAll("[data-tool]")) b.addEventListener("click", () => setTool(b.dataset.tool));
+  $("size").addEventListener("input", () => setSize(Number($("size").value)));
+  $("undo").addEventListener("click", undo);
+  $("reset").addEventListener("click", () => { if (st.item) { pushUndo(); st.mask = st.model.slice(); drawAll(); } });
+  for (const id of ["show-mask", "show-model", "show-unc"]) $(id).addEventListener("change", drawAll);
+  $("accept").addEventListener("click", accept);
+  $("reject").addEventListener("click", openReject);
+  $("skip").addEventListener("click", skip);
+  $("refresh").addEventListener("click", next);
+  $("reject-dialog").addEventListener("close", onRejectClose);
+  $("reviewer").addEventListener("change", () => { if (!st.item && reviewer()) next(); });
+  document.addEventListener("keydown", onKey);
+  setTool("brush"); setSize(6);
+  // For tests and support: the mask the page would save now, as 0/1 row-major base64.
+  window.ugafl = { tab: TAB, maskBase64, state: st };
+  if (reviewer()) next(); else { say("Enter your name at the top to start."); setState("need-name"); $("reviewer").focus(); }
+}
+
+start();

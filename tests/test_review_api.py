@@ -1,0 +1,166 @@
+"""The review app's HTTP API, served by a real ReviewServer on 127.0.0.1 and spoken to with
+urllib: priority order, tab ownership, the page token and Host checks, and bad corrections
+refused with one clear message and the queue left unchanged."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from review_helpers import SIZE, make_review_workspace, ring_mask
+from test_queue_store import snapshot
+from ugafl.client.queue_store import CorrectionQueue
+from ugafl.client.review_server import ReviewServer
+
+TAB_A, TAB_B = "a" * 16, "b" * 16
+
+
+@pytest.fixture
+def server(tmp_path: Path):
+    ws = tmp_path / "ws"
+    make_review_workspace(ws, [0.2, 0.9, 0.5])  # ids 1, 2, 3: priority order 2, 3, 1
+    srv = ReviewServer(ws, "127.0.0.1", 0, reviewer="dr-test")
+    srv.start_background()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+def call(srv: ReviewServer, path: str, body: dict | None = None, *, host: str | None = None,
+         token: str | None = None) -> tuple[int, dict | bytes]:
+    data = None
+    if body is not None:
+        data = json.dumps({"token": srv.token if token is None else token, "reviewer": "dr-test", **body}).encode()
+    request = urllib.request.Request(srv.url.rstrip("/") + path, data=data, method="POST" if data else "GET")
+    if host:
+        request.add_header("Host", host)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            status, payload, kind = response.status, response.read(), response.headers["Content-Type"]
+    except urllib.error.HTTPError as error:
+        status, payload, kind = error.code, error.read(), error.headers["Content-Type"]
+    return status, json.loads(payload) if kind == "application/json" else payload
+
+
+def png(mask: np.ndarray) -> str:
+    buf = io.BytesIO()
+    Image.fromarray(mask).save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def test_page_and_pictures_are_served(server: ReviewServer) -> None:
+    status, page = call(server, "/")
+    assert status == 200 and server.token.encode() in page and b'value="dr-test"' in page
+    status, image = call(server, "/api/items/1/image.png")
+    assert status == 200 and Image.open(io.BytesIO(image)).size == (SIZE, SIZE)
+    status, unc = call(server, "/api/items/1/uncertainty.png")
+    colours = np.asarray(Image.open(io.BytesIO(unc)).convert("RGB"))
+    edge = colours[SIZE // 2, SIZE // 2 + 40 - 1].astype(int)  # on the outer edge: bright
+    far = colours[2, 2].astype(int)  # far from every edge: dark
+    assert edge.sum() > far.sum() + 200, (edge, far)
+    status, error = call(server, "/api/items/99")
+    assert status == 404 and "no item 99" in error["error"]
+
+
+def test_next_follows_priority_and_a_reload_gets_the_same_item(server: ReviewServer) -> None:
+    status, first = call(server, "/api/next", {"tab": TAB_A})
+    assert status == 200 and first["item"]["id"] == 2 and first["item"]["score"] == pytest.approx(0.9)
+    assert first["progress"]["in_review"] == 1 and first["progress"]["pending"] == 2
+    _, again = call(server, "/api/next", {"tab": TAB_A})  # a reload of the same tab
+    assert again["item"]["id"] == 2
+    _, other = call(server, "/api/next", {"tab": TAB_B})  # another tab never gets the same item
+    assert other["item"]["id"] == 3
+
+
+def test_accept_reject_skip_move_the_queue(server: ReviewServer) -> None:
+    call(server, "/api/next", {"tab": TAB_A})
+    mask = ring_mask().astype(np.uint8) * 255
+    mask[:10, :10] = 255
+    status, body = call(server, "/api/items/2/correction", {"tab": TAB_A, "mask_png": png(mask)})
+    assert status == 200 and body["progress"]["corrected"] == 1
+    _, nxt = call(server, "/api/next", {"tab": TAB_A})
+    assert nxt["item"]["id"] == 3
+    status, body = call(server, "/api/items/3/skip", {"tab": TAB_A})
+    assert status == 200 and body["progress"]["pending"] == 2
+    _, nxt = call(server, "/api/next", {"tab": TAB_A})  # the skipped item 3 is passed over
+    assert nxt["item"]["id"] == 1
+    status, error = call(server, "/api/items/1/reject", {"tab": TAB_A, "reason": "  "})
+    assert status == 400 and "reason" in error["error"]
+    status, _ = call(server, "/api/items/1/reject", {"tab": TAB_A, "reason": "artefact"})
+    assert status == 200
+    _, nxt = call(server, "/api/next", {"tab": TAB_A})
+    assert nxt["item"] is None and nxt["progress"] == {"pending": 1, "in_review": 0, "corrected": 1, "rejected": 1,
+                                                       "done": 2, "total": 3}
+    with CorrectionQueue(server.service.queue.workspace) as q:
+        assert (q.load_correction(2) == (mask > 0)).all()
+        assert q.get(2).reviewer == "dr-test" and q.get(3).state == "pending"
+        assert q.history(1)[-1].detail["reason"] == "artefact"
+    _, other = call(server, "/api/next", {"tab": TAB_B})  # skipping is per tab: another tab still gets it
+    assert other["item"]["id"] == 3
+
+
+def bad_corrections():
+    good = ring_mask().astype(np.uint8) * 255
+    grey = good.copy()
+    grey[5, 5] = 128
+    return [
+        ("wrong size", {"mask_png": png(good[:-1])}, 400, "mask is 128x127 (width x height), the patch is 128x128"),
+        ("values other than 0/1/255", {"mask_png": png(grey)}, 400, "mask has values 128"),
+        ("colour image", {"mask_png": png(np.dstack([good, good * 0, good]))}, 400, "must be greyscale"),
+        ("not a PNG", {"mask_png": base64.b64encode(b"hello").decode()}, 400, "cannot read as an image"),
+        ("not base64", {"mask_png": "***"}, 400, "not valid base64"),
+        ("no mask", {}, 400, "mask_png missing"),
+        ("another tab's item", {"tab": TAB_B, "mask_png": png(good)}, 409, "open in another tab"),
+        ("bad tab id", {"tab": "x", "mask_png": png(good)}, 400, "tab id"),
+    ]
+
+
+@pytest.mark.parametrize("name, body, status, message", bad_corrections(), ids=[c[0] for c in bad_corrections()])
+def test_bad_corrections_are_refused_and_change_nothing(server: ReviewServer, name, body, status, message) -> None:
+    call(server, "/api/next", {"tab": TAB_A})
+    call(server, "/api/next", {"tab": TAB_B})
+    ws = server.service.queue.workspace
+    before = snapshot(ws)
+    got_status, error = call(server, "/api/items/2/correction", {"tab": TAB_A, **body})
+    assert (got_status, message in error["error"]) == (status, True), error
+    assert snapshot(ws) == before
+
+
+def test_an_item_corrected_elsewhere_is_not_overwritten(server: ReviewServer) -> None:
+    call(server, "/api/next", {"tab": TAB_A})
+    good = ring_mask().astype(np.uint8) * 255
+    with CorrectionQueue(server.service.queue.workspace) as q:  # e.g. a QuPath import meanwhile
+        q.submit_correction(2, good, "dr-qupath")
+        before = snapshot(q.workspace)
+    status, error = call(server, "/api/items/2/correction", {"tab": TAB_A, "mask_png": png(good * 0)})
+    assert status == 409 and "already corrected by dr-qupath" in error["error"]
+    assert snapshot(server.service.queue.workspace) == before
+
+
+@pytest.mark.parametrize("case", ["no token", "wrong token", "foreign host", "no name"])
+def test_requests_without_the_page_token_or_from_elsewhere_are_refused(server: ReviewServer, case: str) -> None:
+    ws = server.service.queue.workspace
+    before = snapshot(ws)
+    if case == "foreign host":  # DNS rebinding: a page on evil.example resolving to 127.0.0.1
+        status, error = call(server, "/api/next", {"tab": TAB_A}, host="evil.example:80")
+        assert status == 403 and "Host" in error["error"]
+        status, _ = call(server, "/", host="evil.example:80")
+        assert status == 403
+    elif case == "no name":
+        request = urllib.request.Request(server.url + "api/next", method="POST",
+                                         data=json.dumps({"token": server.token, "tab": TAB_A, "reviewer": " "}).encode())
+        with pytest.raises(urllib.error.HTTPError) as raised:
+            urllib.request.urlopen(request, timeout=10)
+        assert raised.value.code == 400 and "enter your name" in json.loads(raised.value.read())["error"]
+    else:
+        status, error = call(server, "/api/next", {"tab": TAB_A}, token="" if case == "no token" else "guess")
+        assert status == 403 and "token" in error["error"]
+    assert snapshot(ws) == before
