@@ -63,23 +63,23 @@ function pixelsOf(img) {
   ctx.drawImage(img, 0, 0);
   const rgba = ctx.getImageData(0, 0, c.width, c.height).data;
   const out = new Uint8Array(c.width * c.height);
-  for (let i = 0; i < out.length; i++) out[i] = rgba[4 * i] > 127 ? 1 : 0;
+  for (let i = 0; i < out.length; i++) out[i] = rgba[4 * i] > 0 ? 1 : 0;  // stored as 0/1 (or 0/255)
   return out;
 }
 
-async function next() {
+async function next(notice = "") {
   if (!reviewer()) { say("Enter your name at the top first.", true); $("reviewer").focus(); return; }
   localStorage.setItem("ugafl-reviewer", reviewer());
   setState("loading");
   try {
     const data = await post("/api/next");
     showProgress(data.progress);
-    if (!data.item) { showDone(); return; }
-    await show(data.item);
+    if (!data.item) { showDone(); if (notice) say(notice); return; }
+    await show(data.item, notice);
   } catch (err) { say(err.message, true); setState("error"); }
 }
 
-async function show(item) {
+async function show(item, notice = "") {
   const base = `/api/items/${item.id}`;
   const [patch, model, unc] = await Promise.all(
     ["image.png", "model_mask.png", "uncertainty.png"].map((n) => loadImage(`${base}/${n}?v=${Date.now()}`)));
@@ -105,7 +105,8 @@ async function show(item) {
   $("workspace").hidden = false; $("done").hidden = true;
   drawAll();
   document.body.dataset.item = String(item.id);
-  say(`Patch ${item.id} from ${item.slide}: correct the yellow area, then Accept.`);
+  const intro = `Patch ${item.id} from ${item.slide}: correct the yellow area, then Accept.`;
+  say(notice ? `${notice} ${intro}` : intro);
   setState("ready");
 }
 
@@ -255,9 +256,8 @@ async function decide(action, extra, done) {
   try {
     const data = await post(`/api/items/${id}/${action}`, extra);
     showProgress(data.progress);
-    say(done(id));
     st.busy = false;
-    await next();
+    await next(done(id));
   } catch (err) {
     st.busy = false;
     say(`Item ${id}: ${err.message}`, true);
@@ -271,6 +271,7 @@ const skip = () => decide("skip", {}, (id) => `Skipped item ${id}; it stays in t
 function openReject() {
   if (!st.item || st.busy) return;
   $("reject-note").value = "";
+  $("reject-dialog").returnValue = "";
   $("reject-dialog").showModal();
   $("reject-reason").focus();
 }
@@ -328,8 +329,9 @@ function start() {
   $("accept").addEventListener("click", accept);
   $("reject").addEventListener("click", openReject);
   $("skip").addEventListener("click", skip);
-  $("refresh").addEventListener("click", next);
+  $("refresh").addEventListener("click", () => next());
   $("reject-dialog").addEventListener("close", onRejectClose);
+  $("reject-cancel").addEventListener("click", () => $("reject-dialog").close("cancel"));
   $("reviewer").addEventListener("change", () => { if (!st.item && reviewer()) next(); });
   document.addEventListener("keydown", onKey);
   setTool("brush"); setSize(6);

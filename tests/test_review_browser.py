@@ -1,0 +1,224 @@
+"""The review web app end to end: `ugafl review` as a real process, Debian's Chromium driven by
+Selenium with real pointer and key events. A pathologist fills, erases, paints, undoes and
+accepts; the stored mask must be exactly what the page held, and where each tool was used it
+must show the tool's effect. A screenshot is checked for what a person would see. Two tabs work
+side by side without touching each other's items."""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from browser import chromium, review_process
+from review_helpers import RING_INNER, SIZE, make_review_workspace, ring_mask
+from ugafl.client.queue_store import CorrectionQueue
+
+pytestmark = pytest.mark.slow
+SCALE = 4  # CSS px per patch px: the editor is 512 px wide for a 128 px patch
+
+
+def page(driver) -> dict:
+    return driver.execute_script("return {state: document.body.dataset.state, item: document.body.dataset.item,"
+                                 " message: document.getElementById('message').textContent,"
+                                 " progress: document.getElementById('progress-text').textContent}")
+
+
+def wait_for(driver, state: str, item: str | None = None, timeout: float = 30) -> dict:
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def ready(d):
+        now = page(d)
+        return now if now["state"] == state and (item is None or now["item"] == item) else False
+
+    try:
+        return WebDriverWait(driver, timeout, poll_frequency=0.05).until(ready)
+    except Exception:
+        raise AssertionError(f"page never reached state={state} item={item}; it shows {page(driver)}") from None
+
+
+def page_mask(driver) -> np.ndarray:
+    raw = base64.b64decode(driver.execute_script("return window.ugafl.maskBase64()"))
+    return np.frombuffer(raw, np.uint8).reshape(SIZE, SIZE).astype(bool)
+
+
+def keys(driver, *sequence: str) -> None:
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    actions = ActionChains(driver)
+    for key in sequence:
+        actions.send_keys(key)
+    actions.perform()
+
+
+def ctrl_z(driver) -> None:
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.keys import Keys
+
+    ActionChains(driver).key_down(Keys.CONTROL).send_keys("z").key_up(Keys.CONTROL).perform()
+
+
+def _offset(p: float) -> int:
+    """CSS offset from the editor's centre to the centre of patch pixel p."""
+    return round((p + 0.5) * SCALE - SIZE * SCALE / 2)
+
+
+def click_at(driver, x: float, y: float) -> None:
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    layer = driver.find_element("id", "cursor-layer")
+    ActionChains(driver).move_to_element_with_offset(layer, _offset(x), _offset(y)).click().perform()
+
+
+def drag(driver, start: tuple[float, float], end: tuple[float, float], steps: int = 8) -> None:
+    """Press at `start`, move in steps to `end`, release (patch pixels)."""
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    layer = driver.find_element("id", "cursor-layer")
+    actions = ActionChains(driver).move_to_element_with_offset(layer, _offset(start[0]), _offset(start[1])).click_and_hold()
+    for k in range(1, steps + 1):
+        x = start[0] + (end[0] - start[0]) * k / steps
+        y = start[1] + (end[1] - start[1]) * k / steps
+        actions.move_to_element_with_offset(layer, _offset(x), _offset(y))
+    actions.release().perform()
+
+
+def element_box(driver, element_id: str) -> tuple[int, int, int, int]:
+    rect = driver.execute_script(f"const r = document.getElementById('{element_id}').getBoundingClientRect();"
+                                 " return [r.left, r.top, r.width, r.height];")
+    return tuple(int(round(v)) for v in rect)
+
+
+def screen_pixel(shot: np.ndarray, box: tuple[int, int, int, int], px: float, py: float, size: int = SIZE) -> np.ndarray:
+    """The screenshot's colour at patch pixel (px, py) of the element at `box` (left, top, width, height)."""
+    left, top, width, height = box
+    return shot[int(top + (py + 0.5) * height / size), int(left + (px + 0.5) * width / size)].astype(int)
+
+
+def test_a_full_correction_in_the_browser(tmp_path: Path) -> None:
+    ws = tmp_path / "ws"
+    make_review_workspace(ws, [0.3, 0.8, 0.5])  # ids 1, 2, 3: priority 2, 3, 1
+    model = ring_mask()
+    with CorrectionQueue(ws) as queue:
+        raw_patch = queue.load_image(2)
+    with review_process(ws) as url, chromium(tmp_path) as driver:
+        driver.get(url)
+        now = wait_for(driver, "ready", "2")
+        assert "0 of 3 done" in now["progress"] and "2 pending · 1 in review" in now["progress"]
+        assert (page_mask(driver) == model).all()  # the correction starts from the model's mask
+
+        keys(driver, "f")
+        click_at(driver, SIZE / 2, SIZE / 2)  # fill the ring's hole
+        keys(driver, "e")
+        drag(driver, (24, 64), (46, 64))  # erase across the ring's left band (brush 6 px)
+        keys(driver, "b", "]", "]")  # brush, 8 px
+        drag(driver, (96, 12), (120, 12))  # paint a new streak top right
+        drag(driver, (8, 110), (30, 110))  # a slip ...
+        ctrl_z(driver)  # ... taken back
+        expected = page_mask(driver)
+
+        yy, xx = np.mgrid[:SIZE, :SIZE] + 0.5
+        radius = np.hypot(yy - SIZE / 2, xx - SIZE / 2)
+        assert expected[radius <= RING_INNER].all(), "fill left part of the hole empty"
+        assert not expected[62:67, 26:45].any(), "the eraser stroke left tumour behind"
+        assert expected[9:16, 98:119].all(), "the brush stroke is not all tumour"
+        assert not expected[105:116, 2:36].any(), "undo did not take the slip back"
+        untouched = np.ones_like(model)
+        untouched[radius <= RING_INNER + 1] = False
+        untouched[56:73, 18:59] = False
+        untouched[4:21, 88:129] = False
+        assert (expected[untouched] == model[untouched]).all(), "pixels away from every stroke changed"
+
+        # What the pathologist sees, read off a screenshot: the patch as stored, tinted yellow
+        # where the correction says tumour, the model's contour in cyan where they differ.
+        keys(driver, "c")
+        shot_path = tmp_path / "review.png"
+        driver.save_screenshot(str(shot_path))
+        shot = np.asarray(Image.open(shot_path).convert("RGB"))
+        editor, model_panel, unc_panel = (element_box(driver, i) for i in ("stack", "model-panel", "unc-panel"))
+        assert editor[2:] == (SIZE * SCALE, SIZE * SCALE)
+        raw = raw_patch.astype(int)
+        for px, py in [(100, 64), (64, 64), (70, 90)]:  # tumour (kept, filled): yellow tint
+            seen, under = screen_pixel(shot, editor, px, py), raw[py, px]
+            assert seen[2] < under[2] - 40 and seen[0] >= under[0] - 2, (px, py, seen, under)
+        for px, py in [(120, 120), (38, 64), (10, 60)]:  # background, erased: the patch untinted
+            seen, under = screen_pixel(shot, editor, px, py), raw[py, px]
+            assert np.abs(seen - under).max() <= 12, (px, py, seen, under)
+        contour = screen_pixel(shot, editor, 24, 64)  # the model's outer edge, where the eraser went
+        assert contour[0] < 60 and contour[1] > 200 and contour[2] > 230, contour
+        edge_unc = screen_pixel(shot, unc_panel, 103, 64)  # bright where the model is unsure ...
+        far_unc = screen_pixel(shot, unc_panel, 4, 4)  # ... dark where it is sure
+        assert edge_unc.sum() > far_unc.sum() + 250 and far_unc.sum() < 60, (edge_unc, far_unc)
+        seen, under = screen_pixel(shot, model_panel, 100, 64), raw[64, 100]  # model's mask: cyan tint
+        assert seen[2] > under[2] + 10 and seen[0] < under[0] - 60, (seen, under)
+        if os.environ.get("UGAFL_SCREENSHOT"):  # keep the picture for a person to look at
+            shutil.copy(shot_path, os.environ["UGAFL_SCREENSHOT"])
+
+        keys(driver, "\ue007")  # Enter: accept
+        now = wait_for(driver, "ready", "3")
+        assert "Saved your correction of item 2" in now["message"] and "1 of 3 done" in now["progress"]
+
+        keys(driver, "s")  # skip item 3: it stays in the queue
+        wait_for(driver, "ready", "1")
+        keys(driver, "r")  # reject item 1 with a reason and a note
+        driver.find_element("id", "reject-note").send_keys("fold across the patch")
+        keys(driver, "\ue007")
+        now = wait_for(driver, "done")
+        assert "2 of 3 done · 1 corrected · 1 rejected · 1 pending" in now["progress"]
+
+    with CorrectionQueue(ws) as queue:
+        assert (queue.load_correction(2) == expected).all(), "stored mask differs from the page's"
+        assert queue.get(2).reviewer == "Dr. Test" and queue.history(2)[-1].who == "Dr. Test"
+        assert queue.get(3).state == "pending"
+        rejected = queue.get(1)
+        assert rejected.state == "rejected"
+        assert queue.history(1)[-1].detail["reason"] == "not tumour tissue / artefact: fold across the patch"
+
+
+def test_two_tabs_never_touch_each_others_items(tmp_path: Path) -> None:
+    ws = tmp_path / "ws"
+    make_review_workspace(ws, [0.9, 0.8, 0.1])
+    with review_process(ws) as url, chromium(tmp_path) as driver:
+        driver.get(url)
+        wait_for(driver, "ready", "1")
+        tab_a = driver.current_window_handle
+        keys(driver, "e")
+        drag(driver, (20, 40), (110, 40))  # tab A erases a band
+
+        driver.switch_to.new_window("tab")
+        tab_b = driver.current_window_handle
+        driver.get(url)
+        wait_for(driver, "ready", "2")  # not tab A's item
+        driver.refresh()  # a reload keeps this tab's item
+        wait_for(driver, "ready", "2")
+        drag(driver, (5, 5), (40, 5))  # tab B paints a streak
+        # Tab B tries to save over tab A's item (say, a stale page): refused, nothing stored.
+        status = driver.execute_async_script("""
+            const done = arguments[arguments.length - 1];
+            fetch('/api/items/1/correction', {method: 'POST', body: JSON.stringify({
+                token: document.querySelector('meta[name="ugafl-token"]').content, tab: window.ugafl.tab,
+                reviewer: 'Dr. Test', mask_png: 'iVBORw0KGgo='})})
+              .then(r => r.json().then(j => done([r.status, j.error])));""")
+        assert status[0] == 409 and "open in another tab" in status[1]
+        mask_b = page_mask(driver)
+        keys(driver, "\ue007")
+        wait_for(driver, "ready", "3")
+
+        driver.switch_to.window(tab_a)
+        wait_for(driver, "ready", "1")
+        mask_a = page_mask(driver)
+        keys(driver, "\ue007")
+        wait_for(driver, "done")  # item 3 is tab B's: tab A has nothing left
+
+    model = ring_mask()
+    assert not (mask_a == model).all() and not (mask_b == model).all()
+    with CorrectionQueue(ws) as queue:
+        assert (queue.load_correction(1) == mask_a).all()
+        assert (queue.load_correction(2) == mask_b).all()
+        assert queue.get(3).state == "in_review"
+        assert [e.action for e in queue.history(1)] == ["add", "claim", "correct"]
