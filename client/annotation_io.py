@@ -1,7 +1,8 @@
 """The queue's round trips with pathologists' tools: export items (patch region and the model's
 contour, level-0 pixels) as QuPath GeoJSON or ASAP XML; import corrected annotations from either,
 or a PNG mask for one item. An import is all or nothing: every target item is checked and every
-mask built before the first correction is submitted, so a bad file leaves the queue unchanged."""
+mask built first, then all are committed in one transaction, so neither a bad file nor a crash
+leaves a file half imported."""
 
 from __future__ import annotations
 
@@ -54,8 +55,7 @@ def import_file(workspace: str | Path, path: str | Path, fmt: str, who: str, ite
                 masks[target] = polygons_to_mask(polys, item.box, shapes.get(target) or _shape(queue, target))
         else:
             raise AnnotationError(f"unknown annotation format {fmt!r}; known: geojson, asap, png")
-        for target, mask in masks.items():
-            queue.submit_correction(target, mask.astype(np.uint8), who)
+        queue.submit_corrections({t: m.astype(np.uint8) for t, m in masks.items()}, who)  # one transaction
     return sorted(masks)
 
 

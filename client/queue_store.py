@@ -379,30 +379,38 @@ class CorrectionQueue:
         """Store `who`'s corrected mask for the item (pending/in_review -> corrected). The mask must
         have the patch's shape and hold only 0/1 or 0/255 (bool or uint8). When this returns the
         correction is on disk and committed."""
+        self.submit_corrections({item_id: mask}, who)
+
+    def submit_corrections(self, masks: dict[int, np.ndarray], who: str) -> None:
+        """`submit_correction` for several items in one transaction: all are stored or none (one
+        imported file never lands half). Every mask is checked before anything is written."""
         who = _need_who(who)
-        mask = np.asarray(mask)
+        if not masks:
+            raise QueueError("no corrections to submit")
         with self._lock:
-            # Validate everything before writing anything.
-            item = self.get(item_id)
-            self._check_open(item, "correct")
-            with Image.open(item.image_path) as im:
-                patch_w, patch_h = im.size
-            if mask.ndim != 2 or mask.shape != (patch_h, patch_w):
-                got = _size(mask.shape) if mask.ndim == 2 else f"shape {mask.shape}"
-                raise QueueError(f"mask is {got}, patch is {patch_w}x{patch_h} (width x height) for item {item_id}")
-            binary = _check_binary_mask("mask", mask)
+            checked: dict[int, np.ndarray] = {}
+            for item_id, mask in masks.items():  # validate everything before writing anything
+                mask = np.asarray(mask)
+                item = self.get(item_id)
+                self._check_open(item, "correct")
+                with Image.open(item.image_path) as im:
+                    patch_w, patch_h = im.size
+                if mask.ndim != 2 or mask.shape != (patch_h, patch_w):
+                    got = _size(mask.shape) if mask.ndim == 2 else f"shape {mask.shape}"
+                    raise QueueError(f"mask is {got}, patch is {patch_w}x{patch_h} (width x height) for item {item_id}")
+                checked[item.id] = _check_binary_mask("mask", mask)
             with self._write() as db:
-                row = self._row(db, item_id)  # re-read under the write lock: another process may have moved it
-                current = self._item(row)
-                self._check_open(current, "correct")
-                path = self._item_dir(item.id) / CORRECTION_NAME
-                _atomic_write(path, _png_writer(binary.astype(np.uint8)))
                 now = utc_now()
-                db.execute("UPDATE items SET state='corrected', reviewer=?, updated_at=?, correction_path=? WHERE id=?",
-                           (who, now, self._rel(path), item.id))
-                self._audit(db, item.id, now, who, "correct", current.state, "corrected",
-                            {"foreground_px": int(binary.sum()), "previous_reviewer": current.reviewer})
-        log.info("item %d corrected by %s", item.id, who)
+                for item_id, binary in checked.items():
+                    current = self._item(self._row(db, item_id))  # re-read under the write lock
+                    self._check_open(current, "correct")
+                    path = self._item_dir(item_id) / CORRECTION_NAME
+                    _atomic_write(path, _png_writer(binary.astype(np.uint8)))
+                    db.execute("UPDATE items SET state='corrected', reviewer=?, updated_at=?, correction_path=? WHERE id=?",
+                               (who, now, self._rel(path), item_id))
+                    self._audit(db, item_id, now, who, "correct", current.state, "corrected",
+                                {"foreground_px": int(binary.sum()), "previous_reviewer": current.reviewer})
+        log.info("item(s) %s corrected by %s", ", ".join(map(str, checked)), who)
 
     def reject(self, item_id: int, who: str, reason: str) -> None:
         """`who` declines to annotate the item (pending/in_review -> rejected), with a reason."""
