@@ -4,11 +4,8 @@ import is there, whole; every file landed entirely or not at all; nothing is hal
 
 from __future__ import annotations
 
-import os
 import random
-import signal
 import sqlite3
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -17,6 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from sigkill import kill_after_acks
 from ugafl.client import asap_xml, qupath_geojson
 from ugafl.client.annotations import ExportPatch, polygons_to_mask
 from ugafl.client.queue_store import CorrectionQueue
@@ -89,23 +87,7 @@ def test_acknowledged_imports_survive_sigkill(tmp_path: Path, seed: int) -> None
 
     rng = random.Random(seed * 104729 + int(time.time()))
     kill_after = rng.randint(8, len(files) - 8)
-    child = subprocess.Popen([sys.executable, "-c", CHILD, str(ws), str(listing)], stdout=subprocess.PIPE, text=True)
-    acked: list[str] = []
-    try:
-        assert child.stdout.readline().strip() == "ready"
-        for line in child.stdout:
-            acked.append(line)
-            if len(acked) >= kill_after:
-                time.sleep(rng.random() * 0.02)  # land somewhere inside a later import
-                os.kill(child.pid, signal.SIGKILL)
-                break
-    finally:
-        if child.poll() is None:
-            child.kill()
-        rest = child.stdout.read()
-        child.wait(10)
-    assert child.returncode == -signal.SIGKILL, f"child ended on its own ({child.returncode}) after {len(acked)} acks"
-    acked += rest.splitlines(keepends=True)  # printed before the kill landed: acknowledged too
+    acked = kill_after_acks([sys.executable, "-c", CHILD, str(ws), str(listing)], kill_after, rng, 0.02)
     acked_ids = {int(x) for line in acked for x in line.split()[1:]}
     assert len(acked) >= kill_after and acked_ids
 

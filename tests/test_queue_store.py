@@ -4,11 +4,8 @@ stale claims, schema versioning, and durability of acknowledged corrections unde
 from __future__ import annotations
 
 import hashlib
-import os
 import random
-import signal
 import sqlite3
-import subprocess
 import sys
 import textwrap
 import threading
@@ -18,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from sigkill import kill_after_acks
 
 from ugafl.client.queue_store import CorrectionQueue, QueueError
 
@@ -298,23 +297,7 @@ def test_acknowledged_corrections_survive_sigkill(ws: Path, seed: int) -> None:
             add_item(q, i)
     kill_after = rng.randint(20, 80)
     script = CHILD.format(mask_src=MASK_SRC, shape=PATCH)
-    child = subprocess.Popen([sys.executable, "-c", script, str(ws)], stdout=subprocess.PIPE, text=True)
-    acked: list[int] = []
-    try:
-        assert child.stdout.readline().strip() == "ready"
-        for line in child.stdout:
-            acked.append(int(line))
-            if len(acked) >= kill_after:
-                time.sleep(rng.random() * 0.004)  # land somewhere inside the next submit
-                os.kill(child.pid, signal.SIGKILL)
-                break
-    finally:
-        if child.poll() is None:
-            child.kill()
-        rest = child.stdout.read()
-        child.wait(10)
-    assert child.returncode == -signal.SIGKILL, f"child ended on its own ({child.returncode}) after {len(acked)} acks"
-    acked += [int(x) for x in rest.split()]  # acks printed before the kill landed still count
+    acked = [int(line) for line in kill_after_acks([sys.executable, "-c", script, str(ws)], kill_after, rng, 0.004)]
     assert len(acked) >= kill_after
 
     with sqlite3.connect(ws / "queue.db") as db:

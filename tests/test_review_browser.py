@@ -191,7 +191,6 @@ def test_two_tabs_never_touch_each_others_items(tmp_path: Path) -> None:
         drag(driver, (20, 40), (110, 40))  # tab A erases a band
 
         driver.switch_to.new_window("tab")
-        tab_b = driver.current_window_handle
         driver.get(url)
         wait_for(driver, "ready", "2")  # not tab A's item
         driver.refresh()  # a reload keeps this tab's item
