@@ -24,3 +24,8 @@ def demo(config_path: Path, name: str, runs_dir: Path, device: str) -> None:
     click.echo(f"{s['reference_centre']} Dice {s['reference_dice']:.3f}; mean of the other centres {s['mean_other_centres']:.3f}; "
                f"largest drop {s['largest_drop']:.3f}")
     click.echo(f"outputs in {runs_dir / name}/: dice.txt, dice.json, dice_per_centre.png, slides_per_centre.png, summary.json")
+    if "federated" in result:
+        click.echo("")
+        click.echo("Federated rounds (Flower simulation), Dice per centre on the test slides:")
+        click.echo(result["federated"]["table"])
+        click.echo(f"outputs in {runs_dir / name / 'federated'}/: dice_before_after.txt, rounds.csv, federated.png")

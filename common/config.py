@@ -1,4 +1,4 @@
-"""Run configuration from TOML files: sections [data], [model], [train], [central], [evaluate]
+"""Run configuration from TOML files: sections [data], [model], [train], [central], [evaluate], [federation]
 map onto the dataclasses of the stages; unknown keys are refused, naming file and field."""
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     central: dict[str, Any] = field(default_factory=dict)
     evaluate: dict[str, Any] = field(default_factory=dict)
+    federation: dict[str, Any] = field(default_factory=dict)
     raw: dict[str, Any] = field(default_factory=dict)
 
 
@@ -47,11 +48,11 @@ def load_config(path: str | Path | None) -> RunConfig:
         raw = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{path}: not valid TOML ({error})") from None
-    allowed = {"data", "model", "train", "central", "evaluate", "run"}
+    allowed = {"data", "model", "train", "central", "evaluate", "federation", "run"}
     extra = sorted(set(raw) - allowed)
     if extra:
         raise ConfigError(f"{path}: unknown section(s) {', '.join(extra)}; known: {', '.join(sorted(allowed))}")
     model = ModelConfig.from_dict(raw.get("model", {})) if "model" in raw else ModelConfig()
     train = build_section(TrainConfig, raw.get("train", {}), f"{path} [train]")
     return RunConfig(path=path, data=raw.get("data", {}), model=model, train=train, central=raw.get("central", {}),
-                     evaluate=raw.get("evaluate", {}), raw=raw)
+                     evaluate=raw.get("evaluate", {}), federation=raw.get("federation", {}), raw=raw)

@@ -205,10 +205,20 @@ def load_method(name: str, checkpoints: list, device: torch.device | str = "cpu"
     for path, ckpt in zip(checkpoints, loaded):
         if ckpt.model_config != cfg:
             raise ConfigError(f"{path}: ensemble members must share one architecture and mpp")
+    return method_from_models(name, [c.model for c in loaded], cfg, device, passes)
+
+
+def method_from_models(name: str, models: list[nn.Module], cfg: ModelConfig, device: torch.device | str = "cpu",
+                       passes: int = 8) -> UncertaintyMethod:
+    """The method `name` over models already in memory (on `device`); `load_method` for files."""
+    if name not in METHODS:
+        raise ConfigError(f"unknown uncertainty method {name!r}; known: {', '.join(METHODS)}")
+    if name != "ensemble" and len(models) != 1:
+        raise ConfigError(f"{name} takes one model, got {len(models)} (only ensemble takes several)")
     max_batch = GPU_MAX_BATCH if torch.device(device).type == "cuda" else CPU_MAX_BATCH
     if name == "ensemble":
-        return Ensemble([c.model for c in loaded], cfg, max_batch)
-    model = loaded[0].model
+        return Ensemble(models, cfg, max_batch)
+    model = models[0]
     if name == "mc_dropout":
         return McDropout(model, cfg, passes, max_batch)
     if name == "tta":

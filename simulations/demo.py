@@ -31,8 +31,9 @@ def _gallery_records(manifest: Manifest, split: str) -> list[SlideRecord]:
     return chosen
 
 
-def run_demo(cfg: RunConfig, run_dir: str | Path, device: str = "auto") -> dict:
-    """Runs every stage of the main job; returns the summary also written to summary.json."""
+def run_demo(cfg: RunConfig, run_dir: str | Path, device: str = "auto", federate: bool = True) -> dict:
+    """Runs every stage of the main job; returns the summary also written to summary.json. With a
+    [federation] section (and `federate`), the federated simulation follows the central stages."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
@@ -84,5 +85,14 @@ def run_demo(cfg: RunConfig, run_dir: str | Path, device: str = "auto") -> dict:
         "versions": {"python": platform.python_version(), "torch": torch.__version__},
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    result = {"summary": summary, "table": table}
+    if federate and cfg.federation:
+        from ugafl.simulations.federated import run_federated
+
+        started = time.time()
+        result["federated"] = run_federated(cfg, run_dir, ckpt, manifest.root)
+        summary["timings"]["federated_s"] = round(time.time() - started, 1)
+        summary["federated"] = result["federated"]["summary"]
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     log.info("results in %s", run_dir)
-    return {"summary": summary, "table": table}
+    return result

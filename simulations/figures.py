@@ -83,3 +83,48 @@ def dice_per_centre(dice: dict[str, dict[str, float]], out: str | Path, title: s
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+def federated_figure(rounds_csv: str | Path, before: dict[str, float], after: dict[str, float], out: str | Path) -> Path:
+    """Left: Dice per centre before and after the federated rounds. Right: per round, the
+    server-side Dice on the central validation slides and the sites' Dice on their corrected
+    patches, with the number of corrected patches."""
+    import csv
+
+    rows = list(csv.DictReader(Path(rounds_csv).open()))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8), gridspec_kw={"width_ratios": [1.3, 1]})
+    centres = list(before)
+    x = np.arange(len(centres))
+    for i, (label, dice) in enumerate((("central model", before), ("after federated rounds", after))):
+        bars = left.bar(x + (i - 0.5) * 0.38, [dice.get(c, np.nan) for c in centres], 0.38, label=label)
+        left.bar_label(bars, fmt="%.2f", fontsize=7, padding=1)
+    left.set_xticks(x, centres)
+    left.set_ylim(0, 1.05)
+    left.set_ylabel("Dice (test slides)")
+    left.set_title("Dice per centre", fontsize=10)
+    left.legend(fontsize=8, loc="lower left")
+    left.grid(axis="y", alpha=0.3)
+    rounds = [int(r["round"]) for r in rows]
+
+    def series(key: str) -> list[float]:
+        return [float(r[key]) if r.get(key) not in (None, "") else np.nan for r in rows]
+
+    for key in [k for k in (rows[0] if rows else {}) if k.startswith("server-dice-")]:
+        right.plot(rounds, series(key), "o-", label=f"server: {key[len('server-dice-'):]} validation")
+    if rows and "sites-dice" in rows[0]:
+        right.plot(rounds, series("sites-dice"), "s-", label="sites: corrected patches")
+    right.set_xlabel("round")
+    right.set_ylabel("Dice")
+    right.set_ylim(0, 1.05)
+    right.grid(alpha=0.3)
+    right.legend(fontsize=8, loc="lower right")
+    right.set_title("per round", fontsize=10)
+    if rows and "query-queue-corrected" in rows[0]:
+        twin = right.twinx()
+        twin.bar(rounds, series("query-queue-corrected"), alpha=0.15, color="grey")
+        twin.set_ylabel("corrected patches (all sites)", fontsize=8)
+    fig.tight_layout()
+    out = Path(out)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out

@@ -1,0 +1,165 @@
+"""The coordinator's side of a federated run, without Flower: its settings, the signed round
+checkpoints it keeps (and resumes from), and the per-round metrics table.
+
+Checkpoints: OUT/round-0000.pt is the central model the run started from, OUT/round-NNNN.pt the
+global model after round N, each with OUT/round-NNNN.pt.sig, the coordinator's signed statement
+(model digest, round, run, architecture, metrics). A restarted run resumes after the newest round
+whose checkpoint loads and whose signature verifies with the coordinator's key; later, broken or
+unsigned files are left alone and logged. Metrics: OUT/rounds.csv, one row per round.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ugafl.common.atomic import atomic_write_text
+from ugafl.common.checkpoint import load_checkpoint, save_checkpoint
+from ugafl.common.errors import CheckpointError, ConfigError, UgaflError
+from ugafl.common.log import get_logger
+from ugafl.common.model import ModelConfig
+from ugafl.common.signing import (SignatureError, load_private_key, read_signature, sign_model, verify_model,
+                                  write_signature)
+
+log = get_logger("federation")
+
+STRATEGIES = ("fedavg", "fedprox", "fedmedian", "fedtrimmedavg")
+_ROUND_FILE = re.compile(r"^round-(\d{4})\.pt$")
+
+
+@dataclass(frozen=True)
+class FederationSettings:
+    """Run settings; Flower run config keys are these names with '-' for '_'."""
+
+    central_checkpoint: str
+    out_dir: str
+    signing_key: str
+    num_rounds: int = 3
+    strategy: str = "fedavg"
+    proximal_mu: float = 0.0  # fedprox (and sent to sites as the proximal term)
+    trim_beta: float = 0.2  # fedtrimmedavg: share cut at each end
+    selection: str = "stochastic-batch"
+    budget: int = 5  # patches queued per site per round
+    method: str = "tta"  # uncertainty method the sites use
+    passes: int = 4
+    local_steps: int = 60
+    lr: float = 5e-4
+    seed: int = 0
+    min_nodes: int = 2
+    norm_factor: float = 10.0
+    eval_data: str = ""  # dataset folder for server-side evaluation ("" = none)
+    eval_centres: str = "RUMC"  # comma-separated centres of eval_data to evaluate every round
+    run_name: str = "federated"
+    timeout_s: float = 3600.0
+
+    @staticmethod
+    def from_run_config(run_config: dict[str, Any]) -> FederationSettings:
+        known = {f.name: f for f in fields(FederationSettings)}
+        values: dict[str, Any] = {}
+        for key, value in run_config.items():
+            name = key.replace("-", "_")
+            if name not in known:
+                raise ConfigError(f"unknown run config key {key!r}; known: {', '.join(k.replace('_', '-') for k in known)}")
+            kind = known[name].type
+            try:
+                values[name] = {"int": int, "float": float, "str": str}[kind](value)
+            except (TypeError, ValueError):
+                raise ConfigError(f"run config {key}: expected {kind}, got {value!r}") from None
+        for required in ("central_checkpoint", "out_dir", "signing_key"):
+            if not values.get(required):
+                raise ConfigError(f"run config {required.replace('_', '-')} is required")
+        settings = FederationSettings(**values)
+        if settings.strategy not in STRATEGIES:
+            raise ConfigError(f"run config strategy: {settings.strategy!r}; one of {', '.join(STRATEGIES)}")
+        if settings.num_rounds < 1 or settings.budget < 1 or settings.local_steps < 1:
+            raise ConfigError("run config num-rounds, budget and local-steps must be at least 1")
+        return settings
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def round_path(out_dir: str | Path, round_: int) -> Path:
+    return Path(out_dir) / f"round-{round_:04d}.pt"
+
+
+class RoundStore:
+    """Signed round checkpoints and the metrics table of one run folder."""
+
+    def __init__(self, settings: FederationSettings):
+        self.settings = settings
+        self.out = Path(settings.out_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.key = load_private_key(settings.signing_key)
+        self.public = self.key.public_key()
+
+    def sign(self, state: dict[str, torch.Tensor], cfg: ModelConfig, round_: int) -> dict:
+        return sign_model(self.key, state, round=round_, run=self.settings.run_name, model_config=cfg.to_dict())
+
+    def save(self, state: dict[str, torch.Tensor], cfg: ModelConfig, round_: int, metrics: dict[str, float]) -> tuple[Path, dict]:
+        """Write round `round_`'s checkpoint and its signature; (path, signed statement)."""
+        from ugafl.common.model import build_model
+
+        model = build_model(cfg)
+        model.load_state_dict(state)
+        path = round_path(self.out, round_)
+        save_checkpoint(path, model, cfg, extra={"federated": {"round": round_, "run": self.settings.run_name,
+                                                               "metrics": metrics}})
+        signed = self.sign(model.state_dict(), cfg, round_)
+        write_signature(path, signed)
+        return path, signed
+
+    def start(self) -> tuple[int, dict[str, torch.Tensor], ModelConfig]:
+        """(last completed round, its weights, architecture): the newest valid signed round, else
+        round 0 made from the central checkpoint."""
+        for path in sorted((p for p in self.out.glob("round-*.pt") if _ROUND_FILE.match(p.name)), reverse=True):
+            round_ = int(_ROUND_FILE.match(path.name).group(1))
+            try:
+                ckpt = load_checkpoint(path)
+                state = ckpt.model.state_dict()
+                verify_model(state, read_signature(path), [self.public], str(path))
+            except (CheckpointError, SignatureError) as error:
+                log.warning("not resuming from %s: %s", path, error)
+                continue
+            log.info("resuming after round %d from %s", round_, path)
+            self.truncate_metrics(round_)
+            return round_, state, ckpt.model_config
+        try:
+            central = load_checkpoint(self.settings.central_checkpoint)
+        except CheckpointError as error:
+            raise UgaflError(f"central checkpoint: {error}") from None
+        state = central.model.state_dict()
+        self.save(state, central.model_config, 0, {})
+        self.truncate_metrics(0)
+        return 0, state, central.model_config
+
+    # ------------------------------------------------------------------ metrics table
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.out / "rounds.csv"
+
+    def read_metrics(self) -> list[dict[str, str]]:
+        if not self.metrics_path.is_file():
+            return []
+        return list(csv.DictReader(io.StringIO(self.metrics_path.read_text())))
+
+    def truncate_metrics(self, last_round: int) -> None:
+        self._write_rows([r for r in self.read_metrics() if int(r["round"]) <= last_round])
+
+    def append_metrics(self, row: dict[str, Any]) -> None:
+        self._write_rows(self.read_metrics() + [{k: ("" if v is None else v) for k, v in row.items()}])
+
+    def _write_rows(self, rows: list[dict[str, Any]]) -> None:
+        columns = list(dict.fromkeys(k for r in rows for k in r))
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=columns, restval="")
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write_text(self.metrics_path, buf.getvalue())

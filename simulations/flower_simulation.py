@@ -1,0 +1,30 @@
+"""Runs our ServerApp and ClientApp on Flower's simulation engine (Ray), one virtual SuperNode
+per site folder. Thin glue: everything a site does is in ugafl.client.site."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ugafl.common.log import get_logger
+
+log = get_logger("simulation")
+
+
+def run_flower_simulation(overrides: dict, sites_dir: Path, num_sites: int, cpus_per_site: float = 1.0,
+                          client_mods: list | None = None) -> None:
+    """Start the simulation and return when the ServerApp's main has finished. `client_mods`: Flower
+    mods around every ClientApp handler (tests use one to make a site misbehave)."""
+    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    from flwr.simulation import run_simulation
+
+    from ugafl.client.flower_app import make_client_app
+    from ugafl.server.flower_app import make_server_app
+
+    log.info("Flower simulation: %d sites, %.1f CPU each", num_sites, cpus_per_site)
+    run_simulation(server_app=make_server_app(overrides), client_app=make_client_app(str(sites_dir), client_mods),
+                   num_supernodes=num_sites,
+                   backend_config={"client_resources": {"num_cpus": cpus_per_site, "num_gpus": 0.0},
+                                   "init_args": {"include_dashboard": False, "log_to_driver": True}})

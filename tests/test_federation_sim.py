@@ -1,0 +1,176 @@
+"""The federation on Flower's simulation engine (Ray), with our real ServerApp and ClientApp, on a
+small synthetic dataset of four centres and a small central model:
+
+- a clean run: rounds complete, checkpoints are signed, the sites' corrections come from the
+  simulated annotator, and every reply any site sent holds only model arrays of the expected
+  names and shapes and scalar metrics (no pixels, no slide names, no paths);
+- a faulty run: one site sends NaN weights, one a wrong shape, one receives a tampered model;
+  the server refuses the first two, the third site refuses the model, and the round completes
+  with the good site;
+- a restart continues after the last completed round.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ugafl.common.config import RunConfig
+from ugafl.common.model import ModelConfig
+from ugafl.common.training import TrainConfig
+
+pytestmark = pytest.mark.slow
+
+CENTRES = ("RUMC", "UMCU", "CWZ", "RST")  # Flower partition ids 0..3 in this order
+MODEL = ModelConfig(channels=(8, 16, 32))
+FEDERATION = {"num_rounds": 2, "budget": 2, "method": "tta", "passes": 2, "local_steps": 8, "lr": 0.001,
+              "cpus_per_site": 1}
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> tuple[Path, Path]:
+    """(data dir, central checkpoint): 3 slides per centre, a central model trained briefly."""
+    from ugafl.server.central_training import CentralConfig, train_central
+    from ugafl.simulations.synth import SynthConfig, generate_dataset
+
+    root = tmp_path_factory.mktemp("fed")
+    manifest = generate_dataset(root / "data", SynthConfig(slides_per_centre=3, centres=CENTRES, seed=3))
+    central = root / "central.pt"
+    train_central(manifest.root, central, MODEL, TrainConfig(steps=40, batch_size=8, crop=96),
+                  CentralConfig(patches_per_slide=30, bank_patch_size=128), device="cpu", progress=False)
+    return manifest.root, central
+
+
+def run_config(**federation) -> RunConfig:
+    return RunConfig(path=None, model=MODEL, central={"centre": "RUMC"}, federation={**FEDERATION, **federation})
+
+
+def outbox(run_dir: Path) -> list[tuple[int, dict]]:
+    entries = []
+    for i in range(len(CENTRES)):
+        path = run_dir / "sites" / str(i) / "ws" / "federation" / "outbox.jsonl"
+        entries += [(i, json.loads(line)) for line in path.read_text().splitlines()]
+    return entries
+
+
+def test_a_clean_run_sends_only_weights_and_scalar_metrics(dataset, tmp_path: Path) -> None:
+    from ugafl.client.queue_store import CorrectionQueue
+    from ugafl.common.checkpoint import load_checkpoint
+    from ugafl.common.manifest import load_manifest
+    from ugafl.common.signing import load_public_key, read_signature, verify_model
+    from ugafl.server.federation import round_path
+    from ugafl.simulations.federated import run_federated
+
+    data, central = dataset
+    run_dir = tmp_path / "run"
+    result = run_federated(run_config(), run_dir, central, data)
+    out = run_dir / "federated"
+
+    # Rounds completed, each checkpoint signed by the coordinator.
+    public = load_public_key(run_dir / "coordinator" / "signing.pub")
+    for r in (0, 1, 2):
+        state = load_checkpoint(round_path(out, r)).model.state_dict()
+        assert verify_model(state, read_signature(round_path(out, r)), [public], f"round {r}")["round"] == r
+    rows = (out / "rounds.csv").read_text().splitlines()
+    assert len(rows) == 3 and "server-dice-RUMC" in rows[0]
+    assert set(result["summary"]["after"]) == set(CENTRES) and (out / "federated.png").stat().st_size > 10_000
+    assert "others" in (out / "dice_before_after.txt").read_text()
+
+    # The external sites queued and (simulated annotator) corrected 2 patches per round; the central site none.
+    for i, centre in enumerate(CENTRES):
+        with CorrectionQueue(run_dir / "sites" / str(i) / "ws") as q:
+            assert q.counts()["corrected"] == (0 if centre == "RUMC" else 4), centre
+
+    # Privacy: every reply of every site, as its outbox recorded it.
+    expected = {k: [str(v.dtype).replace("torch.", ""), list(v.shape)]
+                for k, v in load_checkpoint(central).model.state_dict().items()}
+    manifest = load_manifest(data)
+    forbidden = [Path(s.path).stem for s in manifest.slides] + [str(data), str(run_dir), "/"]
+    entries = outbox(run_dir)
+    kinds = {(i, e["type"]) for i, e in entries}
+    assert kinds == {(i, t) for i in range(len(CENTRES)) for t in ("query", "train", "evaluate")}
+    for i, entry in entries:
+        records = entry["records"]
+        assert set(records) <= {"metrics", "arrays"} and records["metrics"]["type"] == "MetricRecord"
+        assert all(isinstance(v, float) for v in records["metrics"]["values"].values()), records["metrics"]
+        if "arrays" in records:
+            assert entry["type"] == "train"
+            assert records["arrays"]["type"] == "ArrayRecord" and records["arrays"]["arrays"] == expected
+        text = json.dumps(records)
+        for word in forbidden:
+            assert word not in text, (CENTRES[i], entry["type"], word)
+    # Sites with nothing new send no weights: RST had 2 new corrections in each round, so it sent weights twice.
+    assert sum(1 for i, e in entries if i == 3 and e["type"] == "train" and "arrays" in e["records"]) == 2
+
+
+BEHAVIOUR = {1: "nan", 2: "shape", 3: "tamper"}  # by partition id: UMCU, CWZ, RST
+
+
+def misbehave(msg, context, call_next):
+    """A Flower mod: partition 3's incoming model is altered in transit; partitions 1 and 2 send
+    back a NaN / a wrong-shape update."""
+    from flwr.app import Array
+
+    role = BEHAVIOUR.get(int(context.node_config["partition-id"]))
+    if role == "tamper" and "arrays" in msg.content:
+        name = next(iter(msg.content["arrays"].keys()))
+        changed = msg.content["arrays"][name].numpy().copy()
+        changed.flat[0] += 0.5
+        msg.content["arrays"][name] = Array(changed)
+    reply = call_next(msg, context)
+    if role in ("nan", "shape") and msg.metadata.message_type == "train" and not reply.has_error() \
+            and "arrays" in reply.content:
+        name = next(k for k, v in reply.content["arrays"].items() if v.numpy().ndim == 4)
+        bad = reply.content["arrays"][name].numpy().copy()
+        if role == "nan":
+            bad.flat[3] = np.nan
+        else:
+            bad = bad[:, :-1]
+        reply.content["arrays"][name] = Array(bad)
+    return reply
+
+
+def test_bad_updates_and_a_tampered_model_are_refused_and_the_round_completes(dataset, tmp_path: Path, caplog) -> None:
+    import ray.cloudpickle
+
+    from ugafl.common.checkpoint import load_checkpoint
+    from ugafl.simulations.federated import run_federated
+    import sys
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the mod travels to the Ray workers
+    data, central = dataset
+    run_dir = tmp_path / "run"
+    with caplog.at_level(logging.INFO):
+        run_federated(run_config(num_rounds=1), run_dir, central, data, client_mods=[misbehave])
+    out = run_dir / "federated"
+    row = (out / "rounds.csv").read_text().splitlines()
+    header, values = row[0].split(","), row[1].split(",")
+    got = dict(zip(header, values))
+    assert got["updates-refused"] == "2" and got["updates-aggregated"] == "1", got
+    assert "NaN or infinite value(s)" in caplog.text and "wrong shape for" in caplog.text
+    assert "global model of round 1: the weights differ from the ones the coordinator signed (tampered)" in caplog.text
+    # The new global model is the good site's update alone, and finite.
+    state = load_checkpoint(out / "round-0001.pt").model.state_dict()
+    assert all(np.isfinite(v.numpy()).all() for v in state.values() if v.is_floating_point())
+    rst_outbox = run_dir / "sites" / "3" / "ws" / "federation" / "outbox.jsonl"
+    assert not rst_outbox.exists(), "the site that got a tampered model must not have replied with anything"
+
+
+def test_a_restarted_run_continues_after_the_last_round(dataset, tmp_path: Path, caplog) -> None:
+    from ugafl.simulations.federated import run_federated
+
+    data, central = dataset
+    run_dir = tmp_path / "run"
+    run_federated(run_config(num_rounds=1), run_dir, central, data)
+    first = (run_dir / "federated" / "round-0001.pt").read_bytes()
+    with caplog.at_level(logging.INFO):
+        run_federated(run_config(num_rounds=2), run_dir, central, data)
+    assert "resuming after round 1" in caplog.text
+    assert (run_dir / "federated" / "round-0001.pt").read_bytes() == first  # round 1 was not run again
+    rounds = [line.split(",")[0] for line in (run_dir / "federated" / "rounds.csv").read_text().splitlines()[1:]]
+    assert rounds == ["1", "2"]
