@@ -181,7 +181,7 @@ def train(site: SiteConfig, model: torch.nn.Module, cfg: ModelConfig, steps: int
         images, labels = bank.images, bank.labels
         ids = []
     elif not site.train or not ids or sorted(ids) == _trained_on(site.workspace):
-        return None, 0, {"num-examples": 0.0, "new-corrections": 0.0}
+        return None, 0, {"num-examples": 0.0, "site-weight": 0.0, "new-corrections": 0.0}
     new = len(set(ids) - set(_trained_on(site.workspace)))
     device = next(model.parameters()).device
     reference = {k: v.detach().clone() for k, v in model.named_parameters()}
@@ -193,7 +193,7 @@ def train(site: SiteConfig, model: torch.nn.Module, cfg: ModelConfig, steps: int
         (site.workspace / FEDERATION_DIR).mkdir(parents=True, exist_ok=True)
         atomic_write_text(site.workspace / FEDERATION_DIR / "trained_on.json", json.dumps(sorted(ids)))
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    return state, len(images), {"num-examples": float(len(images)), "new-corrections": float(new),
+    return state, len(images), {"num-examples": float(len(images)), "site-weight": 1.0, "new-corrections": float(new),
                                 "train-loss": float(np.mean(losses[-10:]))}
 
 
@@ -204,7 +204,7 @@ def evaluate(site: SiteConfig, model: torch.nn.Module) -> dict[str, float]:
     """Pooled Dice of the model on the site's corrected patches (its labelled data)."""
     images, labels, _ = corrected_patches(site.workspace)
     if not len(images):
-        return {"num-examples": 0.0}
+        return {"num-examples": 0.0, "site-weight": 0.0}
     device = next(model.parameters()).device
     tp = fp = fn = 0
     for start in range(0, len(images), 8):
@@ -213,7 +213,7 @@ def evaluate(site: SiteConfig, model: torch.nn.Module) -> dict[str, float]:
         c = confusion(pred, labels[start:start + 8].astype(bool))
         tp, fp, fn = tp + c.tp, fp + c.fp, fn + c.fn
     dice = 2 * tp / (2 * tp + fp + fn) if (2 * tp + fp + fn) else 1.0
-    return {"num-examples": float(len(images)), "dice": float(dice)}
+    return {"num-examples": float(len(images)), "site-weight": 1.0, "dice": float(dice)}
 
 
 # ---------------------------------------------------------------------- what went out

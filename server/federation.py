@@ -30,6 +30,7 @@ from ugafl.common.signing import (SignatureError, load_private_key, read_signatu
 log = get_logger("federation")
 
 STRATEGIES = ("fedavg", "fedprox", "fedmedian", "fedtrimmedavg")
+WEIGHTINGS = {"examples": "num-examples", "sites": "site-weight"}  # -> the reply metric that weighs
 _ROUND_FILE = re.compile(r"^round-(\d{4})\.pt$")
 
 
@@ -44,6 +45,7 @@ class FederationSettings:
     strategy: str = "fedavg"
     proximal_mu: float = 0.0  # fedprox (and sent to sites as the proximal term)
     trim_beta: float = 0.2  # fedtrimmedavg: share cut at each end
+    weighting: str = "examples"  # fedavg/fedprox weights: "examples" (Flower's default) or "sites" (one vote each)
     selection: str = "stochastic-batch"
     budget: int = 5  # patches queued per site per round
     method: str = "tta"  # uncertainty method the sites use
@@ -77,6 +79,8 @@ class FederationSettings:
         settings = FederationSettings(**values)
         if settings.strategy not in STRATEGIES:
             raise ConfigError(f"run config strategy: {settings.strategy!r}; one of {', '.join(STRATEGIES)}")
+        if settings.weighting not in WEIGHTINGS:
+            raise ConfigError(f"run config weighting: {settings.weighting!r}; one of {', '.join(WEIGHTINGS)}")
         if settings.num_rounds < 1 or settings.budget < 1 or settings.local_steps < 1:
             raise ConfigError("run config num-rounds, budget and local-steps must be at least 1")
         return settings

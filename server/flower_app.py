@@ -18,7 +18,7 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg, FedMedian, FedProx, FedTrimmedAvg
 
 from ugafl.common.log import get_logger
-from ugafl.server.federation import FederationSettings, RoundStore
+from ugafl.server.federation import WEIGHTINGS, FederationSettings, RoundStore
 from ugafl.server.update_checks import check_round
 
 log = get_logger("server_app")
@@ -65,7 +65,7 @@ def _checked(base: type) -> type:
 
 def make_strategy(settings: FederationSettings):
     common = dict(min_train_nodes=settings.min_nodes, min_evaluate_nodes=settings.min_nodes,
-                  min_available_nodes=settings.min_nodes)
+                  min_available_nodes=settings.min_nodes, weighted_by_key=WEIGHTINGS[settings.weighting])
     if settings.strategy == "fedprox":
         strategy = _checked(FedProx)(proximal_mu=settings.proximal_mu, **common)
     elif settings.strategy == "fedmedian":

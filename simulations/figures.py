@@ -114,6 +114,7 @@ def federated_figure(rounds_csv: str | Path, before: dict[str, float], after: di
     if rows and "sites-dice" in rows[0]:
         right.plot(rounds, series("sites-dice"), "s-", label="sites: corrected patches")
     right.set_xlabel("round")
+    right.set_xticks(rounds)
     right.set_ylabel("Dice")
     right.set_ylim(0, 1.05)
     right.grid(alpha=0.3)

@@ -7,14 +7,13 @@ small synthetic dataset of four centres and a small central model:
 - a faulty run: one site sends NaN weights, one a wrong shape, one receives a tampered model;
   the server refuses the first two, the third site refuses the model, and the round completes
   with the good site;
-- a restart continues after the last completed round.
+- a restarted coordinator continues after the last completed round.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -58,7 +57,7 @@ def outbox(run_dir: Path) -> list[tuple[int, dict]]:
     return entries
 
 
-def test_a_clean_run_sends_only_weights_and_scalar_metrics(dataset, tmp_path: Path) -> None:
+def test_a_clean_run_resumes_and_sends_only_weights_and_scalar_metrics(dataset, tmp_path: Path, caplog) -> None:
     from ugafl.client.queue_store import CorrectionQueue
     from ugafl.common.checkpoint import load_checkpoint
     from ugafl.common.manifest import load_manifest
@@ -68,8 +67,15 @@ def test_a_clean_run_sends_only_weights_and_scalar_metrics(dataset, tmp_path: Pa
 
     data, central = dataset
     run_dir = tmp_path / "run"
-    result = run_federated(run_config(), run_dir, central, data)
+    run_federated(run_config(num_rounds=1), run_dir, central, data)
     out = run_dir / "federated"
+    first = (out / "round-0001.pt").read_bytes()
+    # The coordinator restarts with two rounds: it continues after round 1 instead of starting over.
+    with caplog.at_level(logging.INFO):
+        result = run_federated(run_config(num_rounds=2), run_dir, central, data)
+    assert "resuming after round 1" in caplog.text
+    assert (out / "round-0001.pt").read_bytes() == first  # round 1 was not run again
+    assert [line.split(",")[0] for line in (out / "rounds.csv").read_text().splitlines()[1:]] == ["1", "2"]
 
     # Rounds completed, each checkpoint signed by the coordinator.
     public = load_public_key(run_dir / "coordinator" / "signing.pub")
@@ -159,18 +165,3 @@ def test_bad_updates_and_a_tampered_model_are_refused_and_the_round_completes(da
     assert all(np.isfinite(v.numpy()).all() for v in state.values() if v.is_floating_point())
     rst_outbox = run_dir / "sites" / "3" / "ws" / "federation" / "outbox.jsonl"
     assert not rst_outbox.exists(), "the site that got a tampered model must not have replied with anything"
-
-
-def test_a_restarted_run_continues_after_the_last_round(dataset, tmp_path: Path, caplog) -> None:
-    from ugafl.simulations.federated import run_federated
-
-    data, central = dataset
-    run_dir = tmp_path / "run"
-    run_federated(run_config(num_rounds=1), run_dir, central, data)
-    first = (run_dir / "federated" / "round-0001.pt").read_bytes()
-    with caplog.at_level(logging.INFO):
-        run_federated(run_config(num_rounds=2), run_dir, central, data)
-    assert "resuming after round 1" in caplog.text
-    assert (run_dir / "federated" / "round-0001.pt").read_bytes() == first  # round 1 was not run again
-    rounds = [line.split(",")[0] for line in (run_dir / "federated" / "rounds.csv").read_text().splitlines()[1:]]
-    assert rounds == ["1", "2"]
