@@ -194,7 +194,7 @@ def train(site: SiteConfig, model: torch.nn.Module, cfg: ModelConfig, steps: int
         atomic_write_text(site.workspace / FEDERATION_DIR / "trained_on.json", json.dumps(sorted(ids)))
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     return state, len(images), {"num-examples": float(len(images)), "site-weight": 1.0, "new-corrections": float(new),
-                                "train-loss": float(np.mean(losses[-10:]))}
+                                "loss": float(np.mean(losses[-10:]))}
 
 
 # ---------------------------------------------------------------------- evaluate
