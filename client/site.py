@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ from ugafl.client.queue_fill import fill_queue
 from ugafl.client.queue_store import CorrectionQueue
 from ugafl.client.simulated_annotator import annotate
 from ugafl.client.uncertainty_job import run_uncertainty
+from ugafl.common.config import read_toml
 from ugafl.common.errors import ConfigError
 from ugafl.common.log import get_logger
 from ugafl.common.metrics import confusion
@@ -59,12 +59,7 @@ class SiteConfig:
     @staticmethod
     def load(path: str | Path) -> SiteConfig:
         path = Path(path)
-        try:
-            raw = tomllib.loads(path.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: site config not found") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+        raw = read_toml(path, "site config")
         site = raw.get("site", raw)
         base = path.parent
 

@@ -37,17 +37,22 @@ def build_section(cls, section: dict, where: str):
         raise ConfigError(f"{where}: {error}") from None
 
 
+def read_toml(path: Path, what: str) -> dict[str, Any]:
+    """A TOML file as a dict; ConfigError naming the file when it is missing or malformed."""
+    if not path.is_file():
+        raise ConfigError(f"{path}: {what} not found")
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path}: not valid TOML ({error})") from None
+
+
 def load_config(path: str | Path | None) -> RunConfig:
     """Reads a run config; None gives the defaults."""
     if path is None:
         return RunConfig(path=None)
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
-    try:
-        raw = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as error:
-        raise ConfigError(f"{path}: not valid TOML ({error})") from None
+    raw = read_toml(path, "config file")
     allowed = {"data", "model", "train", "central", "evaluate", "federation", "run"}
     extra = sorted(set(raw) - allowed)
     if extra:

@@ -61,30 +61,28 @@ def public_pem(key: Ed25519PublicKey) -> bytes:
     return key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
-def load_private_key(path: str | Path) -> Ed25519PrivateKey:
+def _load_key(path: str | Path, load, kind: type, what: str):
     path = Path(path)
     try:
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        key = load(path.read_bytes())
     except FileNotFoundError:
-        raise SignatureError(f"{path}: model-signing key not found") from None
+        raise SignatureError(f"{path}: {what} not found") from None
     except (ValueError, TypeError) as exc:
-        raise SignatureError(f"{path}: not an unencrypted PEM private key ({exc})") from None
-    if not isinstance(key, Ed25519PrivateKey):
-        raise SignatureError(f"{path}: not an Ed25519 key")
+        raise SignatureError(f"{path}: not a {what} in PEM ({exc})") from None
+    if not isinstance(key, kind):
+        raise SignatureError(f"{path}: not an Ed25519 {what}")
     return key
+
+
+def load_private_key(path: str | Path) -> Ed25519PrivateKey:
+    """The coordinator's signing key (unencrypted PKCS#8 PEM)."""
+    return _load_key(path, lambda data: serialization.load_pem_private_key(data, password=None), Ed25519PrivateKey,
+                     "model-signing private key")
 
 
 def load_public_key(path: str | Path) -> Ed25519PublicKey:
-    path = Path(path)
-    try:
-        key = serialization.load_pem_public_key(path.read_bytes())
-    except FileNotFoundError:
-        raise SignatureError(f"{path}: trusted model-signing key not found") from None
-    except (ValueError, TypeError) as exc:
-        raise SignatureError(f"{path}: not a PEM public key ({exc})") from None
-    if not isinstance(key, Ed25519PublicKey):
-        raise SignatureError(f"{path}: not an Ed25519 public key")
-    return key
+    """A trusted model-signing public key (SubjectPublicKeyInfo PEM)."""
+    return _load_key(path, serialization.load_pem_public_key, Ed25519PublicKey, "model-signing public key")
 
 
 def fingerprint(key: Ed25519PublicKey) -> str:

@@ -107,7 +107,7 @@ def test_signature_files_beside_checkpoints(tmp_path: Path, keys) -> None:
 
 def test_key_files_of_the_wrong_kind_are_refused(tmp_path: Path) -> None:
     (tmp_path / "junk.pem").write_text("not a key")
-    with pytest.raises(SignatureError, match="junk.pem: not"):
+    with pytest.raises(SignatureError, match="junk.pem: not a model-signing public key"):
         load_public_key(tmp_path / "junk.pem")
     with pytest.raises(SignatureError, match="not found"):
         load_private_key(tmp_path / "missing.key")
