@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,7 @@ from ugafl.common.model import ModelConfig, build_model, pick_device
 from ugafl.common.signing import load_public_key, verify_model
 from ugafl.common.training import TrainConfig, train_segmentation
 from ugafl.common.uncertainty_methods import method_from_models
+from ugafl.common.wire import load_unique_state, unique_state
 
 log = get_logger("site")
 
@@ -106,7 +108,7 @@ def global_model(site: SiteConfig, arrays: Mapping[str, np.ndarray], model_confi
         raise ConfigError(f"{what}: the architecture sent differs from the one the coordinator signed")
     cfg = ModelConfig.from_dict(dict(model_config))
     model = build_model(cfg)
-    model.load_state_dict({k: torch.from_numpy(np.array(v, copy=True)) for k, v in arrays.items()})
+    load_unique_state(model, arrays, what)
     return model.to(pick_device(site.device)).eval(), cfg, statement
 
 
@@ -180,6 +182,7 @@ def train(site: SiteConfig, model: torch.nn.Module, cfg: ModelConfig, steps: int
     new = len(set(ids) - set(_trained_on(site.workspace)))
     device = next(model.parameters()).device
     reference = {k: v.detach().clone() for k, v in model.named_parameters()}
+    started = time.perf_counter()
     crop = min(128, images.shape[1], images.shape[2])
     losses = train_segmentation(model, images, labels, TrainConfig(steps=steps, batch_size=8, crop=crop, lr=lr,
                                                                    proximal_mu=proximal_mu, seed=seed),
@@ -187,9 +190,9 @@ def train(site: SiteConfig, model: torch.nn.Module, cfg: ModelConfig, steps: int
     if ids:
         (site.workspace / FEDERATION_DIR).mkdir(parents=True, exist_ok=True)
         atomic_write_text(site.workspace / FEDERATION_DIR / "trained_on.json", json.dumps(sorted(ids)))
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    state = unique_state(model)
     return state, len(images), {"num-examples": float(len(images)), "site-weight": 1.0, "new-corrections": float(new),
-                                "loss": float(np.mean(losses[-10:]))}
+                                "loss": float(np.mean(losses[-10:])), "seconds": time.perf_counter() - started}
 
 
 # ---------------------------------------------------------------------- evaluate

@@ -24,6 +24,7 @@ from ugafl.common.checkpoint import load_checkpoint, save_checkpoint
 from ugafl.common.errors import CheckpointError, ConfigError, UgaflError
 from ugafl.common.log import get_logger
 from ugafl.common.model import ModelConfig
+from ugafl.common.wire import load_unique_state, unique_state
 from ugafl.common.signing import (SignatureError, load_private_key, read_signature, sign_model, verify_model,
                                   write_signature)
 
@@ -104,6 +105,7 @@ class RoundStore:
         self.public = self.key.public_key()
 
     def sign(self, state: dict[str, torch.Tensor], cfg: ModelConfig, round_: int) -> dict:
+        """The signed statement for weights in `unique_state` form (as they travel)."""
         return sign_model(self.key, state, round=round_, run=self.settings.run_name, model_config=cfg.to_dict())
 
     def save(self, state: dict[str, torch.Tensor], cfg: ModelConfig, round_: int, metrics: dict[str, float]) -> tuple[Path, dict]:
@@ -111,11 +113,11 @@ class RoundStore:
         from ugafl.common.model import build_model
 
         model = build_model(cfg)
-        model.load_state_dict(state)
+        load_unique_state(model, state, f"round {round_} weights")
         path = round_path(self.out, round_)
         save_checkpoint(path, model, cfg, extra={"federated": {"round": round_, "run": self.settings.run_name,
                                                                "metrics": metrics}})
-        signed = self.sign(model.state_dict(), cfg, round_)
+        signed = self.sign(unique_state(model), cfg, round_)
         write_signature(path, signed)
         return path, signed
 
@@ -126,7 +128,7 @@ class RoundStore:
             round_ = int(_ROUND_FILE.match(path.name).group(1))
             try:
                 ckpt = load_checkpoint(path)
-                state = ckpt.model.state_dict()
+                state = unique_state(ckpt.model)
                 verify_model(state, read_signature(path), [self.public], str(path))
             except (CheckpointError, SignatureError) as error:
                 log.warning("not resuming from %s: %s", path, error)
@@ -138,7 +140,7 @@ class RoundStore:
             central = load_checkpoint(self.settings.central_checkpoint)
         except CheckpointError as error:
             raise UgaflError(f"central checkpoint: {error}") from None
-        state = central.model.state_dict()
+        state = unique_state(central.model)
         self.save(state, central.model_config, 0, {})
         self.truncate_metrics(0)
         return 0, state, central.model_config

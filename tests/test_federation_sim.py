@@ -63,6 +63,7 @@ def test_a_clean_run_resumes_and_sends_only_weights_and_scalar_metrics(dataset, 
     from ugafl.common.manifest import load_manifest
     from ugafl.common.signing import load_public_key, read_signature, verify_model
     from ugafl.server.federation import round_path
+    from ugafl.common.wire import unique_state
     from ugafl.simulations.federated import run_federated
 
     data, central = dataset
@@ -80,7 +81,7 @@ def test_a_clean_run_resumes_and_sends_only_weights_and_scalar_metrics(dataset, 
     # Rounds completed, each checkpoint signed by the coordinator.
     public = load_public_key(run_dir / "coordinator" / "signing.pub")
     for r in (0, 1, 2):
-        state = load_checkpoint(round_path(out, r)).model.state_dict()
+        state = unique_state(load_checkpoint(round_path(out, r)).model)
         assert verify_model(state, read_signature(round_path(out, r)), [public], f"round {r}")["round"] == r
     rows = (out / "rounds.csv").read_text().splitlines()
     assert len(rows) == 3 and "server-dice-RUMC" in rows[0]
@@ -94,7 +95,7 @@ def test_a_clean_run_resumes_and_sends_only_weights_and_scalar_metrics(dataset, 
 
     # Privacy: every reply of every site, as its outbox recorded it.
     expected = {k: [str(v.dtype).replace("torch.", ""), list(v.shape)]
-                for k, v in load_checkpoint(central).model.state_dict().items()}
+                for k, v in unique_state(load_checkpoint(central).model).items()}
     manifest = load_manifest(data)
     forbidden = [Path(s.path).stem for s in manifest.slides] + [str(data), str(run_dir), "/"]
     entries = outbox(run_dir)

@@ -1,0 +1,75 @@
+"""What a federated round costs besides training.
+
+1. Bytes a site sends per round, against the model's size in fp32: each reply (query, train,
+   evaluate) serialised exactly as Flower puts it on the wire (its protobuf RecordDict), for the
+   CPU default UNet and the nnU-Net-like DynUNet. Target: train reply <= 1.05x the fp32 weights.
+2. Per-round time not spent in training, from a run's rounds.csv (`--rounds-csv`, default the
+   demo's): round wall time, the training phase's wall time, the sites' own training compute,
+   and the rest (queries, evaluation, checkpoints, signing, Flower's messaging).
+
+    python benchmarks/round.py [--rounds-csv runs/demo/federated/rounds.csv]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+from pathlib import Path
+
+from flwr.app import ArrayRecord, MetricRecord, RecordDict
+from flwr.common.serde import recorddict_to_proto
+
+from ugafl.common.model import ModelConfig, build_model
+from ugafl.common.wire import unique_state
+
+TARGET_RATIO = 1.05
+
+
+def wire_bytes(record: RecordDict) -> int:
+    return len(recorddict_to_proto(record).SerializeToString())
+
+
+def message_sizes(cfg: ModelConfig) -> None:
+    model = build_model(cfg)
+    state = unique_state(model)  # as it travels (DynUNet's state dict names every block twice)
+    fp32 = sum(p.numel() * 4 for p in model.parameters())
+    params = sum(p.numel() for p in model.parameters())
+    train = RecordDict({"arrays": ArrayRecord(state), "metrics": MetricRecord(
+        {"num-examples": 15.0, "site-weight": 1.0, "new-corrections": 5.0, "loss": 0.3, "seconds": 40.0})})
+    query = RecordDict({"metrics": MetricRecord({k: 1.0 for k in (
+        "slides-scored", "slides-failed", "patches-scored", "queued", "corrected-now", "score-mean", "score-max",
+        "queue-pending", "queue-in-review", "queue-corrected", "queue-rejected")})})
+    evaluate = RecordDict({"metrics": MetricRecord({"num-examples": 15.0, "site-weight": 1.0, "dice": 0.8})})
+    t = wire_bytes(train)
+    print(f"{cfg.arch}: {params / 1e6:.2f} M parameters, fp32 weights {fp32 / 1e6:.3f} MB")
+    print(f"  train reply    {t / 1e6:10.3f} MB   ratio to fp32 weights {t / fp32:.4f}   (target <= {TARGET_RATIO})")
+    print(f"  query reply    {wire_bytes(query):10d} B")
+    print(f"  evaluate reply {wire_bytes(evaluate):10d} B")
+    print(f"  per site per round: {(t + wire_bytes(query) + wire_bytes(evaluate)) / fp32:.4f}x the fp32 weights")
+
+
+def round_times(path: Path) -> None:
+    rows = list(csv.DictReader(path.open()))
+    print(f"\nper-round time from {path} ({len(rows)} rounds):")
+    print(f"  {'round':>5} {'wall s':>8} {'train phase s':>14} {'sites train s':>14} {'not training s':>15} {'share':>6}")
+    for r in rows:
+        wall, phase = float(r["seconds-round"]), float(r["seconds-train"])
+        compute = float(r.get("train-seconds") or "nan")
+        rest = wall - phase
+        print(f"  {r['round']:>5} {wall:>8.1f} {phase:>14.1f} {compute:>14.1f} {rest:>15.1f} {rest / wall:>6.0%}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds-csv", type=Path, default=Path("runs/demo/federated/rounds.csv"))
+    args = parser.parse_args()
+    message_sizes(ModelConfig())
+    message_sizes(ModelConfig(arch="dynunet"))
+    if args.rounds_csv.is_file():
+        round_times(args.rounds_csv)
+    else:
+        print(f"\n{args.rounds_csv}: not found; run `make demo` first for the per-round times")
+
+
+if __name__ == "__main__":
+    main()
