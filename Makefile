@@ -47,6 +47,7 @@ uncertainty-report: setup $(UNC)/ens-m0.pt $(UNC)/edue.pt
 benchmarks: setup
 	$(BIN)/python benchmarks/uncertainty.py
 	$(BIN)/python benchmarks/selection.py
+	$(BIN)/python benchmarks/round.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
