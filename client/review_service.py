@@ -59,13 +59,17 @@ def png_bytes(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def uncertainty_scale(values: np.ndarray, measure: str) -> float:
+    """Top of the colour scale: the measure's bound when it has one, else the patch's 99th percentile."""
+    vmax = MEASURE_MAX.get(measure) or float(np.percentile(np.nan_to_num(values, nan=0.0), 99.0))
+    return vmax if vmax > 0 else 1.0
+
+
 def uncertainty_picture(values: np.ndarray, measure: str) -> tuple[np.ndarray, float]:
     """The uncertainty map coloured with the slide heat maps' colour map (dark = confident,
     bright = unsure), as uint8 RGB, and the value at the top of the scale."""
     values = np.nan_to_num(np.asarray(values, dtype=np.float32), nan=0.0)
-    vmax = MEASURE_MAX.get(measure) or float(np.percentile(values, 99.0))
-    if not vmax > 0:
-        vmax = 1.0
+    vmax = uncertainty_scale(values, measure)
     rgba = colormaps[CMAP](np.clip(values / vmax, 0.0, 1.0), bytes=True)
     return np.ascontiguousarray(rgba[..., :3]), float(vmax)
 
@@ -99,8 +103,9 @@ class ReviewService:
 
     def item_json(self, item_id: int) -> dict:
         item = self.queue.get(item_id)
-        _, vmax = self.pictures(item_id)["uncertainty_scale"]
-        width, height = Image.open(item.image_path).size
+        vmax = uncertainty_scale(self.queue.load_uncertainty(item_id), item.measure)
+        with Image.open(item.image_path) as im:
+            width, height = im.size
         return {**item_summary(item, vmax), "width": width, "height": height}
 
     def pictures(self, item_id: int) -> dict:
@@ -154,7 +159,8 @@ class ReviewService:
         with self._lock:
             tab = self._check_holder(_need_tab(tab_id), item_id)
             item = self.queue.get(item_id)
-            width, height = Image.open(item.image_path).size
+            with Image.open(item.image_path) as im:
+                width, height = im.size
             mask = decode_png_mask(io.BytesIO(mask_png), (height, width), f"correction for item {item_id}")
             self.queue.submit_correction(item_id, mask.astype(np.uint8), reviewer)
             self._drop(tab)
