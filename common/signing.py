@@ -16,7 +16,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from ugafl.common.atomic import atomic_write_bytes
 from ugafl.common.errors import UgaflError
+from ugafl.common.pki import write_private
 
 STATEMENT_KIND = "ugafl-model-v1"
 
@@ -47,12 +47,7 @@ def generate_signing_key(private_path: str | Path, public_path: str | Path) -> s
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                             serialization.NoEncryption())
-    private_path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(pem)
-        f.flush()
-        os.fsync(f.fileno())
+    write_private(private_path, pem)
     atomic_write_bytes(public_path, public_pem(key.public_key()))
     return fingerprint(key.public_key())
 

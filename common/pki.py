@@ -1,0 +1,149 @@
+"""Certificates and keys for a federation, with `cryptography` only: the coordinator's CA, the
+SuperLink's TLS certificate, and SuperNode authentication key pairs (OpenSSH EC keys, as
+Flower's node authentication reads them).
+
+Private keys are written with mode 0600 and never overwritten; every writer refuses an existing
+file, so a key in use cannot be replaced by accident. Fingerprints are SHA-256 hex of the DER
+public key (certificates: of the DER certificate).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import ipaddress
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from ugafl.common.atomic import atomic_write_bytes
+from ugafl.common.errors import UgaflError
+
+CURVE = ec.SECP384R1()
+CA_DAYS, SERVER_DAYS = 3650, 825
+
+
+class PkiError(UgaflError):
+    """A key or certificate could not be made or read."""
+
+
+def _refuse_existing(*paths: Path) -> None:
+    for path in paths:
+        if path.exists():
+            raise PkiError(f"{path}: already exists; refusing to overwrite")
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """A private key file, created with mode 0600 (never world- or group-readable, not even briefly)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+def _name(common_name: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "ugafl federation"),
+                      x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+
+def fingerprint_cert(cert: x509.Certificate) -> str:
+    return cert.fingerprint(hashes.SHA256()).hex()
+
+
+def create_ca(cert_path: str | Path, key_path: str | Path, name: str = "ugafl coordinator CA") -> str:
+    """A self-signed CA; returns its certificate's fingerprint."""
+    cert_path, key_path = Path(cert_path), Path(key_path)
+    _refuse_existing(cert_path, key_path)
+    key = ec.generate_private_key(CURVE)
+    now = dt.datetime.now(dt.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(_name(name)).issuer_name(_name(name))
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=CA_DAYS))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                                         content_commitment=False, key_encipherment=False, data_encipherment=False,
+                                         key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
+            .sign(key, hashes.SHA384()))
+    write_private(key_path, _pem_key(key))
+    atomic_write_bytes(cert_path, cert.public_bytes(serialization.Encoding.PEM))
+    return fingerprint_cert(cert)
+
+
+def load_ca(cert_path: str | Path, key_path: str | Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    try:
+        cert = x509.load_pem_x509_certificate(Path(cert_path).read_bytes())
+        key = serialization.load_pem_private_key(Path(key_path).read_bytes(), password=None)
+    except FileNotFoundError as error:
+        raise PkiError(f"{error.filename}: not found") from None
+    except ValueError as error:
+        raise PkiError(f"{cert_path} / {key_path}: not a PEM certificate and key ({error})") from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise PkiError(f"{key_path}: not an EC private key")
+    return cert, key
+
+
+def create_server_cert(cert_path: str | Path, key_path: str | Path, ca_cert: str | Path, ca_key: str | Path,
+                       names: Sequence[str]) -> str:
+    """The SuperLink's TLS certificate for `names` (DNS names and/or IP addresses), signed by the CA."""
+    cert_path, key_path = Path(cert_path), Path(key_path)
+    if not names:
+        raise PkiError("a server certificate needs at least one DNS name or IP address")
+    _refuse_existing(cert_path, key_path)
+    ca, ca_private = load_ca(ca_cert, ca_key)
+    alt: list[x509.GeneralName] = []
+    for name in names:
+        try:
+            alt.append(x509.IPAddress(ipaddress.ip_address(name)))
+        except ValueError:
+            alt.append(x509.DNSName(name))
+    key = ec.generate_private_key(CURVE)
+    now = dt.datetime.now(dt.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(_name(names[0])).issuer_name(ca.subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=SERVER_DAYS))
+            .add_extension(x509.SubjectAlternativeName(alt), critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .sign(ca_private, hashes.SHA384()))
+    write_private(key_path, _pem_key(key))
+    atomic_write_bytes(cert_path, cert.public_bytes(serialization.Encoding.PEM))
+    return fingerprint_cert(cert)
+
+
+def create_node_keys(private_path: str | Path, public_path: str | Path) -> str:
+    """A SuperNode authentication key pair: OpenSSH-format EC private and public keys. A hospital
+    makes its own and sends only the public key. Returns the public key's fingerprint."""
+    private_path, public_path = Path(private_path), Path(public_path)
+    _refuse_existing(private_path, public_path)
+    key = ec.generate_private_key(CURVE)
+    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                serialization.NoEncryption())
+    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    write_private(private_path, private)
+    atomic_write_bytes(public_path, public + b"\n")
+    return node_fingerprint(public_path)
+
+
+def node_fingerprint(public_path: str | Path) -> str:
+    """SHA-256 hex of a node's OpenSSH public key (its DER SubjectPublicKeyInfo)."""
+    path = Path(public_path)
+    try:
+        key = serialization.load_ssh_public_key(path.read_bytes().strip())
+    except FileNotFoundError:
+        raise PkiError(f"{path}: not found") from None
+    except (ValueError, TypeError) as error:
+        raise PkiError(f"{path}: not an OpenSSH public key ({error})") from None
+    der = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return hashlib.sha256(der).hexdigest()
