@@ -29,15 +29,17 @@ log = get_logger("federated")
 SIM_ONLY = {"cpus_per_site"}  # [federation] keys for the simulation itself, not the ServerApp
 
 
-def prepare_sites(run_dir: Path, data_dir: Path, central_centre: str) -> tuple[Path, list[str], Path]:
-    """Site folders, one per centre (index = Flower partition id); (sites dir, centres, public key)."""
+def prepare_sites(run_dir: Path, data_dir: Path, central_centre: str,
+                  centres: list[str] | None = None) -> tuple[Path, list[str], Path]:
+    """Site folders, one per centre (default: every centre of the dataset; index = Flower partition
+    id); (sites dir, centres, public key)."""
     key_dir = run_dir / "coordinator"
     private, public = key_dir / "signing.key", key_dir / "signing.pub"
     if not private.exists():
         generate_signing_key(private, public)
     manifest = load_manifest(data_dir)
     sites = run_dir / "sites"
-    centres = list(manifest.centres)
+    centres = list(centres or manifest.centres)
     for i, centre in enumerate(centres):
         folder = sites / str(i)
         inbox = folder / "inbox"

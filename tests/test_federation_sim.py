@@ -12,16 +12,15 @@ small synthetic dataset of four centres and a small central model:
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from federation_helpers import check_outboxes, small_federation
 from ugafl.common.config import RunConfig
 from ugafl.common.model import ModelConfig
-from ugafl.common.training import TrainConfig
 
 pytestmark = pytest.mark.slow
 
@@ -33,34 +32,16 @@ FEDERATION = {"num_rounds": 2, "budget": 2, "method": "tta", "passes": 2, "local
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> tuple[Path, Path]:
-    """(data dir, central checkpoint): 3 slides per centre, a central model trained briefly."""
-    from ugafl.server.central_training import CentralConfig, train_central
-    from ugafl.simulations.synth import SynthConfig, generate_dataset
-
-    root = tmp_path_factory.mktemp("fed")
-    manifest = generate_dataset(root / "data", SynthConfig(slides_per_centre=3, centres=CENTRES, seed=3))
-    central = root / "central.pt"
-    train_central(manifest.root, central, MODEL, TrainConfig(steps=40, batch_size=8, crop=96),
-                  CentralConfig(patches_per_slide=30, bank_patch_size=128), device="cpu", progress=False)
-    return manifest.root, central
+    return small_federation(tmp_path_factory.mktemp("fed"), CENTRES, MODEL)
 
 
 def run_config(**federation) -> RunConfig:
     return RunConfig(path=None, model=MODEL, central={"centre": "RUMC"}, federation={**FEDERATION, **federation})
 
 
-def outbox(run_dir: Path) -> list[tuple[int, dict]]:
-    entries = []
-    for i in range(len(CENTRES)):
-        path = run_dir / "sites" / str(i) / "ws" / "federation" / "outbox.jsonl"
-        entries += [(i, json.loads(line)) for line in path.read_text().splitlines()]
-    return entries
-
-
 def test_a_clean_run_resumes_and_sends_only_weights_and_scalar_metrics(dataset, tmp_path: Path, caplog) -> None:
     from ugafl.client.queue_store import CorrectionQueue
     from ugafl.common.checkpoint import load_checkpoint
-    from ugafl.common.manifest import load_manifest
     from ugafl.common.signing import load_public_key, read_signature, verify_model
     from ugafl.server.federation import round_path
     from ugafl.common.wire import unique_state
@@ -94,25 +75,12 @@ def test_a_clean_run_resumes_and_sends_only_weights_and_scalar_metrics(dataset, 
             assert q.counts()["corrected"] == (0 if centre == "RUMC" else 4), centre
 
     # Privacy: every reply of every site, as its outbox recorded it.
-    expected = {k: [str(v.dtype).replace("torch.", ""), list(v.shape)]
-                for k, v in unique_state(load_checkpoint(central).model).items()}
-    manifest = load_manifest(data)
-    forbidden = [Path(s.path).stem for s in manifest.slides] + [str(data), str(run_dir), "/"]
-    entries = outbox(run_dir)
-    kinds = {(i, e["type"]) for i, e in entries}
-    assert kinds == {(i, t) for i in range(len(CENTRES)) for t in ("query", "train", "evaluate")}
-    for i, entry in entries:
-        records = entry["records"]
-        assert set(records) <= {"metrics", "arrays"} and records["metrics"]["type"] == "MetricRecord"
-        assert all(isinstance(v, float) for v in records["metrics"]["values"].values()), records["metrics"]
-        if "arrays" in records:
-            assert entry["type"] == "train"
-            assert records["arrays"]["type"] == "ArrayRecord" and records["arrays"]["arrays"] == expected
-        text = json.dumps(records)
-        for word in forbidden:
-            assert word not in text, (CENTRES[i], entry["type"], word)
+    workspaces = [run_dir / "sites" / str(i) / "ws" for i in range(len(CENTRES))]
+    entries = check_outboxes(workspaces, central, data, [data, run_dir])
+    kinds = {(str(e["workspace"]), e["type"]) for e in entries}
+    assert kinds == {(str(ws), t) for ws in workspaces for t in ("query", "train", "evaluate")}
     # Sites with nothing new send no weights: RST had 2 new corrections in each round, so it sent weights twice.
-    assert sum(1 for i, e in entries if i == 3 and e["type"] == "train" and "arrays" in e["records"]) == 2
+    assert sum(1 for e in entries if e["workspace"] == workspaces[3] and e["type"] == "train" and "arrays" in e["records"]) == 2
 
 
 BEHAVIOUR = {1: "nan", 2: "shape", 3: "tamper"}  # by partition id: UMCU, CWZ, RST
