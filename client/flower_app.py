@@ -17,13 +17,14 @@ from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from ugafl.client import site as site_ops
-from ugafl.common.log import get_logger
+from ugafl.common.log import configure, get_logger
 from ugafl.common.signing import model_digest
 
 log = get_logger("client_app")
 
 
 def _site(context: Context, sim_sites: str | None) -> site_ops.SiteConfig:
+    configure()  # our INFO lines beside Flower's, in the SuperNode's log
     node = context.node_config
     if "site-config" in node:
         return site_ops.SiteConfig.load(str(node["site-config"]))

@@ -3,7 +3,8 @@ checkpoints it keeps (and resumes from), and the per-round metrics table.
 
 Checkpoints: OUT/round-0000.pt is the central model the run started from, OUT/round-NNNN.pt the
 global model after round N, each with OUT/round-NNNN.pt.sig, the coordinator's signed statement
-(model digest, round, run, architecture, metrics). A restarted run resumes after the newest round
+(model digest, round, run, architecture). The signature is written last, after the round's
+evaluation and its metrics row: it marks the round complete. A restarted run resumes after the newest round
 whose checkpoint loads and whose signature verifies with the coordinator's key; later, broken or
 unsigned files are left alone and logged. Metrics: OUT/rounds.csv, one row per round.
 """
@@ -109,17 +110,21 @@ class RoundStore:
         return sign_model(self.key, state, round=round_, run=self.settings.run_name, model_config=cfg.to_dict())
 
     def save(self, state: dict[str, torch.Tensor], cfg: ModelConfig, round_: int, metrics: dict[str, float]) -> tuple[Path, dict]:
-        """Write round `round_`'s checkpoint and its signature; (path, signed statement)."""
+        """Write round `round_`'s checkpoint, not yet signed; (path, its signed statement). Until
+        `commit` writes the signature, a restart passes the file over and runs the round again."""
         from ugafl.common.model import build_model
 
         model = build_model(cfg)
         load_unique_state(model, state, f"round {round_} weights")
         path = round_path(self.out, round_)
+        Path(str(path) + ".sig").unlink(missing_ok=True)  # a stale signature of an interrupted earlier attempt
         save_checkpoint(path, model, cfg, extra={"federated": {"round": round_, "run": self.settings.run_name,
                                                                "metrics": metrics}})
-        signed = self.sign(unique_state(model), cfg, round_)
+        return path, self.sign(unique_state(model), cfg, round_)
+
+    def commit(self, path: Path, signed: dict) -> None:
+        """The round is complete: its signature makes the checkpoint the one a restart resumes from."""
         write_signature(path, signed)
-        return path, signed
 
     def start(self) -> tuple[int, dict[str, torch.Tensor], ModelConfig]:
         """(last completed round, its weights, architecture): the newest valid signed round, else
@@ -141,7 +146,7 @@ class RoundStore:
         except CheckpointError as error:
             raise UgaflError(f"central checkpoint: {error}") from None
         state = unique_state(central.model)
-        self.save(state, central.model_config, 0, {})
+        self.commit(*self.save(state, central.model_config, 0, {}))
         self.truncate_metrics(0)
         return 0, state, central.model_config
 

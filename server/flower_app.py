@@ -17,7 +17,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, R
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg, FedMedian, FedProx, FedTrimmedAvg
 
-from ugafl.common.log import get_logger
+from ugafl.common.log import configure, get_logger
 from ugafl.server.federation import WEIGHTINGS, FederationSettings, RoundStore
 from ugafl.server.update_checks import check_round
 
@@ -147,6 +147,7 @@ def run_federation(grid: Grid, settings: FederationSettings, overrides: dict | N
         row.update({"seconds-query": round(t_query - started, 2), "seconds-train": round(t_train - t_query, 2),
                     "seconds-round": round(time.time() - started, 2)})
         store.append_metrics(row)
+        store.commit(path, signed)  # last: a restart before this runs the round again
         log.info("round %d done in %.1f s: %s", round_, time.time() - started, row)
 
 
@@ -156,6 +157,7 @@ def make_server_app(overrides: dict | None = None) -> ServerApp:
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
+        configure()  # our INFO lines beside Flower's, in the SuperLink's log stream
         settings = FederationSettings.from_run_config({**dict(context.run_config), **(overrides or {})})
         run_federation(grid, settings)
 

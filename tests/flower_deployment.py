@@ -111,9 +111,10 @@ class Deployment:
                            "--superlink", f"127.0.0.1:{self.port}", "--auth-supernode-private-key", str(private_key),
                            "--node-config", node_config, "--port", str(free_port())])
 
-    def run(self, app: Path, run_config: str, timeout_s: float = 900) -> tuple[int, str]:
-        """`flwr run APP --stream`; (run id, its output)."""
-        done = self.flwr("run", str(app), CONNECTION, "--run-config", run_config, "--stream", timeout_s=timeout_s)
+    def run(self, app: Path, run_config: str, timeout_s: float = 900, stream: bool = True) -> tuple[int, str]:
+        """`flwr run APP [--stream]`; (run id, its output). Without stream it returns once submitted."""
+        done = self.flwr("run", str(app), CONNECTION, "--run-config", run_config, *(["--stream"] if stream else []),
+                         timeout_s=timeout_s)
         output = done.stdout + done.stderr
         match = re.search(r"Successfully started run (\d+)", output)
         assert match, output
@@ -123,6 +124,18 @@ class Deployment:
         done = self.flwr("list", CONNECTION, "--format", "json", timeout_s=120)
         runs = json.loads(done.stdout)["runs"]
         return next(r for r in runs if int(r["run-id"]) == run_id)
+
+    def kill_serverapp(self) -> int:
+        """SIGKILL the running ServerApp process (the coordinator's app); its pid."""
+        for pid in sorted(descendants([self.procs[0].pid])):
+            try:
+                command = (Path("/proc") / str(pid) / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"flwr-serverapp" in command and alive(pid):
+                os.kill(pid, signal.SIGKILL)
+                return pid
+        raise AssertionError("no flwr-serverapp process is running")
 
     def stop(self) -> list[int]:
         """SIGTERM every process started here and all their descendants, then SIGKILL what is left;

@@ -51,17 +51,21 @@ def test_a_new_run_starts_from_the_central_model_and_resumes_after_the_newest_va
     assert read_signature(round_path(settings.out_dir, 0))["statement"]["round"] == 0
     store.append_metrics({"round": 0})
     for r in (1, 2):
-        store.save(shifted(state, r), cfg, r, {"loss": r})
+        path, signed = store.save(shifted(state, r), cfg, r, {"loss": r})
         store.append_metrics({"round": r, "x": r})
+        store.commit(path, signed)
+    store.save(shifted(state, 3), cfg, 3, {})  # round 3 written but interrupted before its commit
+    store.append_metrics({"round": 3})
 
     done, resumed, _ = RoundStore(settings).start()  # a restarted server
+    assert [int(r["round"]) for r in RoundStore(settings).read_metrics()] == [0, 1, 2]  # round 3's row dropped
     assert done == 2 and torch.equal(resumed[next(iter(resumed))], shifted(state, 2)[next(iter(state))])
 
     # Round 2's weights altered after signing: passed over, resume after round 1.
     ckpt = torch.load(round_path(settings.out_dir, 2), weights_only=True)
     sig = Path(str(round_path(settings.out_dir, 2)) + ".sig").read_text()
     store.save(shifted(state, 9), cfg, 2, {})
-    Path(str(round_path(settings.out_dir, 2)) + ".sig").write_text(sig)
+    Path(str(round_path(settings.out_dir, 2)) + ".sig").write_text(sig)  # the old signature put back
     done, _, _ = RoundStore(settings).start()
     assert done == 1 and [int(r["round"]) for r in RoundStore(settings).read_metrics()] == [0, 1]
     del ckpt
