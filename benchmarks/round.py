@@ -4,10 +4,13 @@
    evaluate) serialised exactly as Flower puts it on the wire (its protobuf RecordDict), for the
    CPU default UNet and the nnU-Net-like DynUNet. Target: train reply <= 1.05x the fp32 weights.
 2. Per-round time not spent in training, from a run's rounds.csv (`--rounds-csv`, default the
-   demo's): round wall time, the training phase's wall time, the sites' own training compute,
-   and the rest (queries, evaluation, checkpoints, signing, Flower's messaging).
+   demo's, a simulation): round wall time, the training phase's wall time, the sites' own
+   training compute, and the rest (queries, evaluation, checkpoints, signing, messaging).
+3. `--deployment`: the same on Flower's deployment engine on loopback (SuperLink with TLS and
+   node authentication, 3 SuperNodes, 2 rounds, the CPU default UNet; about 5 minutes), plus the
+   bytes the sites really sent, as Flower counted them, per site per round against the fp32 weights.
 
-    python benchmarks/round.py [--rounds-csv runs/demo/federated/rounds.csv]
+    python benchmarks/round.py [--rounds-csv runs/demo/federated/rounds.csv] [--deployment]
 """
 
 from __future__ import annotations
@@ -59,9 +62,50 @@ def round_times(path: Path) -> None:
         print(f"  {r['round']:>5} {wall:>8.1f} {phase:>14.1f} {compute:>14.1f} {rest:>15.1f} {rest / wall:>6.0%}")
 
 
+def deployment_round() -> None:
+    """A 2-round run on the deployment engine (the test suite's loopback set-up)."""
+    import sys
+    import tempfile
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from federation_helpers import small_federation
+    from flower_deployment import deployment
+
+    from ugafl.common.pki import create_ca, create_node_keys, create_server_cert
+    from ugafl.simulations.federated import prepare_sites
+
+    centres, rounds, cfg = ("RUMC", "UMCU", "RST"), 2, ModelConfig()
+    fp32 = sum(p.numel() * 4 for p in build_model(cfg).parameters())
+    with tempfile.TemporaryDirectory(prefix="ugafl-round-") as tmp:
+        root = Path(tmp)
+        data, central = small_federation(root / "fed", centres, cfg)
+        sites, _, _ = prepare_sites(root / "run", data, "RUMC", list(centres))
+        pki = root / "pki"
+        create_ca(pki / "ca.pem", pki / "ca.key")
+        create_server_cert(pki / "server.pem", pki / "server.key", pki / "ca.pem", pki / "ca.key", ["127.0.0.1"])
+        with deployment(root / "flower", pki) as dep:
+            for i in range(len(centres)):
+                create_node_keys(pki / f"node{i}.key", pki / f"node{i}.pub")
+                dep.register(pki / f"node{i}.pub")
+                dep.add_supernode(f"supernode{i}", pki / f"node{i}.key", f"site-config='{sites / str(i) / 'site.toml'}'")
+            run_id, _ = dep.run(Path(__file__).resolve().parents[1] / "deploy" / "flower_app",
+                                f"central-checkpoint='{central}' out-dir='{root / 'out'}' "
+                                f"signing-key='{root / 'run' / 'coordinator' / 'signing.key'}' num-rounds={rounds} "
+                                f"budget=2 passes=2 local-steps=8 min-nodes={len(centres)} weighting='sites'")
+            status = dep.run_status(run_id)
+        traffic = status["network-traffic"]
+        per_site_round = traffic["inbound-bytes"] / (len(centres) * rounds)
+        print(f"\ndeployment engine on loopback (TLS + node auth), {len(centres)} sites x {rounds} rounds, "
+              f"run {status['status']} in {status['elapsed']:.1f} s")
+        print(f"  sent by the sites: {traffic['inbound-bytes']:,} B in all, {per_site_round:,.0f} B per site per round, "
+              f"{per_site_round / fp32:.4f}x the fp32 weights ({fp32:,} B)   (target <= {TARGET_RATIO})")
+        round_times(root / "out" / "rounds.csv")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds-csv", type=Path, default=Path("runs/demo/federated/rounds.csv"))
+    parser.add_argument("--deployment", action="store_true", help="also run 2 rounds on the deployment engine")
     args = parser.parse_args()
     message_sizes(ModelConfig())
     message_sizes(ModelConfig(arch="dynunet"))
@@ -69,6 +113,8 @@ def main() -> None:
         round_times(args.rounds_csv)
     else:
         print(f"\n{args.rounds_csv}: not found; run `make demo` first for the per-round times")
+    if args.deployment:
+        deployment_round()
 
 
 if __name__ == "__main__":
