@@ -12,7 +12,9 @@ small synthetic dataset of four centres and a small central model:
 
 from __future__ import annotations
 
+import json
 import logging
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +41,23 @@ def run_config(**federation) -> RunConfig:
     return RunConfig(path=None, model=MODEL, central={"centre": "RUMC"}, federation={**FEDERATION, **federation})
 
 
+def make_capture(folder: Path):
+    """A Flower mod that writes every reply a ClientApp returns, as it leaves the app, to
+    FOLDER/<partition id>.jsonl: an independent record to hold the sites' outboxes against."""
+
+    def capture(msg, context, call_next):
+        from ugafl.client.flower_app import describe
+
+        reply = call_next(msg, context)
+        entry = {"type": msg.metadata.message_type,
+                 "records": "error" if reply.has_error() else describe(reply.content)}
+        with open(folder / f"{int(context.node_config['partition-id'])}.jsonl", "a") as f:
+            f.write(json.dumps(entry, sort_keys=True) + "\n")
+        return reply
+
+    return capture
+
+
 def test_a_clean_run_resumes_and_sends_only_weights_and_scalar_metrics(dataset, tmp_path: Path, caplog) -> None:
     from ugafl.client.queue_store import CorrectionQueue
     from ugafl.common.checkpoint import load_checkpoint
@@ -47,14 +66,20 @@ def test_a_clean_run_resumes_and_sends_only_weights_and_scalar_metrics(dataset, 
     from ugafl.common.wire import unique_state
     from ugafl.simulations.federated import run_federated
 
+    import ray.cloudpickle
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the mod travels to the Ray workers
     data, central = dataset
     run_dir = tmp_path / "run"
-    run_federated(run_config(num_rounds=1), run_dir, central, data)
+    captured = tmp_path / "captured"
+    captured.mkdir()
+    mods = [make_capture(captured)]
+    run_federated(run_config(num_rounds=1), run_dir, central, data, client_mods=mods)
     out = run_dir / "federated"
     first = (out / "round-0001.pt").read_bytes()
     # The coordinator restarts with two rounds: it continues after round 1 instead of starting over.
     with caplog.at_level(logging.INFO):
-        result = run_federated(run_config(num_rounds=2), run_dir, central, data)
+        result = run_federated(run_config(num_rounds=2), run_dir, central, data, client_mods=mods)
     assert "resuming after round 1" in caplog.text
     assert (out / "round-0001.pt").read_bytes() == first  # round 1 was not run again
     assert [line.split(",")[0] for line in (out / "rounds.csv").read_text().splitlines()[1:]] == ["1", "2"]
@@ -77,6 +102,11 @@ def test_a_clean_run_resumes_and_sends_only_weights_and_scalar_metrics(dataset, 
     # Privacy: every reply of every site, as its outbox recorded it.
     workspaces = [run_dir / "sites" / str(i) / "ws" for i in range(len(CENTRES))]
     entries = check_outboxes(workspaces, central, data, [data, run_dir])
+    for i, ws in enumerate(workspaces):  # the outbox holds exactly what left each ClientApp
+        sent = sorted(json.dumps([e["type"], e["records"]], sort_keys=True) for e in entries if e["workspace"] == ws)
+        seen = sorted(json.dumps([c["type"], c["records"]], sort_keys=True)
+                      for c in map(json.loads, (captured / f"{i}.jsonl").read_text().splitlines()))
+        assert sent == seen, CENTRES[i]
     kinds = {(str(e["workspace"]), e["type"]) for e in entries}
     assert kinds == {(str(ws), t) for ws in workspaces for t in ("query", "train", "evaluate")}
     # Sites with nothing new send no weights: RST had 2 new corrections in each round, so it sent weights twice.
@@ -115,7 +145,6 @@ def test_bad_updates_and_a_tampered_model_are_refused_and_the_round_completes(da
 
     from ugafl.common.checkpoint import load_checkpoint
     from ugafl.simulations.federated import run_federated
-    import sys
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the mod travels to the Ray workers
     data, central = dataset
