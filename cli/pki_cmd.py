@@ -1,0 +1,78 @@
+"""`ugafl pki`: the federation's certificates and keys (a thin wrapper over common/pki.py and
+common/signing.py). Private keys are written 0600 and never overwritten."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+DIR = click.option("--dir", "out_dir", type=click.Path(path_type=Path), required=True, help="Folder to write into.")
+
+
+@click.group("pki")
+def pki() -> None:
+    """Certificates and keys: the coordinator's CA, TLS certificate and model-signing key; hospitals' node keys."""
+
+
+@pki.command("init-coordinator")
+@DIR
+@click.option("--names", required=True,
+              help="Comma-separated DNS names and IP addresses the SuperLink is reached at, e.g. fl.example.org,127.0.0.1.")
+def init_coordinator(out_dir: Path, names: str) -> None:
+    """Create the CA, the SuperLink's TLS certificate and the model-signing key pair in DIR."""
+    from ugafl.common.pki import create_ca, create_server_cert
+    from ugafl.common.signing import generate_signing_key
+
+    from ugafl.common.errors import UgaflError
+
+    hosts = [n.strip() for n in names.split(",") if n.strip()]
+    files = ["ca.pem", "ca.key", "superlink.pem", "superlink.key", "model-signing.key", "model-signing.pub"]
+    existing = [f for f in files if (out_dir / f).exists()]
+    if existing:  # checked first, so a refusal leaves no half-made set behind
+        raise UgaflError(f"{out_dir}: {', '.join(existing)} already exist(s); refusing to overwrite keys")
+    if not hosts:
+        raise UgaflError("--names: give at least one DNS name or IP address")
+    ca = create_ca(out_dir / "ca.pem", out_dir / "ca.key")
+    server = create_server_cert(out_dir / "superlink.pem", out_dir / "superlink.key", out_dir / "ca.pem",
+                                out_dir / "ca.key", hosts)
+    signing = generate_signing_key(out_dir / "model-signing.key", out_dir / "model-signing.pub")
+    click.echo(f"CA certificate       {out_dir / 'ca.pem'}  sha256 {ca}")
+    click.echo(f"SuperLink TLS        {out_dir / 'superlink.pem'}  sha256 {server}  for {', '.join(hosts)}")
+    click.echo(f"model-signing key    {out_dir / 'model-signing.pub'}  {signing}")
+    click.echo("Give hospitals ca.pem and model-signing.pub; keep every .key file on this machine.")
+
+
+@pki.command("node-keys")
+@DIR
+@click.option("--name", required=True, help="The hospital's name: files NAME.key and NAME.pub.")
+def node_keys(out_dir: Path, name: str) -> None:
+    """Create a hospital's SuperNode key pair; send only NAME.pub to the coordinator."""
+    from ugafl.common.pki import create_node_keys
+
+    fp = create_node_keys(out_dir / f"{name}.key", out_dir / f"{name}.pub")
+    click.echo(f"SuperNode key pair   {out_dir / (name + '.pub')}  sha256 {fp}")
+    click.echo(f"Send {name}.pub to the coordinator; {name}.key stays here (mode 0600).")
+
+
+@pki.command("fingerprint")
+@click.argument("path", type=click.Path(path_type=Path))
+def fingerprint_cmd(path: Path) -> None:
+    """Fingerprint of a certificate, a SuperNode public key or a model-signing public key."""
+    from cryptography import x509
+
+    from ugafl.common.errors import UgaflError
+    from ugafl.common.pki import fingerprint_cert, node_fingerprint
+    from ugafl.common.signing import fingerprint, load_public_key
+
+    if not path.is_file():
+        raise UgaflError(f"{path}: not found")
+    data = path.read_bytes()
+    if b"BEGIN CERTIFICATE" in data:
+        click.echo(f"certificate sha256 {fingerprint_cert(x509.load_pem_x509_certificate(data))}")
+    elif data.startswith(b"ecdsa-") or data.startswith(b"ssh-"):
+        click.echo(f"SuperNode key sha256 {node_fingerprint(path)}")
+    elif b"BEGIN PUBLIC KEY" in data:
+        click.echo(f"model-signing key {fingerprint(load_public_key(path))}")
+    else:
+        raise UgaflError(f"{path}: not a PEM certificate, an OpenSSH public key or a PEM public key")
