@@ -169,17 +169,18 @@ def train(site: SiteConfig, model: torch.nn.Module, cfg: ModelConfig, steps: int
     labelled data too). (state dict, examples, metrics); (None, 0, ...) when there is nothing new."""
     from ugafl.common.atomic import atomic_write_text
 
-    images, labels, ids = corrected_patches(site.workspace)
     if site.role == "central":
         from ugafl.server.central_training import CentralConfig, build_bank
 
         bank, _ = build_bank(site.central_data, cfg, CentralConfig(centre=site.central_centre, patches_per_slide=60),
                              seed, progress=False)
-        images, labels = bank.images, bank.labels
-        ids = []
-    elif not site.train or not ids or sorted(ids) == _trained_on(site.workspace):
+        images, labels, ids = bank.images, bank.labels, []
+    else:
+        images, labels, ids = corrected_patches(site.workspace)
+    trained_on = _trained_on(site.workspace)
+    if site.role != "central" and (not site.train or not ids or sorted(ids) == trained_on):
         return None, 0, {"num-examples": 0.0, "site-weight": 0.0, "new-corrections": 0.0}
-    new = len(set(ids) - set(_trained_on(site.workspace)))
+    new = len(set(ids) - set(trained_on))
     device = next(model.parameters()).device
     reference = {k: v.detach().clone() for k, v in model.named_parameters()}
     started = time.perf_counter()

@@ -32,6 +32,7 @@ def _checked(base: type) -> type:
         reference: dict[str, np.ndarray] = {}
         norm_factor: float = 10.0
         refused: list[tuple[int, str]] = []
+        aggregated: int = 0  # updates averaged in the last round
 
         def aggregate_train(self, server_round: int, replies):
             replies = list(replies)
@@ -54,6 +55,7 @@ def _checked(base: type) -> type:
                     keep.append(by_node[verdict.node_id])
                 else:
                     self.refused.append((verdict.node_id, verdict.reason))
+            self.aggregated = len(keep)
             if not keep:
                 log.warning("round %d: no update to aggregate; the global model stays as it was", server_round)
                 return None, None
@@ -127,9 +129,7 @@ def run_federation(grid: Grid, settings: FederationSettings, overrides: dict | N
         t_train = time.time()
 
         row: dict = {"round": round_, **_metrics("query", query_replies), **_metrics("train", train_replies),
-                     "updates-aggregated": len(train_replies) - len(strategy.refused) - sum(
-                         1 for m in train_replies if m.has_error() or float(m.content["metrics"].get("num-examples", 0)) <= 0),
-                     "updates-refused": len(strategy.refused)}
+                     "updates-aggregated": strategy.aggregated, "updates-refused": len(strategy.refused)}
         path, signed = store.save(state, cfg, round_, {"train": dict(train_metrics or {})})
         eval_cfg = ConfigRecord({**base, "model-signature": json.dumps(signed),
                                  "model-version": signed["statement"]["model_sha256"][:12]})
