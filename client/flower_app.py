@@ -17,6 +17,7 @@ from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from ugafl.client import site as site_ops
+from ugafl.client.site_record import keep_model, record_message, record_refusal
 from ugafl.common.log import configure, get_logger
 from ugafl.common.signing import model_digest
 
@@ -34,12 +35,19 @@ def _site(context: Context, sim_sites: str | None) -> site_ops.SiteConfig:
 
 
 def _model(msg: Message, site: site_ops.SiteConfig):
+    """The verified global model; a model the site does not trust is recorded as refused and the
+    error (naming the reason, not the site's files) is the reply."""
     config = msg.content["config"]
     arrays = {k: v.numpy() for k, v in msg.content["arrays"].items()}
     round_ = int(config["server-round"])
-    model, cfg, statement = site_ops.global_model(site, arrays, json.loads(str(config["model-config"])),
-                                                  str(config.get("model-signature", "")), f"global model of round {round_}")
-    return model, cfg, config, round_, statement
+    what = f"global model of round {round_}"
+    try:
+        model, cfg, _ = site_ops.global_model(site, arrays, json.loads(str(config["model-config"])),
+                                              str(config.get("model-signature", "")), what)
+    except site_ops.UgaflError as error:
+        record_refusal(site.workspace, what, str(error))
+        raise
+    return model, cfg, config, round_, json.loads(str(config["model-signature"]))
 
 
 def describe(content: RecordDict) -> dict:
@@ -56,12 +64,15 @@ def describe(content: RecordDict) -> dict:
     return out
 
 
-def _reply(msg: Message, site: site_ops.SiteConfig, round_: int, metrics: dict[str, float],
-           state: dict | None = None) -> Message:
+def _reply(msg: Message, site: site_ops.SiteConfig, round_: int, signed: dict, metrics: dict[str, float],
+           state: dict | None = None, patch_ids: list[int] | None = None) -> Message:
     content = RecordDict({"metrics": MetricRecord({k: float(v) for k, v in metrics.items()})})
     if state is not None:
         content["arrays"] = ArrayRecord(state)
-    site_ops.record_reply(site.workspace, msg.metadata.message_type, round_, describe(content))
+    described = describe(content)
+    site_ops.record_reply(site.workspace, msg.metadata.message_type, round_, described)
+    record_message(site.workspace, msg.metadata.message_type, msg.metadata.run_id, round_, signed,
+                   described["arrays"]["sha256"] if state is not None else None, metrics, patch_ids)
     return Message(content=content, reply_to=msg)
 
 
@@ -72,25 +83,27 @@ def make_client_app(sim_sites: str | None = None, mods: list | None = None) -> C
     @app.query()
     def query(msg: Message, context: Context) -> Message:
         site = _site(context, sim_sites)
-        model, cfg, config, round_, _ = _model(msg, site)
+        model, cfg, config, round_, signed = _model(msg, site)
+        method, passes = str(config.get("method", "tta")), int(config.get("passes", 4))
+        keep_model(site.workspace, model, cfg, signed, method, passes)  # for the inbox watcher between rounds
         metrics = site_ops.query(site, model, cfg, str(config["model-version"]), round_, str(config["strategy"]),
-                                 int(config["budget"]), int(config["seed"]), str(config.get("method", "tta")),
-                                 int(config.get("passes", 4)))
-        return _reply(msg, site, round_, metrics)
+                                 int(config["budget"]), int(config["seed"]), method, passes)
+        return _reply(msg, site, round_, signed, metrics)
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
         site = _site(context, sim_sites)
-        model, cfg, config, round_, _ = _model(msg, site)
+        model, cfg, config, round_, signed = _model(msg, site)
         state, _, metrics = site_ops.train(site, model, cfg, int(config["local-steps"]), float(config["proximal-mu"]),
                                            float(config["lr"]), int(config["seed"]) + round_)
-        return _reply(msg, site, round_, metrics, state)  # nothing new: no arrays, zero examples
+        used = site_ops.trained_on(site.workspace) if state is not None and site.role != "central" else []
+        return _reply(msg, site, round_, signed, metrics, state, used)  # nothing new: no arrays, zero examples
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
         site = _site(context, sim_sites)
-        model, _, _, round_, _ = _model(msg, site)
-        return _reply(msg, site, round_, site_ops.evaluate(site, model))
+        model, _, _, round_, signed = _model(msg, site)
+        return _reply(msg, site, round_, signed, site_ops.evaluate(site, model))
 
     return app
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -24,9 +25,10 @@ import torch
 from ugafl.client.queue_fill import fill_queue
 from ugafl.client.queue_store import CorrectionQueue
 from ugafl.client.simulated_annotator import annotate
+from ugafl.client.site_record import FEDERATION_DIR
 from ugafl.client.uncertainty_job import run_uncertainty
 from ugafl.common.config import read_toml
-from ugafl.common.errors import ConfigError
+from ugafl.common.errors import ConfigError, UgaflError
 from ugafl.common.log import get_logger
 from ugafl.common.metrics import confusion
 from ugafl.common.model import ModelConfig, build_model, pick_device
@@ -37,7 +39,6 @@ from ugafl.common.wire import load_unique_state, unique_state
 
 log = get_logger("site")
 
-FEDERATION_DIR = "federation"
 ROLES = ("site", "central")
 
 
@@ -56,6 +57,8 @@ class SiteConfig:
     annotator_data: Path | None = None
     train: bool = True  # takes part in training
     device: str = "auto"
+    name: str = ""  # the hospital's name, for its own logs and status
+    approved_apps: tuple[str, ...] = ()  # SHA-256 of the Flower app bundles (FABs) this site runs (see app_gate)
     extra: dict = field(default_factory=dict)
 
     @staticmethod
@@ -84,12 +87,17 @@ class SiteConfig:
         annotator = site.get("annotator", "person")
         if annotator not in ("person", "simulated"):
             raise ConfigError(f"{path}: [site] annotator must be 'person' or 'simulated', got {annotator!r}")
+        apps = site.get("approved_apps", [])
+        if not isinstance(apps, list) or not all(isinstance(a, str) and re.fullmatch(r"[0-9a-f]{64}", a) for a in apps):
+            raise ConfigError(f"{path}: [site] approved_apps must list SHA-256 hex digests of app bundles "
+                              "(`ugafl server app-hash` prints the coordinator's)")
         cfg = SiteConfig(workspace=need_path("workspace"), slides=need_path("slides"),
                          trusted_keys=tuple((base / k).resolve() for k in keys), role=role,
                          central_data=need_path("central_data", optional=True),
                          central_centre=str(site.get("central_centre", "RUMC")), annotator=annotator,
                          annotator_data=need_path("annotator_data", optional=True), train=bool(site.get("train", True)),
-                         device=str(site.get("device", "auto")))
+                         device=str(site.get("device", "auto")), name=str(site.get("name", "")),
+                         approved_apps=tuple(apps))
         if role == "central" and cfg.central_data is None:
             raise ConfigError(f"{path}: [site] role 'central' needs central_data (a dataset folder)")
         if annotator == "simulated" and cfg.annotator_data is None:
@@ -114,6 +122,12 @@ def global_model(site: SiteConfig, arrays: Mapping[str, np.ndarray], model_confi
 
 # ---------------------------------------------------------------------- query
 
+def uncertainty_dir(workspace: Path, model_version: str, method: str, passes: int) -> Path:
+    """Where a model version's uncertainty outputs live, per slide (shared with the inbox watcher,
+    which precomputes them for new slides between rounds)."""
+    return workspace / "uncertainty" / f"{model_version}.{method}x{passes}"
+
+
 def query(site: SiteConfig, model: torch.nn.Module, cfg: ModelConfig, model_version: str, round_: int,
           strategy: str, budget: int, seed: int, method: str = "tta", passes: int = 4) -> dict[str, float]:
     """Score every slide in the inbox with the global model, queue the next `budget` patches, and
@@ -123,8 +137,8 @@ def query(site: SiteConfig, model: torch.nn.Module, cfg: ModelConfig, model_vers
     scores_dir = site.workspace / "patch_scores"
     for stale in scores_dir.glob(f"*.{method}.csv"):  # scores of the previous model
         stale.unlink()
-    results = run_uncertainty(site.slides, method_obj, site.workspace / "uncertainty" / model_version,
-                              workspace=site.workspace, device=device, progress=False)
+    results = run_uncertainty(site.slides, method_obj, uncertainty_dir(site.workspace, model_version, method, passes),
+                              workspace=site.workspace, device=device, progress=False, reuse=True)
     ids = fill_queue(site.workspace, site.slides, method_obj, method, strategy, budget, seed + round_, model_version,
                      round_, device=device) if any(r.error is None and r.patches for r in results) else []
     with CorrectionQueue(site.workspace) as queue:
@@ -158,7 +172,8 @@ def corrected_patches(workspace: Path) -> tuple[np.ndarray, np.ndarray, list[int
     return (np.stack([images[k] for k in keep]), np.stack([masks[k] for k in keep]), [items[k].id for k in keep])
 
 
-def _trained_on(workspace: Path) -> list[int]:
+def trained_on(workspace: Path) -> list[int]:
+    """Ids of the corrected patches the last local training used."""
     path = workspace / FEDERATION_DIR / "trained_on.json"
     return json.loads(path.read_text()) if path.is_file() else []
 
@@ -177,10 +192,10 @@ def train(site: SiteConfig, model: torch.nn.Module, cfg: ModelConfig, steps: int
         images, labels, ids = bank.images, bank.labels, []
     else:
         images, labels, ids = corrected_patches(site.workspace)
-    trained_on = _trained_on(site.workspace)
-    if site.role != "central" and (not site.train or not ids or sorted(ids) == trained_on):
+    done_before = trained_on(site.workspace)
+    if site.role != "central" and (not site.train or not ids or sorted(ids) == done_before):
         return None, 0, {"num-examples": 0.0, "site-weight": 0.0, "new-corrections": 0.0}
-    new = len(set(ids) - set(trained_on))
+    new = len(set(ids) - set(done_before))
     device = next(model.parameters()).device
     reference = {k: v.detach().clone() for k, v in model.named_parameters()}
     started = time.perf_counter()

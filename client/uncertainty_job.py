@@ -89,13 +89,26 @@ def slide_outputs(result: SlideUncertainty, slide_path: Path, thumbnail: np.ndar
 
 def run_uncertainty(target: str | Path, method: UncertaintyMethod, out: str | Path, workspace: str | Path | None = None,
                     mpp: float | None = None, batch_size: int = 16, device: torch.device | str = "cpu",
-                    progress: bool = True) -> list[SlideResult]:
-    """Uncertainty for one slide or every slide in a folder; outputs under OUT/<slide stem>/."""
+                    progress: bool = True, reuse: bool = False) -> list[SlideResult]:
+    """Uncertainty for one slide or every slide in a folder; outputs under OUT/<slide stem>/.
+    With `reuse`, a slide whose outputs in OUT are complete and newer than the slide file is not
+    computed again (OUT must then be specific to the model and method, as the site's are)."""
     target, out = Path(target), Path(out)
     paths = candidate_files(target) if target.is_dir() else [target]
     measure = primary_measure(method)
     results = []
     for path in paths:
+        done = out / path.stem / "summary.json"
+        if reuse and done.is_file() and (out / path.stem / "patches.csv").is_file() and \
+                done.stat().st_mtime >= path.stat().st_mtime:
+            summary = json.loads(done.read_text())
+            if workspace is not None:
+                scores_dir = Path(workspace) / "patch_scores"
+                scores_dir.mkdir(parents=True, exist_ok=True)
+                atomic_write_text(scores_dir / f"{path.stem}.{method.name}.csv", (out / path.stem / "patches.csv").read_text())
+            log.info("%s: uncertainty already computed with this model (%s)", path.name, out.name)
+            results.append(SlideResult(path, out / path.stem, int(summary.get("patches", 0)), summary))
+            continue
         try:
             with open_slide(path, mpp) as slide:
                 result = slide_uncertainty(method, slide, batch_size=batch_size, device=device, progress=progress)

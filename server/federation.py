@@ -126,6 +126,14 @@ class RoundStore:
         """The round is complete: its signature makes the checkpoint the one a restart resumes from."""
         write_signature(path, signed)
 
+    def verified(self, path: Path) -> bool:
+        """Whether a round checkpoint loads and its signature verifies with the coordinator's key."""
+        try:
+            verify_model(unique_state(load_checkpoint(path).model), read_signature(path), [self.public], str(path))
+        except (CheckpointError, SignatureError):
+            return False
+        return True
+
     def start(self) -> tuple[int, dict[str, torch.Tensor], ModelConfig]:
         """(last completed round, its weights, architecture): the newest valid signed round, else
         round 0 made from the central checkpoint."""

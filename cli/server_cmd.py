@@ -1,0 +1,111 @@
+"""`ugafl server`: the coordinator's kit (thin wrappers over server/coordinator.py)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+CONFIG = click.option("--config", "config", type=click.Path(path_type=Path), required=True,
+                      help="The coordinator's TOML (see deploy/coordinator/coordinator.toml).")
+
+
+def _cfg(config: Path):
+    from ugafl.server.coordinator import CoordinatorConfig
+
+    return CoordinatorConfig.load(config)
+
+
+@click.group("server")
+def server() -> None:
+    """The coordinator: SuperLink, enrolment, sites, runs, checkpoints."""
+
+
+@server.command("start")
+@CONFIG
+def start_cmd(config: Path) -> None:
+    """Run the SuperLink (TLS, node authentication, state database) until SIGTERM."""
+    from ugafl.server.coordinator import serve
+
+    sys.exit(serve(config))
+
+
+@server.command("enrol")
+@CONFIG
+@click.argument("public_key", type=click.Path(path_type=Path))
+@click.option("--name", required=True, help="The hospital's name, shown by `ugafl server sites`.")
+def enrol_cmd(config: Path, public_key: Path, name: str) -> None:
+    """Register a hospital's SuperNode public key (NAME.pub from `ugafl pki node-keys`)."""
+    from ugafl.server.coordinator import enrol
+
+    record = enrol(_cfg(config), public_key, name)
+    click.echo(f"enrolled {name}: node {record['node_id']}, key sha256 {record['fingerprint']}")
+
+
+@server.command("sites")
+@CONFIG
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def sites_cmd(config: Path, as_json: bool) -> None:
+    """Enrolled sites, online or offline."""
+    from ugafl.server.coordinator import list_sites
+
+    sites = list_sites(_cfg(config))
+    if as_json:
+        click.echo(json.dumps(sites, indent=1))
+        return
+    click.echo(f"{'site':<16} {'status':<10} {'node':<22} {'online since / offline at'}")
+    for s in sites:
+        when = s["online_at"] if s["status"] == "online" else s["offline_at"]
+        click.echo(f"{s['name']:<16} {s['status']:<10} {s['node_id']:<22} {when}")
+
+
+@server.command("app-hash")
+@CONFIG
+def app_hash_cmd(config: Path) -> None:
+    """SHA-256 of the federation app bundle: hospitals add it to approved_apps."""
+    from ugafl.server.coordinator import app_hash
+
+    click.echo(app_hash(_cfg(config).app))
+
+
+@server.command("run")
+@CONFIG
+@click.option("--rounds", type=int, default=None, help="Override [federation] num_rounds.")
+@click.option("--follow/--no-follow", default=True, show_default=True, help="Stream the run's log until it ends.")
+def run_cmd(config: Path, rounds: int | None, follow: bool) -> None:
+    """Start a run of the federation (resuming after the newest signed round) and follow it."""
+    from ugafl.common.errors import UgaflError
+    from ugafl.server.coordinator import run_status, start_run
+
+    cfg = _cfg(config)
+    run_id, _ = start_run(cfg, follow=follow, **({"num_rounds": rounds} if rounds else {}))
+    try:
+        status = run_status(cfg, run_id)["status"]
+    except UgaflError as error:
+        click.echo(f"run {run_id}: status unknown ({error})", err=True)
+        sys.exit(1)
+    click.echo(f"run {run_id}: {status}")
+    if follow and status != "finished:completed":
+        sys.exit(1)
+
+
+@server.command("runs")
+@CONFIG
+def runs_cmd(config: Path) -> None:
+    """Runs the coordinator knows, with their real status."""
+    from ugafl.server.coordinator import runs
+
+    for r in runs(_cfg(config)):
+        click.echo(f"run {r['run-id']:<22} {r['status']:<22} {r.get('elapsed', '')}")
+
+
+@server.command("checkpoints")
+@CONFIG
+def checkpoints_cmd(config: Path) -> None:
+    """The signed global checkpoints kept, and whether each signature verifies."""
+    from ugafl.server.coordinator import checkpoints
+
+    for c in checkpoints(_cfg(config)):
+        click.echo(f"round {c['round']:>4}  {'signed' if c['signed'] else 'NOT SIGNED/INVALID':<18} {c['path']}")

@@ -1,0 +1,142 @@
+"""The site's inbox watcher (a child of the site daemon): registers new slides as they land in the
+inbox and precomputes their uncertainty with the site's current global model, so the next round's
+query only reads the results.
+
+A file counts once its size and modification time have stayed the same for one poll (a slide still
+being copied is left alone). It is then opened with OpenSlide: readable slides are registered,
+unreadable ones recorded with the reason, logged once, and passed over until the file changes. The
+register is WS/inbox/registry.json. Uncertainty uses the model in WS/federation/model/ only after
+its signature checks out against the site's trusted keys.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from ugafl.client.site import SiteConfig, uncertainty_dir
+from ugafl.client.site_record import current_model_info, model_dir
+from ugafl.common.atomic import atomic_write_text
+from ugafl.common.errors import SlideError, UgaflError
+from ugafl.common.log import get_logger
+from ugafl.common.slide import open_slide
+from ugafl.common.slide_scan import candidate_files
+
+log = get_logger("inbox")
+
+
+def registry_path(workspace: Path) -> Path:
+    return workspace / "inbox" / "registry.json"
+
+
+def read_registry(workspace: Path) -> dict[str, dict]:
+    path = registry_path(workspace)
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except json.JSONDecodeError:
+        log.warning("%s: unreadable register; starting a new one", path)
+        return {}
+
+
+def scan_inbox(site: SiteConfig, registry: dict[str, dict]) -> list[Path]:
+    """Update `registry` from the inbox; the slides registered in this pass."""
+    from ugafl.client.queue_store import utc_now
+
+    new: list[Path] = []
+    for path in candidate_files(site.slides):
+        try:
+            st = path.stat()
+        except OSError:
+            continue
+        seen = (st.st_size, st.st_mtime_ns)
+        entry = registry.get(path.name)
+        if entry is None or tuple(entry["seen"]) != seen:
+            registry[path.name] = {"seen": list(seen), "state": "pending", "first_seen": utc_now()}
+            continue
+        if entry["state"] != "pending":
+            continue
+        try:
+            with open_slide(path) as slide:
+                entry.update(state="registered", registered=utc_now(), mpp=slide.mpp, size_px=list(slide.dimensions))
+            log.info("registered %s (%d x %d px at %.3f µm/px)", path.name, *slide.dimensions, slide.mpp)
+            new.append(path)
+        except SlideError as error:
+            entry.update(state="unreadable", reason=str(error))
+            log.error("%s", error)
+    for name in [n for n in registry if not (site.slides / n).exists()]:
+        del registry[name]
+    return new
+
+
+def load_current_model(site: SiteConfig):
+    """(model, config, info) of the site's current global model, its signature checked; or None."""
+    from ugafl.common.checkpoint import load_checkpoint
+    from ugafl.common.signing import load_public_key, verify_model
+    from ugafl.common.wire import unique_state
+
+    info = current_model_info(site.workspace)
+    if info is None:
+        return None
+    ckpt = load_checkpoint(model_dir(site.workspace) / "current.pt")
+    verify_model(unique_state(ckpt.model), info["signed"], [load_public_key(k) for k in site.trusted_keys],
+                 "the site's current model")
+    return ckpt.model.eval(), ckpt.model_config, info
+
+
+def precompute(site: SiteConfig, registry: dict[str, dict]) -> int:
+    """Uncertainty for registered slides that the current model has not scored yet; how many."""
+    from ugafl.client.uncertainty_job import run_uncertainty
+    from ugafl.common.uncertainty_methods import method_from_models
+
+    loaded = load_current_model(site)
+    if loaded is None:
+        return 0
+    model, cfg, info = loaded
+    out = uncertainty_dir(site.workspace, info["version"], info["method"], int(info["passes"]))
+    todo = [site.slides / n for n, e in sorted(registry.items())
+            if e["state"] == "registered" and not (out / Path(n).stem / "summary.json").is_file()]
+    if not todo:
+        return 0
+    method = method_from_models(info["method"], [model], cfg, "cpu", int(info["passes"]))
+    done = 0
+    for path in todo:
+        started = time.perf_counter()
+        result = run_uncertainty(path, method, out, progress=False, reuse=True)[0]
+        if result.error is None:
+            done += 1
+            log.info("precomputed uncertainty for %s with model %s in %.1f s", path.name, info["version"],
+                     time.perf_counter() - started)
+    return done
+
+
+def watch(config: str | Path, poll_s: float = 30.0, once: bool = False) -> None:
+    """Scan, register and precompute every `poll_s` seconds (until killed, or one pass with `once`)."""
+    site = SiteConfig.load(config)
+    registry = read_registry(site.workspace)
+    log.info("watching %s every %.0f s", site.slides, poll_s)
+    while True:
+        before = json.dumps(registry, sort_keys=True)
+        try:
+            scan_inbox(site, registry)
+        except OSError as error:
+            log.error("cannot read the inbox %s: %s", site.slides, error)
+        if json.dumps(registry, sort_keys=True) != before:
+            registry_path(site.workspace).parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(registry_path(site.workspace), json.dumps(registry, indent=1, sort_keys=True))
+        try:
+            precompute(site, registry)
+        except UgaflError as error:
+            log.error("precomputing uncertainty: %s", error)
+        if once:
+            return
+        time.sleep(poll_s)
+
+
+if __name__ == "__main__":
+    import sys
+
+    from ugafl.common.log import configure
+
+    configure()
+    watch(sys.argv[1], float(sys.argv[2]) if len(sys.argv) > 2 else 30.0)

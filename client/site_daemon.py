@@ -1,0 +1,287 @@
+"""The hospital's daemon (`ugafl site start --config FILE`): one process that keeps the site's
+parts running for months.
+
+Children, each restarted if it exits:
+- the Flower SuperNode, with the site's key and the coordinator's CA. Every ClientApp it starts
+  passes through `ugafl-clientapp` (the app approval, see app_gate) and runs with the site config;
+- the inbox watcher (registers new slides, precomputes uncertainty with the current model);
+- the review web app.
+
+The daemon reads the SuperNode's output to know the connection: connected, coordinator not
+reachable (the SuperNode retries by itself), refused (key not enrolled, or the same key still
+online from an instance that just died: retried every 15 s), or the coordinator's certificate not
+verified by the configured CA (a configuration fault: the daemon stops with exit code 2).
+
+Files, under WS/daemon/: lock (one daemon per workspace), status.json (what `ugafl site status`
+shows), bin/ (the ClientApp gate), flwr-home/. The log goes to stderr and to WS/logs/site.log.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import socket
+import ssl
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ugafl.client.site import SiteConfig
+from ugafl.common.atomic import atomic_write_text
+from ugafl.common.config import read_toml
+from ugafl.common.errors import ConfigError
+from ugafl.common.log import get_logger
+from ugafl.common.supervisor import STOP, Child, Supervisor, daemon_env
+
+log = get_logger("site_daemon")
+BIN = Path(sys.executable).parent
+REFUSED_RETRY_S = 15.0
+
+
+@dataclass(frozen=True)
+class SiteDaemonConfig:
+    """The site TOML's daemon sections: [coordinator] address, ca, node_key (paths relative to
+    the file); [review] host, port; [daemon] runtime_port (the SuperNode's local API), inbox_poll_s."""
+
+    path: Path
+    site: SiteConfig
+    coordinator: str
+    ca: Path
+    node_key: Path
+    review_host: str = "127.0.0.1"
+    review_port: int = 8765
+    runtime_port: int = 9094
+    inbox_poll_s: float = 30.0
+
+    @staticmethod
+    def load(path: str | Path) -> SiteDaemonConfig:
+        path = Path(path).resolve()
+        site = SiteConfig.load(path)
+        raw = read_toml(path, "site config")
+        coord, review, daemon = raw.get("coordinator", {}), raw.get("review", {}), raw.get("daemon", {})
+        for key in ("address", "ca", "node_key"):
+            if not isinstance(coord.get(key), str) or not coord[key]:
+                raise ConfigError(f"{path}: [coordinator] {key} is missing")
+        if "'" in str(path):
+            raise ConfigError(f"{path}: the site config's path must not contain a single quote")
+        if ":" not in coord["address"]:
+            raise ConfigError(f"{path}: [coordinator] address must be host:port, got {coord['address']!r}")
+        try:
+            return SiteDaemonConfig(path=path, site=site, coordinator=coord["address"],
+                                    ca=(path.parent / coord["ca"]).resolve(),
+                                    node_key=(path.parent / coord["node_key"]).resolve(),
+                                    review_host=str(review.get("host", "127.0.0.1")),
+                                    review_port=int(review.get("port", 8765)),
+                                    runtime_port=int(daemon.get("runtime_port", 9094)),
+                                    inbox_poll_s=float(daemon.get("inbox_poll_s", 30.0)))
+        except (TypeError, ValueError) as error:
+            raise ConfigError(f"{path}: {error}") from None
+
+
+def preflight(cfg: SiteDaemonConfig) -> None:
+    """Every file the site needs, checked before anything starts; ConfigError names the first
+    one that is missing or wrong."""
+    from cryptography import x509
+
+    for what, file in (("[coordinator] ca", cfg.ca), ("[coordinator] node_key", cfg.node_key),
+                       *((f"[site] trusted_keys ({k.name})", k) for k in cfg.site.trusted_keys)):
+        if not file.is_file():
+            raise ConfigError(f"{cfg.path}: {what}: {file} not found")
+    try:
+        x509.load_pem_x509_certificate(cfg.ca.read_bytes())
+    except ValueError:
+        raise ConfigError(f"{cfg.path}: [coordinator] ca: {cfg.ca} is not a PEM certificate") from None
+    if cfg.node_key.stat().st_mode & 0o077:
+        raise ConfigError(f"{cfg.node_key}: the SuperNode's private key is readable by others; chmod 600 it")
+    if not cfg.site.slides.is_dir():
+        raise ConfigError(f"{cfg.path}: [site] slides: {cfg.site.slides} is not a folder")
+    if not cfg.site.approved_apps:
+        log.warning("%s: [site] approved_apps is empty: every run the coordinator starts will be refused", cfg.path)
+
+
+def check_coordinator_tls(address: str, ca: Path, timeout_s: float = 5.0) -> bool:
+    """True if the coordinator answered with a certificate the CA verifies; False if it is not
+    reachable now; ConfigError if it answered with a certificate the CA does not verify."""
+    host, _, port = address.rpartition(":")
+    context = ssl.create_default_context(cafile=str(ca))
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s) as raw:
+            with context.wrap_socket(raw, server_hostname=host.strip("[]")):
+                return True
+    except ssl.SSLCertVerificationError as error:
+        raise ConfigError(f"the coordinator at {address} presented a certificate that {ca} does not verify "
+                          f"({error.verify_message}): wrong CA file, or not the coordinator") from None
+    except (OSError, ssl.SSLError) as error:
+        log.warning("coordinator %s not reachable now (%s); the SuperNode will keep trying", address, error)
+        return False
+
+
+class SiteDaemon:
+    """The supervisor of one site's children, and its status file."""
+
+    def __init__(self, cfg: SiteDaemonConfig):
+        self.cfg = cfg
+        self.ws = cfg.site.workspace
+        self.dir = self.ws / "daemon"
+        self.connection = {"state": "starting", "since": time.time(), "detail": ""}
+        self.refused_since: float | None = None
+        self._last_status = ""
+
+    # ------------------------------------------------------------------ children
+
+    def _gate_bin(self) -> Path:
+        """WS/daemon/bin/flwr-clientapp -> ugafl-clientapp: first on the SuperNode's PATH."""
+        folder = self.dir / "bin"
+        folder.mkdir(parents=True, exist_ok=True)
+        link = folder / "flwr-clientapp"
+        target = BIN / "ugafl-clientapp"
+        if not target.is_file():
+            raise ConfigError(f"{target} not found: the ugafl package is not installed in this environment")
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(target)
+        return folder
+
+    def children(self) -> list[Child]:
+        cfg = self.cfg
+        env = daemon_env({"PATH": f"{self._gate_bin()}:{BIN}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+                          "FLWR_HOME": str(self.dir / "flwr-home"), "UGAFL_SITE_CONFIG": str(cfg.path),
+                          "OMP_WAIT_POLICY": "PASSIVE"})
+        supernode = Child("supernode", [str(BIN / "flower-supernode"), "--root-certificates", str(cfg.ca),
+                                        "--superlink", cfg.coordinator, "--auth-supernode-private-key", str(cfg.node_key),
+                                        "--node-config", f"site-config='{cfg.path}'",
+                                        "--port", str(cfg.runtime_port)],
+                          env=env, cwd=str(self.dir), on_line=self._supernode_line)
+        watcher = Child("inbox", [str(BIN / "python"), "-m", "ugafl.client.inbox_watcher", str(cfg.path),
+                                  str(cfg.inbox_poll_s)], env=env, cwd=str(self.dir))
+        review = Child("review", [str(BIN / "ugafl"), "review", "--workspace", str(self.ws), "--host", cfg.review_host,
+                                  "--port", str(cfg.review_port)], env=env, cwd=str(self.dir))
+        return [supernode, watcher, review]
+
+    def _set(self, state: str, detail: str = "") -> None:
+        if state != self.connection["state"]:
+            self.connection = {"state": state, "since": time.time(), "detail": detail}
+
+    def _supernode_line(self, line: str):
+        if "SuperNode ID:" in line or "Connection successful" in line:
+            self.refused_since = None
+            if self.connection["state"] != "connected":
+                log.info("connected to the coordinator at %s", self.cfg.coordinator)
+            self._set("connected")
+        elif "Connection attempt failed" in line:
+            if self.connection["state"] not in ("connecting", "refused"):
+                log.warning("coordinator %s not reachable; the SuperNode keeps trying", self.cfg.coordinator)
+            self._set("connecting", "coordinator not reachable")
+        elif "CERTIFICATE_VERIFY_FAILED" in line:
+            reason = (f"the coordinator at {self.cfg.coordinator} presented a certificate that {self.cfg.ca} "
+                      "does not verify: wrong CA file, or not the coordinator")
+            log.error("%s", reason)
+            self._set("tls-error", reason)
+            return STOP
+        elif "Failed to activate SuperNode" in line:
+            now = time.time()
+            self.refused_since = self.refused_since or now
+            from ugafl.common.pki import node_fingerprint
+
+            pub = self.cfg.node_key.with_suffix(".pub")
+            fp = node_fingerprint(pub) if pub.is_file() else "?"
+            reason = (f"the coordinator refused this site's key (sha256 {fp}): not enrolled, or a SuperNode "
+                      f"with this key is still online (then it clears within about a minute)")
+            if now - self.refused_since > 150 or self.connection["state"] != "refused":
+                log.error("%s; retrying every %.0f s", reason, REFUSED_RETRY_S)
+            self._set("refused", reason)
+            return REFUSED_RETRY_S
+        return None
+
+    # ------------------------------------------------------------------ status
+
+    def write_status(self, supervisor: Supervisor) -> None:
+        status = {"pid": os.getpid(), "coordinator": self.cfg.coordinator, "connection": self.connection,
+                  "children": {c.name: {"pid": c.proc.pid if c.proc else None, "restarts": c.restarts,
+                                        "last_exit": c.last_exit} for c in supervisor.children},
+                  "review": f"http://{self.cfg.review_host}:{self.cfg.review_port}/"}
+        text = json.dumps(status, indent=1, sort_keys=True)
+        if text != self._last_status:
+            atomic_write_text(self.dir / "status.json", text)
+            self._last_status = text
+
+    # ------------------------------------------------------------------ run
+
+    def run(self) -> int:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        lock = open(self.dir / "lock", "a+")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            raise ConfigError(f"another site daemon is running for {self.ws} (pid {lock.read().strip() or '?'})") from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(str(os.getpid()))
+        lock.flush()
+        supervisor = Supervisor(log, self.children())
+        supervisor.install_signal_handlers()
+        log.info("site daemon for %s (workspace %s), coordinator %s", self.cfg.site.name or self.cfg.path.stem,
+                 self.ws, self.cfg.coordinator)
+        code = supervisor.run(on_tick=lambda: self.write_status(supervisor))
+        self.connection = {"state": "stopped", "since": time.time(),
+                           "detail": supervisor.fatal or self.connection.get("detail", "")}
+        self.write_status(supervisor)
+        lock.close()
+        log.info("site daemon stopped")
+        return code
+
+
+def add_file_log(path: Path) -> None:
+    """The daemon's log also goes to PATH (a person reads it: time, level, part, message)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S"))
+    get_logger().addHandler(handler)
+
+
+def start(config: str | Path) -> int:
+    """`ugafl site start`: check, then supervise until SIGTERM. The exit code."""
+    cfg = SiteDaemonConfig.load(config)
+    preflight(cfg)
+    add_file_log(cfg.site.workspace / "logs" / "site.log")
+    check_coordinator_tls(cfg.coordinator, cfg.ca)
+    return SiteDaemon(cfg).run()
+
+
+def site_status(config: str | Path) -> dict:
+    """What `ugafl site status` shows: the daemon and its connection, the model version, queue
+    counts, the last round taken part in, the inbox register and refusals. Reads files only."""
+    from ugafl.client.inbox_watcher import read_registry
+    from ugafl.client.queue_store import CorrectionQueue
+    from ugafl.client.site_record import current_model_info, ledger_path, read_jsonl, refusals_path
+    from ugafl.common.processes import alive
+
+    cfg = SiteDaemonConfig.load(config)
+    ws = cfg.site.workspace
+    path = ws / "daemon" / "status.json"
+    daemon = json.loads(path.read_text()) if path.is_file() else None
+    running = bool(daemon and alive(int(daemon["pid"])) and daemon["connection"]["state"] != "stopped")
+    model = current_model_info(ws)
+    with CorrectionQueue(ws) as queue:
+        counts = queue.counts()
+    ledger = read_jsonl(ledger_path(ws))
+    rounds = sorted({(e["run"], e["round"]) for e in ledger})
+    last = [e for e in ledger if (e["run"], e["round"]) == rounds[-1]] if rounds else []
+    registry = read_registry(ws)
+    return {"site": cfg.site.name or cfg.path.stem, "workspace": str(ws), "running": running,
+            "pid": daemon["pid"] if running else None,
+            "connection": daemon["connection"] if daemon else {"state": "never started", "detail": ""},
+            "coordinator": cfg.coordinator, "children": daemon["children"] if daemon else {},
+            "model_version": model["version"] if model else None,
+            "model_round": model["signed"]["statement"].get("round") if model else None,
+            "queue": counts, "rounds_taken_part": len(rounds),
+            "last_round": {"run": rounds[-1][0], "round": rounds[-1][1], "messages": [e["type"] for e in last],
+                           "at": last[-1]["at"], "update_sent": any(e["update_out"] for e in last)} if rounds else None,
+            "inbox": {state: sum(e["state"] == state for e in registry.values())
+                      for state in ("registered", "pending", "unreadable")},
+            "refusals": len(read_jsonl(refusals_path(ws))), "train": cfg.site.train,
+            "review": f"http://{cfg.review_host}:{cfg.review_port}/"}

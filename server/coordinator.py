@@ -1,0 +1,296 @@
+"""The coordinator's kit, as plain functions over Flower's command-line programs: the SuperLink's
+command (TLS, SuperNode authentication, a state database), enrolling hospitals' public keys,
+listing sites online or offline under their names, starting and following runs of the federation
+app, and the app bundle's hash that hospitals approve.
+
+Files, under the config's state folder: superlink.db (Flower's state: enrolled keys, nodes,
+runs), flwr-home/ (the `flwr` CLI's connection to this SuperLink), sites.json (the names given at
+enrolment), checkpoints/ (the signed global model of every round, see federation.RoundStore),
+logs/coordinator.log, status.json (the daemon).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ugafl.common.atomic import atomic_write_text
+from ugafl.common.config import read_toml
+from ugafl.common.errors import ConfigError, UgaflError
+from ugafl.common.log import get_logger
+from ugafl.common.supervisor import daemon_env
+
+log = get_logger("coordinator")
+BIN = Path(sys.executable).parent
+CONNECTION = "ugafl"
+PKI_FILES = ("ca.pem", "superlink.pem", "superlink.key", "model-signing.key")
+
+
+@dataclass(frozen=True)
+class CoordinatorConfig:
+    """[coordinator] state, pki, host, port, address, app (paths relative to the file) and
+    [federation]: the run settings (FederationSettings names; out_dir and signing_key default to
+    STATE/checkpoints and PKI/model-signing.key)."""
+
+    path: Path
+    state: Path
+    pki: Path
+    app: Path
+    host: str = "0.0.0.0"
+    port: int = 9092
+    address: str = "127.0.0.1:9092"
+    federation: dict[str, Any] = field(default_factory=dict)
+
+    @staticmethod
+    def load(path: str | Path) -> CoordinatorConfig:
+        path = Path(path).resolve()
+        raw = read_toml(path, "coordinator config")
+        section = raw.get("coordinator")
+        if not isinstance(section, dict):
+            raise ConfigError(f"{path}: no [coordinator] section")
+        for key in ("state", "pki", "app", "address"):
+            if not isinstance(section.get(key), str) or not section[key]:
+                raise ConfigError(f"{path}: [coordinator] {key} is missing")
+        base = path.parent
+        state, pki = (base / section["state"]).resolve(), (base / section["pki"]).resolve()
+        federation = {k.replace("-", "_"): v for k, v in raw.get("federation", {}).items()}
+        for key in ("central_checkpoint", "eval_data"):
+            if isinstance(federation.get(key), str) and federation[key]:
+                federation[key] = str((base / federation[key]).resolve())
+        federation.setdefault("out_dir", str(state / "checkpoints"))
+        federation.setdefault("signing_key", str(pki / "model-signing.key"))
+        try:
+            return CoordinatorConfig(path=path, state=state, pki=pki, app=(base / section["app"]).resolve(),
+                                     host=str(section.get("host", "0.0.0.0")), port=int(section.get("port", 9092)),
+                                     address=section["address"], federation=federation)
+        except (TypeError, ValueError) as error:
+            raise ConfigError(f"{path}: [coordinator] {error}") from None
+
+    def run_settings(self, **overrides: Any):
+        """The federation settings of a run (refused here, before Flower, if wrong)."""
+        from ugafl.server.federation import FederationSettings
+
+        return FederationSettings.from_run_config({**self.federation, **overrides})
+
+
+def preflight(cfg: CoordinatorConfig) -> None:
+    for name in PKI_FILES:
+        file = cfg.pki / name
+        if not file.is_file():
+            raise ConfigError(f"{file}: not found (made by `ugafl pki init-coordinator --dir {cfg.pki}`)")
+        if name.endswith(".key") and file.stat().st_mode & 0o077:
+            raise ConfigError(f"{file}: private key readable by others; chmod 600 it")
+    if not (cfg.app / "pyproject.toml").is_file():
+        raise ConfigError(f"{cfg.path}: [coordinator] app: {cfg.app} has no pyproject.toml (a Flower app folder)")
+
+
+def superlink_argv(cfg: CoordinatorConfig) -> list[str]:
+    return [str(BIN / "flower-superlink"), "--ssl-ca-certfile", str(cfg.pki / "ca.pem"),
+            "--ssl-certfile", str(cfg.pki / "superlink.pem"), "--ssl-keyfile", str(cfg.pki / "superlink.key"),
+            "--enable-supernode-auth", "--database", str(cfg.state / "superlink.db"),
+            "--disable-runtime-dependency-installation", "--host", cfg.host, "--port", str(cfg.port)]
+
+
+def flwr_env(cfg: CoordinatorConfig) -> dict[str, str]:
+    """Environment for the SuperLink and `flwr` commands: Flower's home in the state folder, with
+    the connection to this SuperLink, and the venv first on PATH (the SuperLink starts
+    flower-superexec from PATH)."""
+    home = cfg.state / "flwr-home"
+    home.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(home / "config.toml", f'[superlink.{CONNECTION}]\naddress = "{cfg.address}"\n'
+                                            f'root-certificates = "{cfg.pki / "ca.pem"}"\n')
+    return daemon_env({"FLWR_HOME": str(home), "PATH": f"{BIN}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+                       "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "OMP_WAIT_POLICY": "PASSIVE"})
+
+
+def flwr(cfg: CoordinatorConfig, *args: str, timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
+    """A `flwr` command against this coordinator's SuperLink; UgaflError if it cannot be reached."""
+    try:
+        done = subprocess.run([str(BIN / "flwr"), *args], env=flwr_env(cfg), capture_output=True, text=True,
+                              timeout=timeout_s, cwd=cfg.state, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        done = None
+    if done is None or "Connection to the SuperLink is unavailable" in done.stdout + done.stderr:
+        raise UgaflError(f"cannot reach the coordinator's SuperLink at {cfg.address}: is it running "
+                         f"(`ugafl server start --config {cfg.path}`)?")
+    return done
+
+
+def _flwr_json(cfg: CoordinatorConfig, *args: str) -> dict:
+    done = flwr(cfg, *args, "--format", "json")
+    try:
+        payload = json.loads(done.stdout)
+    except json.JSONDecodeError:
+        payload = {}
+    if not payload.get("success", False):
+        detail = payload.get("error-message") or (done.stdout + done.stderr).strip()[-400:]
+        raise UgaflError(f"the coordinator at {cfg.address} did not answer `flwr {' '.join(args)}`: {detail}")
+    return payload
+
+
+# ---------------------------------------------------------------------- sites
+
+def _sites_path(cfg: CoordinatorConfig) -> Path:
+    return cfg.state / "sites.json"
+
+
+def enrolled(cfg: CoordinatorConfig) -> dict[str, dict]:
+    path = _sites_path(cfg)
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def enrol(cfg: CoordinatorConfig, public_key: Path, name: str) -> dict:
+    """Register a hospital's SuperNode public key under NAME; its record (node id, fingerprint)."""
+    from ugafl.client.queue_store import utc_now
+    from ugafl.common.pki import node_fingerprint
+
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", name):
+        raise UgaflError(f"--name {name!r}: use letters, digits, '.', '_' or '-'")
+    if not public_key.is_file():
+        raise UgaflError(f"{public_key}: not found")
+    text = public_key.read_text(errors="replace").strip()
+    if not text.startswith(("ecdsa-", "ssh-")) or "PRIVATE KEY" in text:
+        raise UgaflError(f"{public_key}: not an OpenSSH public key (made by `ugafl pki node-keys`)")
+    fp = node_fingerprint(public_key)
+    sites = enrolled(cfg)
+    if name in sites:
+        raise UgaflError(f"a site named {name!r} is already enrolled (key sha256 {sites[name]['fingerprint']})")
+    for other, record in sites.items():
+        if record["fingerprint"] == fp:
+            raise UgaflError(f"{public_key}: this key is already enrolled as {other!r}")
+    done = flwr(cfg, "supernode", "register", str(public_key), CONNECTION)
+    match = re.search(r"SuperNode (\d+) registered successfully", done.stdout)
+    if not match:
+        raise UgaflError(f"enrolling {public_key} failed: {(done.stdout + done.stderr).strip()[-400:]}")
+    sites[name] = {"node_id": match.group(1), "fingerprint": fp, "enrolled_at": utc_now(), "public_key": text}
+    atomic_write_text(_sites_path(cfg), json.dumps(sites, indent=1, sort_keys=True))
+    log.info("enrolled %s: node %s, key sha256 %s", name, match.group(1), fp)
+    return sites[name]
+
+
+def list_sites(cfg: CoordinatorConfig) -> list[dict]:
+    """Every enrolled site with its status (online/offline/registered) as the SuperLink sees it."""
+    nodes = {str(n["node-id"]): n for n in _flwr_json(cfg, "supernode", "list", CONNECTION).get("nodes", [])}
+    out = []
+    for name, record in sorted(enrolled(cfg).items()):
+        node = nodes.pop(record["node_id"], {})
+        out.append({"name": name, "node_id": record["node_id"], "status": node.get("status", "unknown"),
+                    "online_at": node.get("online-at", ""), "offline_at": node.get("offline-at", ""),
+                    "fingerprint": record["fingerprint"]})
+    for node_id, node in nodes.items():  # registered with flwr directly, not through `ugafl server enrol`
+        out.append({"name": "?", "node_id": node_id, "status": node.get("status", "unknown"),
+                    "online_at": node.get("online-at", ""), "offline_at": node.get("offline-at", ""), "fingerprint": ""})
+    return out
+
+
+# ---------------------------------------------------------------------- runs
+
+def app_hash(app: Path) -> str:
+    """SHA-256 of the app bundle (FAB) `flwr run APP` sends: what a site lists in approved_apps."""
+    from flwr.cli.build import build_fab_from_disk
+
+    return hashlib.sha256(build_fab_from_disk(app)).hexdigest()
+
+
+def _run_config(settings) -> str:
+    parts = []
+    for key, value in settings.to_dict().items():
+        if isinstance(value, str):
+            if "'" in value:
+                raise ConfigError(f"run setting {key}: single quotes are not allowed ({value!r})")
+            parts.append(f"{key.replace('_', '-')}='{value}'")
+        else:
+            parts.append(f"{key.replace('_', '-')}={value!r}")
+    return " ".join(parts)
+
+
+def start_run(cfg: CoordinatorConfig, follow: bool = True, timeout_s: float = 7 * 24 * 3600,
+              **overrides: Any) -> tuple[int, str]:
+    """`flwr run` the app with the [federation] settings; (run id, Flower's output). With `follow`
+    it returns when the run has ended (its log streamed to the coordinator's log)."""
+    settings = cfg.run_settings(**overrides)
+    args = ["run", str(cfg.app), CONNECTION, "--run-config", _run_config(settings)] + (["--stream"] if follow else [])
+    proc = subprocess.Popen([str(BIN / "flwr"), *args], env=flwr_env(cfg), cwd=cfg.state, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True, errors="replace")
+    lines, run_id = [], None
+    deadline = time.monotonic() + timeout_s
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        line = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", line.rstrip())
+        lines.append(line)
+        log.info("run | %s", line)
+        match = re.search(r"Successfully started run (\d+)", line)
+        if match:
+            run_id = int(match.group(1))
+        if time.monotonic() > deadline:
+            proc.kill()
+            break
+    proc.wait()
+    if run_id is None:
+        raise UgaflError(f"the run was not started: {' / '.join(lines[-5:])}")
+    return run_id, "\n".join(lines)
+
+
+def runs(cfg: CoordinatorConfig) -> list[dict]:
+    return _flwr_json(cfg, "list", CONNECTION).get("runs", [])
+
+
+def run_status(cfg: CoordinatorConfig, run_id: int) -> dict:
+    for run in runs(cfg):
+        if int(run["run-id"]) == run_id:
+            return run
+    raise UgaflError(f"the coordinator knows no run {run_id}")
+
+
+def checkpoints(cfg: CoordinatorConfig) -> list[dict]:
+    """The signed global checkpoints kept, newest last, each with whether its signature verifies."""
+    from ugafl.server.federation import RoundStore
+
+    settings = cfg.run_settings(central_checkpoint=cfg.federation.get("central_checkpoint") or "-")
+    store = RoundStore(settings)
+    out = []
+    for path in sorted(store.out.glob("round-*.pt")):
+        out.append({"round": int(path.stem.split("-")[1]), "path": str(path), "signed": store.verified(path)})
+    return out
+
+
+# ---------------------------------------------------------------------- the daemon
+
+def serve(config: str | Path) -> int:
+    """`ugafl server start`: the SuperLink, supervised (restarted if it exits), until SIGTERM."""
+    import logging
+
+    from ugafl.common.supervisor import Child, Supervisor
+
+    cfg = CoordinatorConfig.load(config)
+    preflight(cfg)
+    cfg.state.mkdir(parents=True, exist_ok=True)
+    logs = cfg.state / "logs"
+    logs.mkdir(exist_ok=True)
+    handler = logging.FileHandler(logs / "coordinator.log", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S"))
+    get_logger().addHandler(handler)
+    superlink = Child("superlink", superlink_argv(cfg), env=flwr_env(cfg), cwd=str(cfg.state))
+    supervisor = Supervisor(log, [superlink])
+    supervisor.install_signal_handlers()
+    log.info("coordinator: SuperLink on %s:%d (TLS, SuperNode authentication), state in %s", cfg.host, cfg.port, cfg.state)
+    status = cfg.state / "status.json"
+
+    def tick() -> None:
+        text = json.dumps({"pid": os.getpid(), "superlink_pid": superlink.proc.pid if superlink.proc else None,
+                           "restarts": superlink.restarts, "address": cfg.address}, sort_keys=True)
+        if not status.is_file() or status.read_text() != text:
+            atomic_write_text(status, text)
+
+    code = supervisor.run(on_tick=tick)
+    status.unlink(missing_ok=True)
+    log.info("coordinator stopped")
+    return code

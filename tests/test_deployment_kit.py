@@ -1,0 +1,223 @@
+"""The deployment kit end to end, on loopback, entirely through `ugafl` commands: the coordinator's
+PKI, three hospitals' keys and enrolment, `ugafl server start`, `ugafl site start` for each, a run
+of four rounds. After two rounds one hospital's daemon is killed (SIGKILL) in the middle of round
+3 and started again; after round 3 the coordinator is killed and started again, and the run is
+started again. The run must complete (round 4 with the restarted hospital back), no queued or
+corrected patch may be lost, every reply must be weights and scalars only, and every process must
+be gone at the end. Also: an un-enrolled hospital and a hospital with the wrong CA are refused with
+a clear message, and the deployment guide shows exactly the commands this test runs."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from deployment_kit import GUIDE, Kit, guide_commands, wait_for
+from federation_helpers import check_outboxes, small_federation
+from flower_deployment import free_port
+from ugafl.common.model import ModelConfig
+
+REPO = Path(__file__).resolve().parents[1]
+APP = REPO / "deploy" / "flower_app"
+CENTRES = ("RUMC", "UMCU", "RST")
+
+
+def _site_toml(folder: Path, name: str, centre: str, data: Path | None, coordinator: str, app_hash: str,
+               ca: Path, key: Path) -> Path:
+    """A hospital's site.toml (data None: a site with an empty inbox and a person annotating)."""
+    from ugafl.common.manifest import load_manifest
+
+    inbox = folder / "inbox"
+    inbox.mkdir(parents=True)
+    role = f'role = "central"\ncentral_data = "{data}"\ncentral_centre = "{centre}"\n'
+    if data is None:
+        role = ""
+    elif centre != "RUMC":
+        manifest = load_manifest(data)
+        for rec in manifest.select(centre=centre, split="train"):
+            (inbox / Path(rec.path).name).symlink_to(manifest.path_of(rec.path).resolve())
+        role = f'annotator = "simulated"\nannotator_data = "{data}"\n'
+    path = folder / "site.toml"
+    path.write_text(f'[site]\nname = "{name}"\nworkspace = "workspace"\nslides = "inbox"\n'
+                    f'trusted_keys = ["model-signing.pub"]\napproved_apps = ["{app_hash}"]\n{role}'
+                    f'[coordinator]\naddress = "{coordinator}"\nca = "{ca.name}"\nnode_key = "{key}"\n'
+                    f'[review]\nport = {free_port()}\n[daemon]\nruntime_port = {free_port()}\ninbox_poll_s = 2\n')
+    return path
+
+
+def _queue_snapshot(workspace: Path) -> dict[int, tuple[str, str]]:
+    """Every queue item: (state, digest of its corrected mask or '')."""
+    from ugafl.client.queue_store import CorrectionQueue
+
+    out = {}
+    with CorrectionQueue(workspace) as queue:
+        for state in ("pending", "in_review", "corrected", "rejected"):
+            for item in queue.list(state):
+                mask = queue.load_correction(item.id) if state == "corrected" else None
+                out[item.id] = (state, hashlib.sha256(mask.tobytes()).hexdigest() if mask is not None else "")
+    return out
+
+
+def _sites(kit: Kit, coordinator: Path) -> dict[str, str]:
+    return {s["name"]: s["status"] for s in json.loads(kit.ugafl("server", "sites", "--config", str(coordinator),
+                                                                  "--json").stdout)}
+
+
+def _status(kit: Kit, site: Path) -> dict:
+    return json.loads(kit.ugafl("site", "status", "--config", str(site), "--json").stdout)
+
+
+@pytest.mark.slow
+def test_coordinator_and_three_hospitals_survive_kills(tmp_path: Path) -> None:
+    from ugafl.client.site_record import ledger_path, read_jsonl
+
+    data, central = small_federation(tmp_path / "fed", CENTRES, ModelConfig(channels=(8, 16, 32)))
+    kit = Kit(tmp_path)
+    coord = tmp_path / "coordinator"
+    port = free_port()
+    kit.ugafl("pki", "init-coordinator", "--dir", str(coord / "pki"), "--names", "localhost,127.0.0.1")
+    (coord / "coordinator.toml").write_text(
+        f'[coordinator]\nstate = "state"\npki = "pki"\napp = "{APP}"\nhost = "127.0.0.1"\nport = {port}\n'
+        f'address = "127.0.0.1:{port}"\n[federation]\ncentral_checkpoint = "{central}"\nnum_rounds = 4\n'
+        f'budget = 2\npasses = 2\nlocal_steps = 8\nmin_nodes = 2\nweighting = "sites"\ntimeout_s = 900\n'
+        f'run_name = "kit-test"\n')
+    config = coord / "coordinator.toml"
+    app_hash = kit.ugafl("server", "app-hash", "--config", str(config)).stdout.strip()
+
+    sites: dict[str, Path] = {}
+    for i, centre in enumerate(CENTRES):
+        name = f"hospital-{centre.lower()}"
+        folder = tmp_path / name
+        kit.ugafl("pki", "node-keys", "--dir", str(folder / "keys"), "--name", name)
+        for f in ("ca.pem", "model-signing.pub"):  # what the coordinator hands out
+            shutil.copy(coord / "pki" / f, folder / f)
+        sites[name] = _site_toml(folder, name, centre, data, f"127.0.0.1:{port}", app_hash, folder / "ca.pem",
+                                 folder / "keys" / f"{name}.key")
+    names = list(sites)
+    victim = names[2]
+    try:
+        kit.start("coordinator", "server", "start", "--config", str(config))
+        wait_for("the SuperLink", lambda: "Uvicorn running on https" in kit.output("coordinator"), 60)
+        for name in names:
+            kit.ugafl("server", "enrol", "--config", str(config), str(tmp_path / name / "keys" / f"{name}.pub"),
+                      "--name", name)
+        for name, path in sites.items():
+            kit.start(name, "site", "start", "--config", str(path))
+        wait_for("three sites online", lambda: set(_sites(kit, config).values()) == {"online"}, 120, 2)
+
+        kit.start("run", "server", "run", "--config", str(config))
+        checkpoints = coord / "state" / "checkpoints"
+        wait_for("round 2", lambda: (checkpoints / "round-0002.pt.sig").exists(), 900, 2)
+        # Round 3: the hospital's daemon dies once its query reply has gone out.
+        wait_for("round 3 under way at the victim",
+                 lambda: any(e["round"] == 3 for e in read_jsonl(ledger_path(sites[victim].parent / "workspace"))),
+                 600, 0.5)
+        victim_tree = kit.kill(victim)
+        before_kill = _queue_snapshot(sites[victim].parent / "workspace")
+        wait_for("the victim's processes to end", lambda: not any(_alive(p) for p in victim_tree), 60)
+        wait_for("the coordinator to see the victim offline", lambda: _sites(kit, config)[victim] == "offline", 200, 5)
+        kit.start(victim, "site", "start", "--config", str(sites[victim]))
+
+        wait_for("round 3", lambda: (checkpoints / "round-0003.pt.sig").exists(), 900, 1)
+        snapshots = {n: _queue_snapshot(p.parent / "workspace") for n, p in sites.items()}
+        coordinator_tree = kit.kill("coordinator")
+        wait_for("the coordinator's processes to end", lambda: not any(_alive(p) for p in coordinator_tree), 60)
+        wait_for("the interrupted `ugafl server run` to exit", lambda: kit.daemons["run"].poll() is not None, 120)
+        assert kit.daemons["run"].returncode != 0
+
+        kit.start("coordinator", "server", "start", "--config", str(config))
+        wait_for("three sites back online", lambda: set(_sites(kit, config).values()) == {"online"}, 200, 2)
+        final = kit.ugafl("server", "run", "--config", str(config), timeout_s=900)
+        assert "finished:completed" in final.stdout, final.stdout
+        status = {n: _status(kit, p) for n, p in sites.items()}
+        checkpoint_list = kit.ugafl("server", "checkpoints", "--config", str(config)).stdout
+        runs = kit.ugafl("server", "runs", "--config", str(config)).stdout
+    finally:
+        left = kit.stop_all()
+    assert not left, f"processes still running: {left}"
+
+    # The run: four rounds, resumed after round 3, round 4 with all three hospitals again.
+    rows = list(csv.DictReader((checkpoints / "rounds.csv").open()))
+    assert [r["round"] for r in rows] == ["1", "2", "3", "4"]
+    assert rows[3]["updates-aggregated"] == "3", rows[3]
+    assert "resuming after round 3" in kit.output("coordinator")
+    assert all(f"round {r:>4}  signed" in checkpoint_list for r in range(5)), checkpoint_list
+    assert "finished:completed" in runs
+    # The killed hospital rejoined: it answered round 4's query, train and evaluate.
+    victim_ledger = read_jsonl(ledger_path(sites[victim].parent / "workspace"))
+    assert {e["type"] for e in victim_ledger if e["round"] == 4} == {"query", "train", "evaluate"}
+    assert "connected to the coordinator" in kit.output(victim)
+    # No queued or corrected patch lost: every item is still there, corrected ones unchanged.
+    for name, snapshot in [*snapshots.items(), (victim, before_kill)]:
+        after = _queue_snapshot(sites[name].parent / "workspace")
+        for item, (state, digest) in snapshot.items():
+            assert item in after, (name, item)
+            if state == "corrected":
+                assert after[item] == (state, digest), (name, item)
+    # What each site's status says, and its record of every round.
+    for name, s in status.items():
+        assert s["connection"]["state"] == "connected" and s["running"], s
+        assert s["model_round"] == 3 and s["last_round"]["round"] == 4, s
+    assert "is approved by this site" in kit.output(names[0])  # every ClientApp passed the app gate
+    # Privacy: every reply of every site, weights and scalars only.
+    check_outboxes([p.parent / "workspace" for p in sites.values()], central, data, [data, tmp_path])
+    # The deployment guide shows the commands this test ran, and only those.
+    assert guide_commands(GUIDE.read_text()) == kit.ran, (guide_commands(GUIDE.read_text()) ^ kit.ran)
+
+
+def _alive(pid: int) -> bool:
+    from ugafl.common.processes import alive
+
+    return alive(pid)
+
+
+@pytest.mark.slow
+def test_unenrolled_and_wrong_ca_hospitals_are_refused(tmp_path: Path) -> None:
+    """A hospital whose key was never enrolled keeps being refused, says why in its log and status,
+    and stays up; a hospital given another CA is stopped at start with a message naming the file."""
+    kit = Kit(tmp_path)
+    coord = tmp_path / "coordinator"
+    port = free_port()
+    kit.ugafl("pki", "init-coordinator", "--dir", str(coord / "pki"), "--names", "127.0.0.1")
+    kit.ugafl("pki", "init-coordinator", "--dir", str(tmp_path / "other"), "--names", "127.0.0.1")
+    config = coord / "coordinator.toml"
+    config.write_text(f'[coordinator]\nstate = "state"\npki = "pki"\napp = "{APP}"\nhost = "127.0.0.1"\n'
+                      f'port = {port}\naddress = "127.0.0.1:{port}"\n')
+    paths = {}
+    for name, ca in (("stranger", coord / "pki" / "ca.pem"), ("misconfigured", tmp_path / "other" / "ca.pem")):
+        folder = tmp_path / name
+        kit.ugafl("pki", "node-keys", "--dir", str(folder / "keys"), "--name", name)
+        shutil.copy(ca, folder / "ca.pem")
+        shutil.copy(coord / "pki" / "model-signing.pub", folder / "model-signing.pub")
+        paths[name] = _site_toml(folder, name, "UMCU", None, f"127.0.0.1:{port}", "0" * 64, folder / "ca.pem",
+                                 folder / "keys" / f"{name}.key")
+    try:
+        kit.start("coordinator", "server", "start", "--config", str(config))
+        wait_for("the SuperLink", lambda: "Uvicorn running on https" in kit.output("coordinator"), 60)
+        kit.ugafl("server", "enrol", "--config", str(config),
+                  str(tmp_path / "misconfigured" / "keys" / "misconfigured.pub"), "--name", "misconfigured")  # wrong CA
+        wrong_ca = kit.ugafl("site", "start", "--config", str(paths["misconfigured"]), check=False, timeout_s=60)
+        kit.start("stranger", "site", "start", "--config", str(paths["stranger"]))
+        status = wait_for("the stranger refused",
+                          lambda: (s := _status(kit, paths["stranger"]))["connection"]["state"] == "refused" and s, 90)
+        time.sleep(20)  # it retries, and stays up
+        assert kit.daemons["stranger"].poll() is None
+        listed = _sites(kit, config)
+    finally:
+        left = kit.stop_all()
+    assert not left, left
+    assert wrong_ca.returncode == 2
+    assert f"{tmp_path / 'misconfigured' / 'ca.pem'} does not verify" in wrong_ca.stderr, wrong_ca.stderr
+    assert "wrong CA file" in wrong_ca.stderr
+    assert "refused this site's key" in status["connection"]["detail"] and "not enrolled" in status["connection"]["detail"]
+    log = (tmp_path / "stranger" / "workspace" / "logs" / "site.log").read_text()
+    assert log.count("Failed to activate SuperNode") >= 2 and "refused this site's key" in log
+    assert listed == {"misconfigured": "registered"} or "stranger" not in listed, listed
+    assert kit.daemons["stranger"].returncode == 0  # SIGTERM: a clean stop
