@@ -24,6 +24,7 @@ from ugafl.common.slide import open_slide
 from ugafl.common.slide_scan import candidate_files
 
 log = get_logger("inbox")
+REGISTER_CHECK_MPP = 64.0  # a slide is registered once a coarse overview of it reads (µm/px)
 
 
 def registry_path(workspace: Path) -> Path:
@@ -58,6 +59,7 @@ def scan_inbox(site: SiteConfig, registry: dict[str, dict]) -> list[Path]:
             continue
         try:
             with open_slide(path) as slide:
+                slide.thumbnail(REGISTER_CHECK_MPP)  # opens is not enough: some files fail on reading
                 entry.update(state="registered", registered=utc_now(), mpp=slide.mpp, size_px=list(slide.dimensions))
             log.info("registered %s (%d x %d px at %.3f µm/px)", path.name, *slide.dimensions, slide.mpp)
             new.append(path)
@@ -103,7 +105,9 @@ def precompute(site: SiteConfig, registry: dict[str, dict]) -> int:
     for path in todo:
         started = time.perf_counter()
         result = run_uncertainty(path, method, out, progress=False, reuse=True)[0]
-        if result.error is None:
+        if result.error is not None:  # recorded, and not tried again until the file changes
+            registry[path.name].update(state="unreadable", reason=result.error)
+        else:
             done += 1
             log.info("precomputed uncertainty for %s with model %s in %.1f s", path.name, info["version"],
                      time.perf_counter() - started)
@@ -121,13 +125,13 @@ def watch(config: str | Path, poll_s: float = 30.0, once: bool = False) -> None:
             scan_inbox(site, registry)
         except OSError as error:
             log.error("cannot read the inbox %s: %s", site.slides, error)
-        if json.dumps(registry, sort_keys=True) != before:
-            registry_path(site.workspace).parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(registry_path(site.workspace), json.dumps(registry, indent=1, sort_keys=True))
         try:
             precompute(site, registry)
         except UgaflError as error:
             log.error("precomputing uncertainty: %s", error)
+        if json.dumps(registry, sort_keys=True) != before:
+            registry_path(site.workspace).parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(registry_path(site.workspace), json.dumps(registry, indent=1, sort_keys=True))
         if once:
             return
         time.sleep(poll_s)

@@ -73,8 +73,12 @@ def stop_tree(pids: Iterable[int], grace_s: float = 10.0) -> list[int]:
     return sorted(todo)
 
 
-def die_with_parent() -> None:
-    """For Popen(preexec_fn=...): the child gets SIGTERM when the process that started it dies,
-    even by SIGKILL, so a killed daemon leaves no orphan SuperNode holding its key."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+def die_with_parent(sig: int = signal.SIGTERM):
+    """A Popen preexec_fn: the child gets `sig` when the process that started it dies, even by
+    SIGKILL, so a killed daemon leaves no orphan SuperNode holding its key."""
+
+    def preexec() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, int(sig))
+
+    return preexec

@@ -36,6 +36,7 @@ class Child:
     cwd: str | None = None
     on_line: Callable[[str], object] | None = None
     on_start: Callable[[], None] | None = None
+    death_signal: int = signal.SIGTERM  # what the child gets if the daemon dies without stopping it
     proc: subprocess.Popen | None = None
     restarts: int = 0
     started_at: float = 0.0
@@ -77,7 +78,7 @@ class Supervisor:
         child.wait_s = None
         child.proc = subprocess.Popen(child.argv, env=child.env, cwd=child.cwd, stdout=subprocess.PIPE,
                                       stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True, errors="replace",
-                                      bufsize=1, preexec_fn=die_with_parent)
+                                      bufsize=1, preexec_fn=die_with_parent(child.death_signal))
         child.started_at = time.monotonic()
         self.log.info("%s started (pid %d)%s", child.name, child.proc.pid,
                       f", restart {child.restarts}" if child.restarts else "")

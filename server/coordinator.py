@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -278,7 +279,11 @@ def serve(config: str | Path) -> int:
     handler = logging.FileHandler(logs / "coordinator.log", encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S"))
     get_logger().addHandler(handler)
-    superlink = Child("superlink", superlink_argv(cfg), env=flwr_env(cfg), cwd=str(cfg.state))
+    # If the daemon dies without stopping it, the SuperLink gets SIGKILL: on SIGTERM it waits for
+    # open connections (a followed run's log stream) without end. Its state database is SQLite,
+    # and its SuperExec and ServerApp stop when their parent goes.
+    superlink = Child("superlink", superlink_argv(cfg), env=flwr_env(cfg), cwd=str(cfg.state),
+                      death_signal=signal.SIGKILL)
     supervisor = Supervisor(log, [superlink])
     supervisor.install_signal_handlers()
     log.info("coordinator: SuperLink on %s:%d (TLS, SuperNode authentication), state in %s", cfg.host, cfg.port, cfg.state)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import re
 import shutil
 import signal
 import time
@@ -75,8 +76,11 @@ def _status(kit: Kit, site: Path) -> dict:
 
 
 @pytest.mark.slow
-def test_coordinator_and_three_hospitals_survive_kills(tmp_path: Path) -> None:
-    from ugafl.client.site_record import ledger_path, read_jsonl
+def test_coordinator_and_three_hospitals_survive_kills(tmp_path: Path, fixtures_dir: Path) -> None:
+    from ugafl.client.inbox_watcher import read_registry
+    from ugafl.client.site import uncertainty_dir
+    from ugafl.client.site_record import current_model_info, ledger_path, read_jsonl
+    from ugafl.common.manifest import load_manifest
 
     data, central = small_federation(tmp_path / "fed", CENTRES, ModelConfig(channels=(8, 16, 32)))
     kit = Kit(tmp_path)
@@ -115,6 +119,20 @@ def test_coordinator_and_three_hospitals_survive_kills(tmp_path: Path) -> None:
         kit.start("run", "server", "run", "--config", str(config))
         checkpoints = coord / "state" / "checkpoints"
         wait_for("round 2", lambda: (checkpoints / "round-0002.pt.sig").exists(), 900, 2)
+        # Between rounds a slide and a broken file land in a hospital's inbox: the watcher registers
+        # the slide and scores it with the current model, and records why the other can't be read.
+        watched = sites[names[1]].parent
+        manifest = load_manifest(data)
+        [extra] = manifest.select(centre="UMCU", split="test")[:1]
+        new_name = Path(extra.path).name  # a slide of the dataset: the simulated annotator has its truth
+        (watched / "inbox" / new_name).symlink_to(manifest.path_of(extra.path).resolve())
+        shutil.copy(fixtures_dir / "unreadable.svs", watched / "inbox" / "broken.svs")
+        registry = wait_for("the new slides registered", lambda: (r := read_registry(watched / "workspace")) and
+                            r.get(new_name, {}).get("state") == "registered" and
+                            r.get("broken.svs", {}).get("state") == "unreadable" and r, 120)
+        current = current_model_info(watched / "workspace")
+        scored = uncertainty_dir(watched / "workspace", current["version"], "tta", 2) / Path(new_name).stem / "summary.json"
+        wait_for("the new slide's uncertainty", scored.is_file, 300)
         # Round 3: the hospital's daemon dies once its query reply has gone out.
         wait_for("round 3 under way at the victim",
                  lambda: any(e["round"] == 3 for e in read_jsonl(ledger_path(sites[victim].parent / "workspace"))),
@@ -139,6 +157,8 @@ def test_coordinator_and_three_hospitals_survive_kills(tmp_path: Path) -> None:
         status = {n: _status(kit, p) for n, p in sites.items()}
         checkpoint_list = kit.ugafl("server", "checkpoints", "--config", str(config)).stdout
         runs = kit.ugafl("server", "runs", "--config", str(config)).stdout
+        sites_table = kit.ugafl("server", "sites", "--config", str(config)).stdout
+        status_text = kit.ugafl("site", "status", "--config", str(sites[victim])).stdout
     finally:
         left = kit.stop_all()
     assert not left, f"processes still running: {left}"
@@ -165,7 +185,14 @@ def test_coordinator_and_three_hospitals_survive_kills(tmp_path: Path) -> None:
     for name, s in status.items():
         assert s["connection"]["state"] == "connected" and s["running"], s
         assert s["model_round"] == 3 and s["last_round"]["round"] == 4, s
+    assert all(re.search(rf"^{n}\s+online\s", sites_table, re.M) for n in names), sites_table
+    for line in ("daemon             running", "coordinator        127.0.0.1:", "model              ",
+                 "last round         run ", "queue              pending"):
+        assert line in status_text, status_text
     assert "is approved by this site" in kit.output(names[0])  # every ClientApp passed the app gate
+    assert "unreadable.svs" not in json.dumps(registry) and "broken.svs" in registry["broken.svs"]["reason"]
+    assert status[names[1]]["inbox"] == {"registered": 3, "pending": 0, "unreadable": 1}, status[names[1]]
+    assert f"precomputed uncertainty for {new_name}" in kit.output(names[1])
     # Privacy: every reply of every site, weights and scalars only.
     check_outboxes([p.parent / "workspace" for p in sites.values()], central, data, [data, tmp_path])
     # The deployment guide shows the commands this test ran, and only those.

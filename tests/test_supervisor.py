@@ -1,0 +1,86 @@
+"""The daemons' supervisor with real child processes: a child that exits is restarted, a child
+whose output says it cannot run stops the daemon with the reason, SIGTERM stops every child's
+whole process tree, and a daemon killed with SIGKILL takes its children with it."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from ugafl.common.processes import alive, descendants
+from ugafl.common.supervisor import STOP, Child, Supervisor
+
+PY = sys.executable
+
+
+def _wait(check, timeout_s: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_a_child_that_exits_is_restarted_and_its_lines_logged(caplog) -> None:
+    caplog.set_level(logging.INFO, "ugafl")
+    child = Child("flaky", [PY, "-c", "print('\\x1b[92mhello\\x1b[0m'); raise SystemExit(3)"])
+    sup = Supervisor(logging.getLogger("ugafl.test"), [child], poll_s=0.05)
+    sup.max_backoff_s = 0.2
+    thread = threading.Thread(target=sup.run)
+    thread.start()
+    try:
+        assert _wait(lambda: child.restarts >= 2)
+    finally:
+        sup.stop()
+        thread.join(30)
+    assert child.last_exit == 3
+    assert "flaky | hello" in caplog.text  # colour codes stripped
+    assert "flaky exited with code 3; restarting" in caplog.text
+
+
+def test_a_child_that_cannot_run_stops_the_daemon() -> None:
+    child = Child("node", [PY, "-c", "print('CERTIFICATE_VERIFY_FAILED'); raise SystemExit(1)"],
+                  on_line=lambda line: STOP if "CERTIFICATE" in line else None)
+    sup = Supervisor(logging.getLogger("ugafl.test"), [child], poll_s=0.05)
+    assert sup.run() == 2
+    assert child.restarts == 0 and "node cannot run" in sup.fatal
+
+
+def test_sigterm_stops_the_whole_tree(tmp_path: Path) -> None:
+    """A daemon process whose child starts a grandchild in a new session (as Flower's are)."""
+    script = tmp_path / "daemon.py"
+    script.write_text(
+        "import logging, subprocess, sys\n"
+        "from ugafl.common.supervisor import Child, Supervisor\n"
+        "inner = \"import subprocess, time; subprocess.Popen(['sleep', '300'], start_new_session=True); time.sleep(300)\"\n"
+        "sup = Supervisor(logging.getLogger('ugafl.t'), [Child('c', [sys.executable, '-c', inner])], poll_s=0.05)\n"
+        "sup.install_signal_handlers()\n"
+        "raise SystemExit(sup.run())\n")
+    daemon = subprocess.Popen([PY, str(script)])
+    assert _wait(lambda: len(descendants([daemon.pid])) >= 3)  # daemon, child, its detached grandchild
+    tree = descendants([daemon.pid])
+    daemon.send_signal(signal.SIGTERM)
+    assert daemon.wait(timeout=30) == 0
+    assert _wait(lambda: not any(alive(p) for p in tree)), [p for p in tree if alive(p)]
+
+
+def test_a_killed_daemon_takes_its_children_with_it(tmp_path: Path) -> None:
+    script = tmp_path / "daemon.py"
+    script.write_text(
+        "import logging, sys\n"
+        "from ugafl.common.supervisor import Child, Supervisor\n"
+        "sup = Supervisor(logging.getLogger('ugafl.t'), [Child('c', ['sleep', '300'])], poll_s=0.05)\n"
+        "sup.run()\n")
+    daemon = subprocess.Popen([PY, str(script)])
+    assert _wait(lambda: len(descendants([daemon.pid])) >= 2)
+    children = descendants([daemon.pid]) - {daemon.pid}
+    os.kill(daemon.pid, signal.SIGKILL)
+    daemon.wait(timeout=30)
+    assert _wait(lambda: not any(alive(p) for p in children))
