@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import fcntl
 import json
-import logging
 import os
 import socket
 import ssl
@@ -33,7 +32,7 @@ from ugafl.client.site import SiteConfig
 from ugafl.common.atomic import atomic_write_text
 from ugafl.common.config import read_toml
 from ugafl.common.errors import ConfigError
-from ugafl.common.log import get_logger
+from ugafl.common.log import add_file_log, get_logger
 from ugafl.common.supervisor import STOP, Child, Supervisor, daemon_env
 
 log = get_logger("site_daemon")
@@ -222,7 +221,7 @@ class SiteDaemon:
         lock.truncate()
         lock.write(str(os.getpid()))
         lock.flush()
-        supervisor = Supervisor(log, self.children())
+        supervisor = Supervisor(log, self.children(), pid_file=self.dir / "processes.json")
         supervisor.install_signal_handlers()
         log.info("site daemon for %s (workspace %s), coordinator %s", self.cfg.site.name or self.cfg.path.stem,
                  self.ws, self.cfg.coordinator)
@@ -233,14 +232,6 @@ class SiteDaemon:
         lock.close()
         log.info("site daemon stopped")
         return code
-
-
-def add_file_log(path: Path) -> None:
-    """The daemon's log also goes to PATH (a person reads it: time, level, part, message)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(path, encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S"))
-    get_logger().addHandler(handler)
 
 
 def start(config: str | Path) -> int:

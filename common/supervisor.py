@@ -9,6 +9,7 @@ SuperNode or SuperLink behind. No Flower import: children are plain commands.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -18,8 +19,10 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from ugafl.common.processes import die_with_parent, stop_tree
+from ugafl.common.atomic import atomic_write_text
+from ugafl.common.processes import alive, command_line, descendants, die_with_parent, stop_tree
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 STOP = "stop"  # a line hook returns this to stop restarting the child (and the daemon)
@@ -51,10 +54,34 @@ class Supervisor:
     """Run children until `stop()` (or SIGTERM/SIGINT after `install_signal_handlers`)."""
 
     def __init__(self, log: logging.Logger, children: list[Child], max_backoff_s: float = 60.0,
-                 poll_s: float = 0.5):
+                 poll_s: float = 0.5, pid_file: Path | None = None):
         self.log, self.children, self.max_backoff_s, self.poll_s = log, children, max_backoff_s, poll_s
+        self.pid_file = pid_file  # the children's process trees, so a successor can stop what a killed daemon left
         self._stopping = threading.Event()
+        self._last_record = 0.0
         self.fatal: str | None = None  # why the daemon gave up, if it did
+
+    def _record_tree(self) -> None:
+        if self.pid_file is None or time.monotonic() - self._last_record < 2.0:
+            return
+        self._last_record = time.monotonic()
+        pids = descendants([c.proc.pid for c in self.children if c.proc is not None])
+        atomic_write_text(self.pid_file, json.dumps({str(p): command_line(p) for p in sorted(pids)}))
+
+    def stop_leftovers(self) -> None:
+        """Stop the processes a previous daemon (killed, so it could not stop them) left running:
+        those in the pid file that still run the same command."""
+        if self.pid_file is None or not self.pid_file.is_file():
+            return
+        try:
+            recorded = json.loads(self.pid_file.read_text())
+        except json.JSONDecodeError:
+            recorded = {}
+        left = [int(p) for p, cmd in recorded.items() if cmd and alive(int(p)) and command_line(int(p)) == cmd]
+        if left:
+            self.log.warning("stopping %d process(es) a previous daemon left running: %s", len(left), left)
+            stop_tree(left)
+        self.pid_file.unlink(missing_ok=True)
 
     def install_signal_handlers(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -125,12 +152,14 @@ class Supervisor:
 
     def run(self, on_tick: Callable[[], None] | None = None) -> int:
         """Supervise until stopped; then stop every child's process tree. 0, or 2 if gave up."""
+        self.stop_leftovers()
         try:
             while not self.stopping:
                 for child in self.children:
                     self._check(child)
                     if self.stopping:
                         break
+                self._record_tree()
                 if on_tick is not None:
                     on_tick()
                 self._stopping.wait(self.poll_s)
@@ -152,6 +181,8 @@ class Supervisor:
             self.log.error("processes still running after stop: %s", left)
         else:
             self.log.info("all children stopped")
+            if self.pid_file is not None:
+                self.pid_file.unlink(missing_ok=True)
 
     def pids(self) -> dict[str, int | None]:
         return {c.name: (c.proc.pid if c.proc is not None else None) for c in self.children}

@@ -267,24 +267,18 @@ def checkpoints(cfg: CoordinatorConfig) -> list[dict]:
 
 def serve(config: str | Path) -> int:
     """`ugafl server start`: the SuperLink, supervised (restarted if it exits), until SIGTERM."""
-    import logging
-
+    from ugafl.common.log import add_file_log
     from ugafl.common.supervisor import Child, Supervisor
 
     cfg = CoordinatorConfig.load(config)
     preflight(cfg)
-    cfg.state.mkdir(parents=True, exist_ok=True)
-    logs = cfg.state / "logs"
-    logs.mkdir(exist_ok=True)
-    handler = logging.FileHandler(logs / "coordinator.log", encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S"))
-    get_logger().addHandler(handler)
+    add_file_log(cfg.state / "logs" / "coordinator.log")
     # If the daemon dies without stopping it, the SuperLink gets SIGKILL: on SIGTERM it waits for
     # open connections (a followed run's log stream) without end. Its state database is SQLite,
     # and its SuperExec and ServerApp stop when their parent goes.
     superlink = Child("superlink", superlink_argv(cfg), env=flwr_env(cfg), cwd=str(cfg.state),
                       death_signal=signal.SIGKILL)
-    supervisor = Supervisor(log, [superlink])
+    supervisor = Supervisor(log, [superlink], pid_file=cfg.state / "processes.json")
     supervisor.install_signal_handlers()
     log.info("coordinator: SuperLink on %s:%d (TLS, SuperNode authentication), state in %s", cfg.host, cfg.port, cfg.state)
     status = cfg.state / "status.json"

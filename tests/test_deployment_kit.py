@@ -24,6 +24,7 @@ from deployment_kit import GUIDE, Kit, guide_commands, wait_for
 from federation_helpers import check_outboxes, small_federation
 from flower_deployment import free_port
 from ugafl.common.model import ModelConfig
+from ugafl.common.processes import command_line
 
 REPO = Path(__file__).resolve().parents[1]
 APP = REPO / "deploy" / "flower_app"
@@ -145,12 +146,15 @@ def test_coordinator_and_three_hospitals_survive_kills(tmp_path: Path, fixtures_
 
         wait_for("round 3", lambda: (checkpoints / "round-0003.pt.sig").exists(), 900, 1)
         snapshots = {n: _queue_snapshot(p.parent / "workspace") for n, p in sites.items()}
-        coordinator_tree = kit.kill("coordinator")
-        wait_for("the coordinator's processes to end", lambda: not any(_alive(p) for p in coordinator_tree), 60)
+        coordinator_tree = kit.kill("coordinator") - {kit.daemons["coordinator"].pid}
         wait_for("the interrupted `ugafl server run` to exit", lambda: kit.daemons["run"].poll() is not None, 120)
         assert kit.daemons["run"].returncode != 0
+        time.sleep(5)
+        lingering = {p: command_line(p) for p in coordinator_tree if _alive(p)}
+        print(f"left running 5 s after the coordinator's daemon was killed: {lingering}")
 
-        kit.start("coordinator", "server", "start", "--config", str(config))
+        kit.start("coordinator", "server", "start", "--config", str(config))  # stops what its predecessor left
+        wait_for("the old coordinator's processes to end", lambda: not any(_alive(p) for p in coordinator_tree), 60)
         wait_for("three sites back online", lambda: set(_sites(kit, config).values()) == {"online"}, 200, 2)
         final = kit.ugafl("server", "run", "--config", str(config), timeout_s=900)
         assert "finished:completed" in final.stdout, final.stdout

@@ -4,6 +4,7 @@ whole process tree, and a daemon killed with SIGKILL takes its children with it.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -84,3 +85,26 @@ def test_a_killed_daemon_takes_its_children_with_it(tmp_path: Path) -> None:
     os.kill(daemon.pid, signal.SIGKILL)
     daemon.wait(timeout=30)
     assert _wait(lambda: not any(alive(p) for p in children))
+
+
+def test_a_new_daemon_stops_what_a_killed_one_left(tmp_path: Path) -> None:
+    """A child that ignores the SIGTERM it gets when its daemon dies is stopped by the next daemon,
+    which finds it in the pid file (and only if it still runs the same command)."""
+    pid_file = tmp_path / "processes.json"
+    script = tmp_path / "daemon.py"
+    script.write_text(
+        "import logging, sys\n"
+        "from pathlib import Path\n"
+        "from ugafl.common.supervisor import Child, Supervisor\n"
+        "child = Child('c', ['sh', '-c', 'trap \"\" TERM; while true; do sleep 0.2; done'])\n"
+        f"Supervisor(logging.getLogger('ugafl.t'), [child], poll_s=0.05, pid_file=Path({str(pid_file)!r})).run()\n")
+    daemon = subprocess.Popen([PY, str(script)])
+    assert _wait(lambda: pid_file.is_file() and len(json.loads(pid_file.read_text())) >= 1)
+    left = [int(p) for p in json.loads(pid_file.read_text())]
+    os.kill(daemon.pid, signal.SIGKILL)
+    daemon.wait(timeout=30)
+    time.sleep(1)
+    assert all(alive(p) for p in left)  # survived its daemon
+    successor = Supervisor(logging.getLogger("ugafl.test"), [], pid_file=pid_file)
+    successor.stop_leftovers()
+    assert not any(alive(p) for p in left) and not pid_file.exists()
