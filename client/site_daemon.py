@@ -127,6 +127,7 @@ class SiteDaemon:
         self.dir = self.ws / "daemon"
         self.connection = {"state": "starting", "since": time.time(), "detail": ""}
         self.refused_since: float | None = None
+        self._refusal_logged = 0.0
         self._last_status = ""
 
     # ------------------------------------------------------------------ children
@@ -189,8 +190,9 @@ class SiteDaemon:
             fp = node_fingerprint(pub) if pub.is_file() else "?"
             reason = (f"the coordinator refused this site's key (sha256 {fp}): not enrolled, or a SuperNode "
                       f"with this key is still online (then it clears within about a minute)")
-            if now - self.refused_since > 150 or self.connection["state"] != "refused":
+            if self.connection["state"] != "refused" or now - self._refusal_logged > 600:  # not every 15 s
                 log.error("%s; retrying every %.0f s", reason, REFUSED_RETRY_S)
+                self._refusal_logged = now
             self._set("refused", reason)
             return REFUSED_RETRY_S
         return None
