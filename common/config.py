@@ -53,7 +53,7 @@ def load_config(path: str | Path | None) -> RunConfig:
         return RunConfig(path=None)
     path = Path(path)
     raw = read_toml(path, "config file")
-    allowed = {"data", "model", "train", "central", "evaluate", "federation", "run"}
+    allowed = {"data", "model", "train", "central", "evaluate", "federation", "experiment", "run"}
     extra = sorted(set(raw) - allowed)
     if extra:
         raise ConfigError(f"{path}: unknown section(s) {', '.join(extra)}; known: {', '.join(sorted(allowed))}")

@@ -1,0 +1,29 @@
+"""`ugafl experiment`: the paper's comparison of selection strategies (simulations/experiment.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+@click.command("experiment")
+@click.option("--config", "config_path", type=click.Path(path_type=Path), required=True,
+              help="e.g. simulations/configs/quick.toml or paper.toml ([data] ... [federation], [experiment]).")
+@click.option("--name", default=None, help="Run name: outputs go to runs/<name>/ [default: the config's file name].")
+@click.option("--runs", "runs_dir", type=click.Path(path_type=Path), default=Path("runs"), show_default=True)
+def experiment(config_path: Path, name: str | None, runs_dir: Path) -> None:
+    """Baseline, then federated rounds per strategy, method and seed until 5 and 10 corrected
+    patches per centre; a table (mean ± sd over seeds, the paper's figures beside) and plots.
+    A stopped run continues where it left off."""
+    from ugafl.common.config import build_section, load_config
+    from ugafl.common.errors import ConfigError
+    from ugafl.simulations.experiment import ExperimentConfig, run_experiment, table_markdown
+
+    cfg = load_config(config_path)
+    if not cfg.federation:
+        raise ConfigError(f"{config_path}: no [federation] section")
+    run_dir = runs_dir / (name or config_path.stem)
+    summary = run_experiment(cfg, run_dir)
+    click.echo(table_markdown(summary, build_section(ExperimentConfig, cfg.raw.get("experiment", {}), "[experiment]")))
+    click.echo(f"outputs in {run_dir}/: table.md, results.json, dice_vs_patches.png, per_centre.png, arms/")

@@ -1,0 +1,73 @@
+"""The experiment pipeline: the table and summary from hand-made arm results, and the `quick`
+config end to end through the console script (every strategy's row complete, plots written,
+and a second run resumes without running any arm again)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ugafl.simulations.experiment import ExperimentConfig, summarise, table_markdown
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def _arm(strategy: str, seed: int, at5: float, at10: float) -> dict:
+    return {"arm": f"tta-{strategy}-s{seed}", "method": "tta", "strategy": strategy, "seed": seed,
+            "dice": {"5": {"RUMC": 0.9, "A": at5, "B": at5 + 0.1}, "10": {"RUMC": 0.9, "A": at10, "B": at10 + 0.1}},
+            "pooled": {"RUMC": 0.95, "A": 0.8, "B": 0.9}, "seconds": 1.0}
+
+
+def test_summary_is_mean_and_sd_over_seeds_of_the_external_centres() -> None:
+    exp = ExperimentConfig(seeds=(0, 1), patches=(5, 10))
+    results = [_arm("random", 0, 0.5, 0.6), _arm("random", 1, 0.7, 0.8), _arm("top-k", 0, 0.6, 0.7)]
+    summary = summarise(results, {"RUMC": 0.9, "A": 0.4, "B": 0.5}, exp, "RUMC")
+    assert summary["external"] == ["A", "B"] and summary["baseline"]["external"] == pytest.approx(0.45)
+    random = summary["groups"]["tta / random"]
+    assert random["5"]["A"] == pytest.approx((0.6, 0.1414213), rel=1e-5)  # mean, sample sd
+    assert random["10"]["external"][0] == pytest.approx((0.65 + 0.85) / 2)
+    assert summary["groups"]["tta / top-k"]["5"]["A"] == (0.6, 0.0)
+    table = table_markdown(summary, exp)
+    assert "| central model | baseline | 0.900 | 0.400 | 0.500 | **0.450** | 0.66 |" in table
+    assert "| tta / random | +5 patches | 0.600 ± 0.141 | 0.700 ± 0.141 | 0.900 ± 0.000 |" not in table  # centre order
+    assert "| tta / random | +10 patches |" in table and table.count("pooled, +10 (not federated)") == 2
+
+
+@pytest.mark.slow
+def test_the_quick_config_runs_and_resumes(tmp_path: Path) -> None:
+    def run() -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(BIN / "ugafl"), "experiment", "--config", str(REPO / "simulations/configs/quick.toml"),
+                               "--runs", str(tmp_path)], capture_output=True, text=True, timeout=1500)
+
+    done = run()
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    out = tmp_path / "quick"
+    table = (out / "table.md").read_text()
+    for strategy in ("random", "top-k", "stochastic-batch"):
+        for stage in ("+2 patches", "+4 patches", "pooled, +4 (not federated)"):
+            row = next(line for line in table.splitlines() if line.startswith(f"| tta / {strategy} | {stage} |"))
+            assert row.count(" ± ") == 4, row  # three centres and the external mean
+    results = json.loads((out / "results.json").read_text())
+    assert sorted(a["strategy"] for a in results["arms"]) == ["random", "stochastic-batch", "top-k"]
+    for name in ("dice_vs_patches.png", "per_centre.png", "versions.json", "config.toml", "baseline.json"):
+        assert (out / name).stat().st_size > 0, name
+    # Same data, model and seeds: the arms differ in the patches chosen (and the strategy recorded).
+    from ugafl.client.queue_store import CorrectionQueue
+
+    chosen = {}
+    for arm in results["arms"]:
+        with CorrectionQueue(out / "arms" / arm["arm"] / "sites" / "1" / "ws") as queue:
+            items = [i for state in ("pending", "corrected") for i in queue.list(state)]
+        assert len(items) == 4 and {i.strategy for i in items} == {arm["strategy"]}, items
+        chosen[arm["strategy"]] = {(i.slide, i.x, i.y) for i in items}
+    assert chosen["random"] != chosen["top-k"]
+    stamps = {p: p.stat().st_mtime for p in (out / "arms").glob("*/result.json")}
+    again = run()  # resumes: every arm is complete, so none runs again
+    assert again.returncode == 0 and "Flower simulation" not in again.stderr
+    assert {p: p.stat().st_mtime for p in (out / "arms").glob("*/result.json")} == stamps
+    assert json.loads((out / "results.json").read_text())["arms"] == results["arms"]
