@@ -96,7 +96,8 @@ def test_a_new_daemon_stops_what_a_killed_one_left(tmp_path: Path) -> None:
         "import logging, sys\n"
         "from pathlib import Path\n"
         "from ugafl.common.supervisor import Child, Supervisor\n"
-        "child = Child('c', ['sh', '-c', 'trap \"\" TERM; while true; do sleep 0.2; done'])\n"
+        "ignore = 'import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(300)'\n"
+        "child = Child('c', [sys.executable, '-c', ignore])\n"
         f"Supervisor(logging.getLogger('ugafl.t'), [child], poll_s=0.05, pid_file=Path({str(pid_file)!r})).run()\n")
     daemon = subprocess.Popen([PY, str(script)])
     assert _wait(lambda: pid_file.is_file() and len(json.loads(pid_file.read_text())) >= 1)
