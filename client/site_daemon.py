@@ -172,7 +172,9 @@ class SiteDaemon:
                 log.info("connected to the coordinator at %s", self.cfg.coordinator)
             self._set("connected")
         elif "Connection attempt failed" in line:
-            if self.connection["state"] not in ("connecting", "refused"):
+            if self.connection["state"] in ("refused", "tls-error"):
+                return None  # the exited SuperNode's SuperExec retrying its local API: not the coordinator
+            if self.connection["state"] != "connecting":
                 log.warning("coordinator %s not reachable; the SuperNode keeps trying", self.cfg.coordinator)
             self._set("connecting", "coordinator not reachable")
         elif "CERTIFICATE_VERIFY_FAILED" in line:
