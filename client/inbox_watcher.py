@@ -71,40 +71,40 @@ def scan_inbox(site: SiteConfig, registry: dict[str, dict]) -> list[Path]:
     return new
 
 
-def load_current_model(site: SiteConfig):
-    """(model, config, info) of the site's current global model, its signature checked; or None."""
+def load_current_model(site: SiteConfig, info: dict):
+    """The site's current global model on its device, after checking its signature."""
     from ugafl.common.checkpoint import load_checkpoint
+    from ugafl.common.model import pick_device
     from ugafl.common.signing import load_public_key, verify_model
     from ugafl.common.wire import unique_state
 
-    info = current_model_info(site.workspace)
-    if info is None:
-        return None
     ckpt = load_checkpoint(model_dir(site.workspace) / "current.pt")
     verify_model(unique_state(ckpt.model), info["signed"], [load_public_key(k) for k in site.trusted_keys],
                  "the site's current model")
-    return ckpt.model.eval(), ckpt.model_config, info
+    device = pick_device(site.device)
+    return ckpt.model.to(device).eval(), ckpt.model_config, device
 
 
 def precompute(site: SiteConfig, registry: dict[str, dict]) -> int:
-    """Uncertainty for registered slides that the current model has not scored yet; how many."""
+    """Uncertainty for registered slides that the current model has not scored yet; how many.
+    The model is read (and its signature checked) only when there is such a slide."""
     from ugafl.client.uncertainty_job import run_uncertainty
     from ugafl.common.uncertainty_methods import method_from_models
 
-    loaded = load_current_model(site)
-    if loaded is None:
+    info = current_model_info(site.workspace)
+    if info is None:
         return 0
-    model, cfg, info = loaded
     out = uncertainty_dir(site.workspace, info["version"], info["method"], int(info["passes"]))
     todo = [site.slides / n for n, e in sorted(registry.items())
             if e["state"] == "registered" and not (out / Path(n).stem / "summary.json").is_file()]
     if not todo:
         return 0
-    method = method_from_models(info["method"], [model], cfg, "cpu", int(info["passes"]))
+    model, cfg, device = load_current_model(site, info)
+    method = method_from_models(info["method"], [model], cfg, device, int(info["passes"]))
     done = 0
     for path in todo:
         started = time.perf_counter()
-        result = run_uncertainty(path, method, out, progress=False, reuse=True)[0]
+        result = run_uncertainty(path, method, out, progress=False, reuse=True, device=device)[0]
         if result.error is not None:  # recorded, and not tried again until the file changes
             registry[path.name].update(state="unreadable", reason=result.error)
         else:

@@ -17,7 +17,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from ugafl.common.processes import alive, descendants
+from ugafl.common.processes import alive, descendants, stop_tree
 
 BIN = Path(sys.executable).parent
 CONNECTION = "ugafl-test"
@@ -110,27 +110,15 @@ class Deployment:
         raise AssertionError("no flwr-serverapp process is running")
 
     def stop(self) -> list[int]:
-        """SIGTERM every process started here and all their descendants, then SIGKILL what is left;
-        returns the pids that were still alive after that (none, unless something is wrong)."""
-        pids = descendants([p.pid for p in self.procs])
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            for pid in sorted(pids):
-                try:
-                    os.kill(pid, sig)
-                except ProcessLookupError:
-                    pass
-            deadline = time.monotonic() + 10
-            for proc in self.procs:
-                try:
-                    proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-                except subprocess.TimeoutExpired:
-                    pass
-            while time.monotonic() < deadline and any(alive(p) for p in pids):
-                time.sleep(0.2)
-            pids = {p for p in pids if alive(p)}
-            if not pids:
-                break
-        return sorted(pids)
+        """Stop every process started here with all their descendants (SIGTERM, then SIGKILL);
+        returns the pids still alive after that (none, unless something is wrong)."""
+        left = stop_tree([p.pid for p in self.procs])
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+        return left
 
 
 @contextmanager
