@@ -263,9 +263,13 @@ def site_status(config: str | Path) -> dict:
     model = current_model_info(ws)
     with CorrectionQueue(ws) as queue:
         counts = queue.counts()
-    ledger = read_jsonl(ledger_path(ws))
-    rounds = sorted({(e["run"], e["round"]) for e in ledger})
-    last = [e for e in ledger if (e["run"], e["round"]) == rounds[-1]] if rounds else []
+    ledger = read_jsonl(ledger_path(ws))  # in the order the messages came (Flower's run ids are random)
+
+    def round_of(entry: dict) -> tuple:  # a round re-run under a new run id (after a restart) counts once
+        return entry["model_in"].get("run"), entry["round"]
+
+    rounds = {round_of(e) for e in ledger}
+    last = [e for e in ledger if round_of(e) == round_of(ledger[-1])] if ledger else []
     registry = read_registry(ws)
     return {"site": cfg.site.name or cfg.path.stem, "workspace": str(ws), "running": running,
             "pid": daemon["pid"] if running else None,
@@ -274,8 +278,9 @@ def site_status(config: str | Path) -> dict:
             "model_version": model["version"] if model else None,
             "model_round": model["signed"]["statement"].get("round") if model else None,
             "queue": counts, "rounds_taken_part": len(rounds),
-            "last_round": {"run": rounds[-1][0], "round": rounds[-1][1], "messages": [e["type"] for e in last],
-                           "at": last[-1]["at"], "update_sent": any(e["update_out"] for e in last)} if rounds else None,
+            "last_round": {"run": last[-1]["model_in"].get("run"), "round": last[-1]["round"],
+                           "messages": [e["type"] for e in last], "at": last[-1]["at"],
+                           "update_sent": any(e["update_out"] for e in last)} if last else None,
             "inbox": {state: sum(e["state"] == state for e in registry.values())
                       for state in ("registered", "pending", "unreadable")},
             "refusals": len(read_jsonl(refusals_path(ws))), "train": cfg.site.train,
