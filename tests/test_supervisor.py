@@ -90,17 +90,19 @@ def test_a_killed_daemon_takes_its_children_with_it(tmp_path: Path) -> None:
 def test_a_new_daemon_stops_what_a_killed_one_left(tmp_path: Path) -> None:
     """A child that ignores the SIGTERM it gets when its daemon dies is stopped by the next daemon,
     which finds it in the pid file (and only if it still runs the same command)."""
-    pid_file = tmp_path / "processes.json"
+    pid_file, ready = tmp_path / "processes.json", tmp_path / "child-ignores-sigterm"
     script = tmp_path / "daemon.py"
     script.write_text(
         "import logging, sys\n"
         "from pathlib import Path\n"
         "from ugafl.common.supervisor import Child, Supervisor\n"
-        "ignore = 'import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(300)'\n"
+        f"ignore = 'import pathlib, signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        f"pathlib.Path({json.dumps(str(ready))}).touch(); time.sleep(300)'\n"
         "child = Child('c', [sys.executable, '-c', ignore])\n"
         f"Supervisor(logging.getLogger('ugafl.t'), [child], poll_s=0.05, pid_file=Path({str(pid_file)!r})).run()\n")
     daemon = subprocess.Popen([PY, str(script)])
-    assert _wait(lambda: pid_file.is_file() and len(json.loads(pid_file.read_text())) >= 1)
+    # the child ignores SIGTERM, and the pid file holds it as it runs (after exec), before the kill
+    assert _wait(lambda: ready.exists() and pid_file.is_file() and "SIG_IGN" in pid_file.read_text())
     left = [int(p) for p in json.loads(pid_file.read_text())]
     os.kill(daemon.pid, signal.SIGKILL)
     daemon.wait(timeout=30)
