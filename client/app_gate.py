@@ -13,7 +13,6 @@ every app is refused.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import sys
 
@@ -33,8 +32,8 @@ def fab_sha256(content: bytes) -> str:
 
 def check_app(content: bytes) -> None:
     """Raise AppNotApproved unless the FAB bytes are one of the site's approved apps."""
-    from ugafl.client.queue_store import utc_now
-    from ugafl.client.site import FEDERATION_DIR, SiteConfig
+    from ugafl.client.site import SiteConfig
+    from ugafl.client.site_record import append_jsonl, refusals_path
 
     digest = fab_sha256(content)
     path = os.environ.get(SITE_CONFIG_ENV)
@@ -45,10 +44,7 @@ def check_app(content: bytes) -> None:
         log.info("app sha256:%s is approved by this site", digest)
         return
     log.error("refusing app sha256:%s: not in approved_apps of %s", digest, path)
-    folder = site.workspace / FEDERATION_DIR
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / "refusals.jsonl", "a", encoding="utf-8") as f:
-        f.write(json.dumps({"at": utc_now(), "what": "app", "sha256": digest, "reason": "not in approved_apps"}) + "\n")
+    append_jsonl(refusals_path(site.workspace), {"what": "app", "sha256": digest, "reason": "not in approved_apps"})
     raise AppNotApproved(f"this site has not approved app sha256:{digest}; the site adds it to approved_apps to take part")
 
 

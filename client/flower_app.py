@@ -18,6 +18,7 @@ from flwr.clientapp import ClientApp
 
 from ugafl.client import site as site_ops
 from ugafl.client.site_record import keep_model, record_message, record_refusal
+from ugafl.common.errors import UgaflError
 from ugafl.common.log import configure, get_logger
 from ugafl.common.signing import model_digest
 
@@ -44,7 +45,7 @@ def _model(msg: Message, site: site_ops.SiteConfig):
     try:
         model, cfg, _ = site_ops.global_model(site, arrays, json.loads(str(config["model-config"])),
                                               str(config.get("model-signature", "")), what)
-    except site_ops.UgaflError as error:
+    except UgaflError as error:
         record_refusal(site.workspace, what, str(error))
         raise
     return model, cfg, config, round_, json.loads(str(config["model-signature"]))

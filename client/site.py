@@ -11,7 +11,6 @@ of every reply sent, see `record_reply`).
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
 from collections.abc import Mapping
@@ -25,10 +24,10 @@ import torch
 from ugafl.client.queue_fill import fill_queue
 from ugafl.client.queue_store import CorrectionQueue
 from ugafl.client.simulated_annotator import annotate
-from ugafl.client.site_record import FEDERATION_DIR
+from ugafl.client.site_record import FEDERATION_DIR, append_jsonl
 from ugafl.client.uncertainty_job import run_uncertainty
 from ugafl.common.config import read_toml
-from ugafl.common.errors import ConfigError, UgaflError
+from ugafl.common.errors import ConfigError
 from ugafl.common.log import get_logger
 from ugafl.common.metrics import confusion
 from ugafl.common.model import ModelConfig, build_model, pick_device
@@ -236,12 +235,5 @@ def record_reply(workspace: Path, message_type: str, round_: int, records: Mappi
     """Append what this site sent in one reply (each record described: array names, dtypes,
     shapes and digest; metric values) to WS/federation/outbox.jsonl, the site's own record of
     everything that left it."""
-    from ugafl.client.queue_store import utc_now
-
-    entry = {"at": utc_now(), "type": message_type, "round": round_, "records": dict(records)}
-    folder = workspace / FEDERATION_DIR
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / "outbox.jsonl", "a", encoding="utf-8") as f:
-        f.write(json.dumps(entry, sort_keys=True) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    append_jsonl(workspace / FEDERATION_DIR / "outbox.jsonl",
+                 {"type": message_type, "round": round_, "records": dict(records)})

@@ -24,7 +24,8 @@ log = get_logger("site")
 FEDERATION_DIR = "federation"
 
 
-def _append(path: Path, entry: Mapping[str, Any]) -> None:
+def append_jsonl(path: Path, entry: Mapping[str, Any]) -> None:
+    """Append one JSON line stamped with the time (UTC), flushed to disk before returning."""
     from ugafl.client.queue_store import utc_now
 
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -59,7 +60,7 @@ def record_message(workspace: Path, message_type: str, run_id: int, round_: int,
                    update_sha256: str | None, metrics: Mapping[str, float], patch_ids: list[int] | None = None) -> None:
     """One line of the ledger: what came in (the signed statement), what went out."""
     statement = signed.get("statement", {})
-    _append(ledger_path(workspace), {
+    append_jsonl(ledger_path(workspace), {
         "type": message_type, "run": run_id, "round": round_,
         "model_in": {"sha256": statement.get("model_sha256"), "round": statement.get("round"),
                      "run": statement.get("run"), "signed_by": signed.get("key")},
@@ -70,7 +71,7 @@ def record_message(workspace: Path, message_type: str, run_id: int, round_: int,
 
 def record_refusal(workspace: Path, what: str, reason: str) -> None:
     log.error("refused %s: %s", what, reason)
-    _append(refusals_path(workspace), {"what": what, "reason": reason})
+    append_jsonl(refusals_path(workspace), {"what": what, "reason": reason})
 
 
 def model_dir(workspace: Path) -> Path:

@@ -13,7 +13,6 @@ from ugafl.server.federation import FederationSettings
 
 REPO = Path(__file__).resolve().parents[1]
 APP = REPO / "deploy" / "flower_app"
-CENTRES = ("RUMC", "UMCU", "RST")
 
 
 def test_the_app_defaults_are_the_federation_settings() -> None:
