@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import platform
+import shutil
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -108,6 +109,9 @@ def run_arm(cfg: RunConfig, exp: ExperimentConfig, arm_dir: Path, central: Path,
     done = arm_dir / "result.json"
     if done.is_file():
         return json.loads(done.read_text())
+    if arm_dir.exists():  # stopped mid-arm: its sites' queues hold a round that never finished, so start it afresh
+        log.info("arm %s was stopped before it finished; running it again from the start", arm_dir.name)
+        shutil.rmtree(arm_dir)
     started = time.time()
     rounds = max(exp.patches) // exp.budget
     federation = {**cfg.federation, "selection": strategy, "method": method, "seed": seed, "budget": exp.budget,

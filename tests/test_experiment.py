@@ -1,6 +1,7 @@
 """The experiment pipeline: the table and summary from hand-made arm results, and the `quick`
 config end to end through the console script (every strategy's row complete, plots written,
-and a second run resumes without running any arm again)."""
+a second run resumes without running any arm again, and an arm stopped mid-way runs again
+from the start)."""
 
 from __future__ import annotations
 
@@ -71,3 +72,16 @@ def test_the_quick_config_runs_and_resumes(tmp_path: Path) -> None:
     assert again.returncode == 0 and "Flower simulation" not in again.stderr
     assert {p: p.stat().st_mtime for p in (out / "arms").glob("*/result.json")} == stamps
     assert json.loads((out / "results.json").read_text())["arms"] == results["arms"]
+
+    # Stopped in its last round: the arm runs again from the start, not on top of its half-done queues.
+    stopped = out / "arms" / results["arms"][0]["arm"]
+    (stopped / "result.json").unlink()
+    (stopped / "federated" / "round-0002.pt").unlink()
+    resumed = run()
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "was stopped before it finished" in resumed.stderr
+    assert (stopped / "result.json").is_file() and (stopped / "federated" / "round-0002.pt").is_file()
+    with CorrectionQueue(stopped / "sites" / "1" / "ws") as queue:
+        assert len([i for state in ("pending", "corrected") for i in queue.list(state)]) == 4
+    assert {p: p.stat().st_mtime for p in (out / "arms").glob("*/result.json") if p.parent != stopped} == \
+        {p: t for p, t in stamps.items() if p.parent != stopped}
