@@ -67,6 +67,20 @@ def test_the_quick_config_runs_and_resumes(tmp_path: Path) -> None:
         assert len(items) == 4 and {i.strategy for i in items} == {arm["strategy"]}, items
         chosen[arm["strategy"]] = {(i.slide, i.x, i.y) for i in items}
     assert chosen["random"] != chosen["top-k"]
+
+    # The schedule check, given the config's own schedule, reproduces the arm's first checkpoint.
+    import tomllib
+
+    from ugafl.server.federation import FederationSettings
+    from ugafl.simulations.first_round_check import first_round
+
+    federation = tomllib.loads((out / "config.toml").read_text())["federation"]
+    arm = next(a for a in results["arms"] if a["strategy"] == "top-k")
+    again_dice = first_round(out, "top-k", steps=federation["local_steps"],
+                             lr=federation.get("lr", FederationSettings.lr), seed=0)
+    assert again_dice.pop("external") == pytest.approx(sum(v for c, v in arm["dice"]["2"].items() if c != "RUMC") / 2,
+                                                        abs=0.01)
+    assert again_dice == pytest.approx(arm["dice"]["2"], abs=0.01)
     stamps = {p: p.stat().st_mtime for p in (out / "arms").glob("*/result.json")}
     again = run()  # resumes: every arm is complete, so none runs again
     assert again.returncode == 0 and "Flower simulation" not in again.stderr

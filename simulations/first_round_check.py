@@ -1,0 +1,87 @@
+"""A sensitivity check of the local training schedule: one FedAvg round from an experiment's
+central model, on the patches each external site corrected in round 1 of an arm already run, with
+the sites' local steps and learning rate set here instead of by the config. Every site's update has
+one vote, as with `weighting = "sites"`; the central site fine-tunes on its own bank as in a round.
+With the config's own schedule it reproduces the arm's "+budget" checkpoint.
+
+    python -m ugafl.simulations.first_round_check runs/paper --steps 100 --lr 2e-4 --seed 0
+
+The arms' folders are only read. Prints the Dice per test centre and the external centres' mean."""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ugafl.client.queue_store import CorrectionQueue
+from ugafl.common.checkpoint import load_checkpoint, save_checkpoint
+from ugafl.common.log import configure, get_logger
+from ugafl.common.training import TrainConfig, train_segmentation
+from ugafl.server.central_training import CentralConfig, build_bank
+from ugafl.server.evaluation import evaluate_model
+from ugafl.simulations.experiment import arm_name
+
+log = get_logger("first_round_check")
+
+
+def round_patches(workspace: Path, round_: int) -> tuple[np.ndarray, np.ndarray]:
+    """Images (N, H, W, 3) and corrected masks (N, H, W) a site's queue holds for `round_`."""
+    with CorrectionQueue(workspace) as queue:
+        items = [i for i in queue.list("corrected") if i.round == round_]
+        return (np.stack([queue.load_image(i.id) for i in items]),
+                np.stack([queue.load_correction(i.id).astype(np.uint8) for i in items]))
+
+
+def first_round(run_dir: Path, strategy: str, steps: int, lr: float, seed: int = 0, method: str = "tta",
+                central_centre: str = "RUMC") -> dict[str, float]:
+    """Dice per test centre after one round with local `steps` at `lr` (the site seed is seed + 1, as in round 1)."""
+    ckpt = load_checkpoint(run_dir / "central.pt")
+    cfg = ckpt.model_config
+
+    def tune(images: np.ndarray, labels: np.ndarray) -> dict[str, torch.Tensor]:
+        model = copy.deepcopy(ckpt.model)
+        train_segmentation(model, images, labels, TrainConfig(steps=steps, batch_size=8, crop=min(128, images.shape[1]),
+                                                              lr=lr, seed=seed + 1),
+                           "cpu", progress=False, num_classes=cfg.num_classes)
+        return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    bank, _ = build_bank(run_dir / "data", cfg, CentralConfig(centre=central_centre, patches_per_slide=60), seed + 1,
+                         progress=False)
+    states = [tune(bank.images, bank.labels)]
+    sites = sorted((run_dir / "arms" / arm_name(method, strategy, seed) / "sites").iterdir(), key=lambda p: int(p.name))
+    for site in sites[1:]:  # site 0 is the central centre
+        states.append(tune(*round_patches(site / "ws", 1)))
+    mean = {k: (sum(s[k].float() for s in states) / len(states)).to(states[0][k].dtype) for k in states[0]}
+    model = copy.deepcopy(ckpt.model)
+    model.load_state_dict(mean)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "round-1.pt"
+        save_checkpoint(path, model, cfg)
+        dice = evaluate_model(path, run_dir / "data", "test", progress=False).centre_dice()
+    dice["external"] = float(np.mean([v for c, v in dice.items() if c != central_centre]))
+    return dice
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--steps", type=int, required=True)
+    parser.add_argument("--lr", type=float, required=True)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--strategies", default="random,top-k,stochastic-batch")
+    args = parser.parse_args()
+    configure()
+    for strategy in args.strategies.split(","):
+        dice = first_round(args.run_dir, strategy, args.steps, args.lr, args.seed)
+        log.info("local steps %d, lr %g, %s, seed %d: external %.3f %s", args.steps, args.lr, strategy, args.seed,
+                 dice["external"], json.dumps({k: round(v, 4) for k, v in dice.items()}))
+
+
+if __name__ == "__main__":
+    main()
