@@ -241,6 +241,18 @@ def versions() -> dict[str, str]:
             **{p: version(p) for p in ("torch", "monai", "flwr", "numpy", "openslide-python")}}
 
 
+def check_federation(cfg: RunConfig) -> None:
+    """Refuse a bad [federation] section before minutes of data and central training, not at the first arm."""
+    from ugafl.server.federation import FederationSettings
+    from ugafl.simulations.federated import SIM_ONLY
+
+    section = {k.replace("_", "-"): v for k, v in cfg.federation.items() if k.replace("-", "_") not in SIM_ONLY}
+    try:
+        FederationSettings.from_run_config({**section, "central-checkpoint": "-", "out-dir": "-", "signing-key": "-"})
+    except ConfigError as err:
+        raise ConfigError(f"{cfg.path or 'config'} [federation]: {err}") from None
+
+
 def run_experiment(cfg: RunConfig, run_dir: str | Path) -> dict:
     """Every arm (resuming complete ones), then the table and plots; returns the summary."""
     from ugafl.server.central_training import CentralConfig, train_central
@@ -250,6 +262,7 @@ def run_experiment(cfg: RunConfig, run_dir: str | Path) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     exp = build_section(ExperimentConfig, cfg.raw.get("experiment", {}), "[experiment]")
     exp.check()
+    check_federation(cfg)
     if cfg.path is not None:
         (run_dir / "config.toml").write_text(cfg.path.read_text())
     atomic_write_text(run_dir / "versions.json", json.dumps(versions(), indent=1))

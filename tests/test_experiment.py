@@ -39,6 +39,28 @@ def test_summary_is_mean_and_sd_over_seeds_of_the_external_centres() -> None:
     assert "| tta / random | +10 patches |" in table and table.count("pooled, +10 (not federated)") == 2
 
 
+@pytest.mark.parametrize("config", sorted((REPO / "simulations/configs").glob("*.toml")), ids=lambda p: p.stem)
+def test_every_shipped_experiment_config_is_valid(config: Path) -> None:
+    from ugafl.common.config import build_section, load_config
+    from ugafl.simulations.experiment import check_federation
+
+    cfg = load_config(config)
+    build_section(ExperimentConfig, cfg.raw["experiment"], "[experiment]").check()
+    check_federation(cfg)
+
+
+def test_a_bad_federation_section_is_refused_before_any_data_is_made(tmp_path: Path) -> None:
+    from ugafl.common.config import load_config
+    from ugafl.common.errors import ConfigError
+    from ugafl.simulations.experiment import run_experiment
+
+    config = tmp_path / "bad.toml"
+    config.write_text((REPO / "simulations/configs/quick.toml").read_text().replace("local_steps = 8", "local_steps = \"many\""))
+    with pytest.raises(ConfigError, match=r"bad.toml \[federation\]: run config local-steps: expected int, got 'many'"):
+        run_experiment(load_config(config), tmp_path / "run")
+    assert not (tmp_path / "run" / "data").exists()
+
+
 @pytest.mark.slow
 def test_the_quick_config_runs_and_resumes(tmp_path: Path) -> None:
     def run() -> subprocess.CompletedProcess[str]:
