@@ -126,6 +126,7 @@ def run_arm(cfg: RunConfig, exp: ExperimentConfig, arm_dir: Path, central: Path,
         result["pooled"] = pooled_reference(cfg, central, data, [s / "ws" for s in sites], steps, seed,
                                             arm_dir / "pooled.pt")
     result["seconds"] = round(time.time() - started, 1)
+    result["versions"] = versions()  # versions.json is the last invocation's; a resumed run's arms may differ
     atomic_write_text(done, json.dumps(result, indent=1))
     log.info("arm %s done in %.0f s", arm_dir.name, result["seconds"])
     return result
