@@ -37,6 +37,18 @@ def test_summary_is_mean_and_sd_over_seeds_of_the_external_centres() -> None:
     assert "| central model | baseline | 0.900 | 0.400 | 0.500 | **0.450** | 0.66 |" in table
     assert "| tta / random | +5 patches | 0.600 ± 0.141 | 0.700 ± 0.141 | 0.900 ± 0.000 |" not in table  # centre order
     assert "| tta / random | +10 patches |" in table and table.count("pooled, +10 (not federated)") == 2
+    assert "patches with tumour" not in table  # arms without a record of what they picked
+
+
+def test_what_the_sites_picked_is_pooled_over_seeds() -> None:
+    exp = ExperimentConfig(seeds=(0, 1), patches=(5, 10))
+    results = [_arm("top-k", 0, 0.5, 0.6), _arm("top-k", 1, 0.7, 0.8)]
+    for r, (share, empty) in zip(results, [(0.25, 2), (0.75, 0)]):
+        r["picked"] = {"1": {"patches": 8, "with_tumour": share, "tumour_share": 0.1, "sites": 2,
+                             "sites_without_tumour": empty}}
+    summary = summarise(results, {"RUMC": 0.9, "A": 0.4, "B": 0.5}, exp, "RUMC")
+    assert summary["groups"]["tta / top-k"]["picked"] == {"1": {"with_tumour": 0.5, "sites_without_tumour": 2, "sites": 4}}
+    assert "| tta / top-k | 1 | 50% | 2 of 4 |" in table_markdown(summary, exp)
 
 
 @pytest.mark.parametrize("config", sorted((REPO / "simulations/configs").glob("*.toml")), ids=lambda p: p.stem)
@@ -89,6 +101,9 @@ def test_the_quick_config_runs_and_resumes(tmp_path: Path) -> None:
         assert len(items) == 4 and {i.strategy for i in items} == {arm["strategy"]}, items
         chosen[arm["strategy"]] = {(i.slide, i.x, i.y) for i in items}
     assert chosen["random"] != chosen["top-k"]
+    for arm in results["arms"]:  # two external sites, two patches each per round
+        assert {k: (v["patches"], v["sites"]) for k, v in arm["picked"].items()} == {"1": (4, 2), "2": (4, 2)}, arm
+    assert "| tta / top-k | 2 |" in table
 
     # The schedule check, given the config's own schedule, reproduces the arm's first checkpoint.
     import tomllib
