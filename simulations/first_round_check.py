@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from ugafl.client.queue_store import CorrectionQueue
+from ugafl.client.site import SiteConfig
 from ugafl.common.checkpoint import load_checkpoint, save_checkpoint
 from ugafl.common.log import configure, get_logger
 from ugafl.common.training import TrainConfig, train_segmentation
@@ -54,9 +55,9 @@ def first_round(run_dir: Path, strategy: str, steps: int, lr: float, seed: int =
     bank, _ = build_bank(run_dir / "data", cfg, CentralConfig(centre=central_centre, patches_per_slide=60), seed + 1,
                          progress=False)
     states = [tune(bank.images, bank.labels)]
-    sites = sorted((run_dir / "arms" / arm_name(method, strategy, seed) / "sites").iterdir(), key=lambda p: int(p.name))
-    for site in sites[1:]:  # site 0 is the central centre
-        states.append(tune(*round_patches(site / "ws", 1)))
+    for site in sorted((run_dir / "arms" / arm_name(method, strategy, seed) / "sites").glob("*/site.toml")):
+        if SiteConfig.load(site).role != "central":  # the central site's update is the bank's, above
+            states.append(tune(*round_patches(site.parent / "ws", 1)))
     mean = {k: (sum(s[k].float() for s in states) / len(states)).to(states[0][k].dtype) for k in states[0]}
     model = copy.deepcopy(ckpt.model)
     model.load_state_dict(mean)
