@@ -158,10 +158,11 @@ def query(site: SiteConfig, model: torch.nn.Module, cfg: ModelConfig, model_vers
 
 # ---------------------------------------------------------------------- train
 
-def corrected_patches(workspace: Path) -> tuple[np.ndarray, np.ndarray, list[int]]:
-    """Images (N, H, W, 3) and corrected masks (N, H, W) of every corrected item, with the ids."""
+def corrected_patches(workspace: Path, round_: int | None = None) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """Images (N, H, W, 3) and corrected masks (N, H, W) of every corrected item (of one query
+    round, if given), with the ids."""
     with CorrectionQueue(workspace) as queue:
-        items = queue.list("corrected")
+        items = [i for i in queue.list("corrected") if round_ is None or i.round == round_]
         if not items:
             return np.zeros((0, 0, 0, 3), np.uint8), np.zeros((0, 0, 0), np.uint8), []
         images = [queue.load_image(i.id) for i in items]
@@ -177,6 +178,19 @@ def trained_on(workspace: Path) -> list[int]:
     return json.loads(path.read_text()) if path.is_file() else []
 
 
+def central_bank(data_dir: Path, cfg: ModelConfig, centre: str, seed: int):
+    """The central site's labelled patches for one round: 60 per training slide of `centre`."""
+    from ugafl.server.central_training import CentralConfig, build_bank
+
+    return build_bank(data_dir, cfg, CentralConfig(centre=centre, patches_per_slide=60), seed, progress=False)[0]
+
+
+def local_schedule(images: np.ndarray, steps: int, lr: float, seed: int, proximal_mu: float = 0.0) -> TrainConfig:
+    """How a site fine-tunes on `images` (N, H, W, 3): batches of 8 crops of up to 128 px."""
+    return TrainConfig(steps=steps, batch_size=8, crop=min(128, images.shape[1], images.shape[2]), lr=lr,
+                       proximal_mu=proximal_mu, seed=seed)
+
+
 def train(site: SiteConfig, model: torch.nn.Module, cfg: ModelConfig, steps: int, proximal_mu: float, lr: float,
           seed: int) -> tuple[dict[str, torch.Tensor] | None, int, dict[str, float]]:
     """Fine-tune the global model on the site's corrected patches (a central site: on its own
@@ -184,10 +198,7 @@ def train(site: SiteConfig, model: torch.nn.Module, cfg: ModelConfig, steps: int
     from ugafl.common.atomic import atomic_write_text
 
     if site.role == "central":
-        from ugafl.server.central_training import CentralConfig, build_bank
-
-        bank, _ = build_bank(site.central_data, cfg, CentralConfig(centre=site.central_centre, patches_per_slide=60),
-                             seed, progress=False)
+        bank = central_bank(site.central_data, cfg, site.central_centre, seed)
         images, labels, ids = bank.images, bank.labels, []
     else:
         images, labels, ids = corrected_patches(site.workspace)
@@ -198,9 +209,7 @@ def train(site: SiteConfig, model: torch.nn.Module, cfg: ModelConfig, steps: int
     device = next(model.parameters()).device
     reference = {k: v.detach().clone() for k, v in model.named_parameters()}
     started = time.perf_counter()
-    crop = min(128, images.shape[1], images.shape[2])
-    losses = train_segmentation(model, images, labels, TrainConfig(steps=steps, batch_size=8, crop=crop, lr=lr,
-                                                                   proximal_mu=proximal_mu, seed=seed),
+    losses = train_segmentation(model, images, labels, local_schedule(images, steps, lr, seed, proximal_mu),
                                 device, progress=False, reference=reference, num_classes=cfg.num_classes)
     if ids:
         (site.workspace / FEDERATION_DIR).mkdir(parents=True, exist_ok=True)

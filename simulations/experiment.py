@@ -74,15 +74,14 @@ def pooled_reference(cfg: RunConfig, central: Path, data: Path, workspaces: list
     """Fine-tune the central model on RUMC's bank plus the pooled corrected patches; Dice per centre."""
     import torch
 
-    from ugafl.client.site import corrected_patches
+    from ugafl.client.site import central_bank, corrected_patches, local_schedule
     from ugafl.common.checkpoint import load_checkpoint, save_checkpoint
     from ugafl.common.model import pick_device
-    from ugafl.common.training import TrainConfig, train_segmentation
-    from ugafl.server.central_training import CentralConfig, build_bank
+    from ugafl.common.training import train_segmentation
+    from ugafl.server.federation import FederationSettings
 
     ckpt = load_checkpoint(central)
-    centre = cfg.central.get("centre", "RUMC")
-    bank, _ = build_bank(data, ckpt.model_config, CentralConfig(centre=centre, patches_per_slide=60), seed, progress=False)
+    bank = central_bank(data, ckpt.model_config, cfg.central.get("centre", "RUMC"), seed)
     size = bank.images.shape[1]
     images, labels = [bank.images], [bank.labels]
     for ws in workspaces:
@@ -93,17 +92,18 @@ def pooled_reference(cfg: RunConfig, central: Path, data: Path, workspaces: list
             labels.append(masks[:, top:top + size, left:left + size])
     torch.manual_seed(seed)
     model = ckpt.model
-    train_segmentation(model, np.concatenate(images), np.concatenate(labels),
-                       TrainConfig(steps=steps, batch_size=8, crop=min(128, size), lr=float(cfg.federation.get("lr", 5e-4)),
-                                   seed=seed), pick_device("auto"), progress=False, num_classes=ckpt.model_config.num_classes)
-    save_checkpoint(out, model, ckpt.model_config, extra={"pooled_reference": {"patches": sum(len(x) for x in images)}})
+    pooled = np.concatenate(images)
+    lr = float(cfg.federation.get("lr", FederationSettings.lr))
+    train_segmentation(model, pooled, np.concatenate(labels), local_schedule(pooled, steps, lr, seed), pick_device("auto"),
+                       progress=False, num_classes=ckpt.model_config.num_classes)
+    save_checkpoint(out, model, ckpt.model_config, extra={"pooled_reference": {"patches": len(pooled)}})
     return _dice(out, data)
 
 
 def run_arm(cfg: RunConfig, exp: ExperimentConfig, arm_dir: Path, central: Path, data: Path, method: str,
             strategy: str, seed: int) -> dict:
     """One arm (resumable: a complete arm has result.json)."""
-    from ugafl.server.federation import round_path
+    from ugafl.server.federation import FederationSettings, round_path
     from ugafl.simulations.federated import run_federated
 
     done = arm_dir / "result.json"
@@ -121,7 +121,7 @@ def run_arm(cfg: RunConfig, exp: ExperimentConfig, arm_dir: Path, central: Path,
     result = {"arm": arm_dir.name, "method": method, "strategy": strategy, "seed": seed,
               "dice": {str(p): _dice(round_path(out, p // exp.budget), data) for p in exp.patches}}
     if exp.pooled_reference:
-        steps = rounds * int(cfg.federation.get("local_steps", 60))
+        steps = rounds * int(cfg.federation.get("local_steps", FederationSettings.local_steps))
         sites = sorted(p for p in (arm_dir / "sites").iterdir() if p.is_dir())
         result["pooled"] = pooled_reference(cfg, central, data, [s / "ws" for s in sites], steps, seed,
                                             arm_dir / "pooled.pt")

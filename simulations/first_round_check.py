@@ -19,24 +19,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ugafl.client.queue_store import CorrectionQueue
-from ugafl.client.site import SiteConfig
+from ugafl.client.site import SiteConfig, central_bank, corrected_patches, local_schedule
 from ugafl.common.checkpoint import load_checkpoint, save_checkpoint
 from ugafl.common.log import configure, get_logger
-from ugafl.common.training import TrainConfig, train_segmentation
-from ugafl.server.central_training import CentralConfig, build_bank
+from ugafl.common.training import train_segmentation
 from ugafl.server.evaluation import evaluate_model
 from ugafl.simulations.experiment import arm_name
 
 log = get_logger("first_round_check")
-
-
-def round_patches(workspace: Path, round_: int) -> tuple[np.ndarray, np.ndarray]:
-    """Images (N, H, W, 3) and corrected masks (N, H, W) a site's queue holds for `round_`."""
-    with CorrectionQueue(workspace) as queue:
-        items = [i for i in queue.list("corrected") if i.round == round_]
-        return (np.stack([queue.load_image(i.id) for i in items]),
-                np.stack([queue.load_correction(i.id).astype(np.uint8) for i in items]))
 
 
 def first_round(run_dir: Path, strategy: str, steps: int, lr: float, seed: int = 0, method: str = "tta",
@@ -47,17 +37,15 @@ def first_round(run_dir: Path, strategy: str, steps: int, lr: float, seed: int =
 
     def tune(images: np.ndarray, labels: np.ndarray) -> dict[str, torch.Tensor]:
         model = copy.deepcopy(ckpt.model)
-        train_segmentation(model, images, labels, TrainConfig(steps=steps, batch_size=8, crop=min(128, images.shape[1]),
-                                                              lr=lr, seed=seed + 1),
-                           "cpu", progress=False, num_classes=cfg.num_classes)
+        train_segmentation(model, images, labels, local_schedule(images, steps, lr, seed + 1), "cpu", progress=False,
+                           num_classes=cfg.num_classes)
         return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
-    bank, _ = build_bank(run_dir / "data", cfg, CentralConfig(centre=central_centre, patches_per_slide=60), seed + 1,
-                         progress=False)
+    bank = central_bank(run_dir / "data", cfg, central_centre, seed + 1)
     states = [tune(bank.images, bank.labels)]
     for site in sorted((run_dir / "arms" / arm_name(method, strategy, seed) / "sites").glob("*/site.toml")):
         if SiteConfig.load(site).role != "central":  # the central site's update is the bank's, above
-            states.append(tune(*round_patches(site.parent / "ws", 1)))
+            states.append(tune(*corrected_patches(site.parent / "ws", round_=1)[:2]))
     mean = {k: (sum(s[k].float() for s in states) / len(states)).to(states[0][k].dtype) for k in states[0]}
     model = copy.deepcopy(ckpt.model)
     model.load_state_dict(mean)
