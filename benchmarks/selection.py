@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from ugafl.client.selection import STRATEGIES, Candidates, exclude, select
+from ugafl.common.selection import SELECTION_NAMES, Candidates, exclude, select
 
 TARGET_S = 1.0
 PATCH = 256
@@ -58,7 +58,7 @@ def main() -> None:
     c = make(args.candidates, args.slides)
     print(f"{len(c):,} candidates on {args.slides} slides, median of {args.runs} runs, target {TARGET_S:g} s")
     for budget in (10, 100):
-        for strategy in STRATEGIES:
+        for strategy in SELECTION_NAMES:
             t = median_time(lambda: select(c, strategy, budget, seed=0), args.runs)
             print(f"  select {strategy:<17} B={budget:<4} {t * 1e3:8.1f} ms   ratio to target {t / TARGET_S:.3f}")
         t = median_time(lambda: select(c, "top-k", budget, seed=0, max_per_slide=1), args.runs)

@@ -10,8 +10,9 @@ from pathlib import Path
 import click
 
 from ugafl.cli.uncertainty_cmd import METHOD_CHOICE
+from ugafl.common.selection import SELECTION_NAMES
 
-STRATEGY_CHOICE = click.Choice(["stochastic-batch", "top-k", "random"])
+SELECTION_CHOICE = click.Choice(list(SELECTION_NAMES))
 STATE_CHOICE = click.Choice(["pending", "in_review", "corrected", "rejected"])
 MEASURE_CHOICE = click.Choice(["entropy", "mutual_information", "uga", "variance"])
 WORKSPACE = click.option("--workspace", type=click.Path(path_type=Path), required=True, help="Site workspace folder.")
@@ -45,7 +46,7 @@ def _stamp(iso: str) -> str:
 
 def format_table(items) -> str:
     """A fixed-width table of queue items, one line each, under a header."""
-    header = ("ID", "STATE", "SLIDE", "BOX (level 0)", "SCORE", "STRATEGY", "MODEL", "REVIEWER", "UPDATED")
+    header = ("ID", "STATE", "SLIDE", "BOX (level 0)", "SCORE", "SELECTION", "MODEL", "REVIEWER", "UPDATED")
     rows = [(str(it.id), it.state, it.slide, _box(it), f"{it.score:.4f}", it.strategy, it.model_version,
              it.reviewer or "-", _stamp(it.updated_at)) for it in items]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
@@ -67,7 +68,7 @@ def queue() -> None:
 @click.option("--model", "models", type=click.Path(path_type=Path), multiple=True, required=True,
               help="Checkpoint the scores were made with; repeat it for an ensemble.")
 @click.option("--method", type=METHOD_CHOICE, required=True, help="Which WS/patch_scores/*.<method>.csv to select from.")
-@click.option("--strategy", type=STRATEGY_CHOICE, required=True)
+@click.option("--selection", type=SELECTION_CHOICE, required=True, help="selection strategy")
 @click.option("--budget", type=click.IntRange(1), required=True, help="Patches to queue.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--measure", type=MEASURE_CHOICE, default=None, help="Score to rank by [default: variance for edue, else uga].")
@@ -78,12 +79,12 @@ def queue() -> None:
 @click.option("--passes", type=click.IntRange(2, 64), default=8, show_default=True, help="T for mc_dropout and tta.")
 @click.option("--mpp", type=float, default=None, help="Override the slides' level-0 resolution, µm/px.")
 @click.option("--device", default="auto", show_default=True)
-def select_cmd(workspace: Path, slides_dir: Path, models: tuple[Path, ...], method: str, strategy: str, budget: int,
+def select_cmd(workspace: Path, slides_dir: Path, models: tuple[Path, ...], method: str, selection: str, budget: int,
                seed: int, measure: str | None, model_version: str | None, round_: int, max_per_slide: int | None,
                batches: int | None, passes: int, mpp: float | None, device: str) -> None:
     """Queue the next BUDGET patches to correct, chosen from the workspace's patch scores."""
-    from ugafl.client.queue_fill import fill_queue
-    from ugafl.client.queue_store import CorrectionQueue
+    from ugafl.client.queue.fill import fill_queue
+    from ugafl.client.queue.store import CorrectionQueue
     from ugafl.common.model import pick_device
     from ugafl.common.uncertainty_methods import load_method
 
@@ -91,13 +92,13 @@ def select_cmd(workspace: Path, slides_dir: Path, models: tuple[Path, ...], meth
     dev = pick_device(device)
     version = model_version or _model_version(paths)
     method_obj = load_method(method, paths, dev, passes)
-    ids = fill_queue(workspace, slides_dir, method_obj, method, strategy, budget, seed, version, round_, measure,
+    ids = fill_queue(workspace, slides_dir, method_obj, method, selection, budget, seed, version, round_, measure,
                      max_per_slide, batches=batches, slide_mpp=mpp, device=dev)
     if not ids:
         click.echo("no patches queued: every scored patch is already queued or has no score")
         return
     with CorrectionQueue(workspace) as q:
-        click.echo(f"queued {len(ids)} patch(es) ({strategy}, model {version}, round {round_}):")
+        click.echo(f"queued {len(ids)} patch(es) ({selection}, model {version}, round {round_}):")
         click.echo(format_table([q.get(i) for i in ids]))
 
 
@@ -106,7 +107,7 @@ def select_cmd(workspace: Path, slides_dir: Path, models: tuple[Path, ...], meth
 @click.option("--state", type=STATE_CHOICE, default=None, help="Only items in this state.")
 def list_cmd(workspace: Path, state: str | None) -> None:
     """The queue's items, by id, with a count per state."""
-    from ugafl.client.queue_store import CorrectionQueue
+    from ugafl.client.queue.store import CorrectionQueue
 
     with CorrectionQueue(workspace) as q:
         items = q.list(state)
@@ -123,14 +124,14 @@ def list_cmd(workspace: Path, state: str | None) -> None:
 @click.argument("item_id", type=int)
 def show_cmd(workspace: Path, item_id: int) -> None:
     """One item's fields and its audit history."""
-    from ugafl.client.queue_store import CorrectionQueue
+    from ugafl.client.queue.store import CorrectionQueue
 
     with CorrectionQueue(workspace) as q:
         item = q.get(item_id)
         history = q.history(item_id)
     fields = [("id", item.id), ("state", item.state), ("slide", item.slide), ("box (level 0)", _box(item)),
               ("mpp", f"{item.mpp:g}"), ("score", f"{item.score:.6g}"), ("measure", item.measure),
-              ("strategy", item.strategy), ("model version", item.model_version), ("round", item.round),
+              ("selection", item.strategy), ("model version", item.model_version), ("round", item.round),
               ("reviewer", item.reviewer or "-"), ("created", item.created_at), ("updated", item.updated_at),
               ("image", item.image_path), ("model mask", item.model_mask_path), ("uncertainty", item.uncertainty_path),
               ("correction", item.correction_path or "-")]
@@ -150,7 +151,7 @@ def show_cmd(workspace: Path, item_id: int) -> None:
 @click.option("--who", default=None, help="Recorded in the audit [default: your login name].")
 def reset_stale_cmd(workspace: Path, older_than: float, who: str | None) -> None:
     """Return items claimed (in_review) longer ago than --older-than seconds to pending."""
-    from ugafl.client.queue_store import CorrectionQueue
+    from ugafl.client.queue.store import CorrectionQueue
 
     with CorrectionQueue(workspace) as q:
         n = q.reset_stale(older_than, who or _user())
@@ -169,7 +170,7 @@ def reset_stale_cmd(workspace: Path, older_than: float, who: str | None) -> None
 def annotate_cmd(workspace: Path, data_dir: Path, rater: int | None, boundary_noise: int, seed: int, limit: int | None,
                  who: str) -> None:
     """Simulated annotator: correct the open items with the dataset's truth (or a rater's) masks."""
-    from ugafl.client.simulated_annotator import annotate
+    from ugafl.simulations.annotator import annotate
 
     n = annotate(workspace, data_dir, who=who, rater=rater, boundary_noise_px=boundary_noise, seed=seed, limit=limit)
     click.echo(f"{who} corrected {n} item(s)")
@@ -182,7 +183,7 @@ def annotate_cmd(workspace: Path, data_dir: Path, rater: int | None, boundary_no
 @click.option("--state", type=STATE_CHOICE, default="pending", show_default=True)
 def export_cmd(workspace: Path, fmt: str, out: Path, state: str) -> None:
     """Export queued patches with the model's contour for QuPath (GeoJSON) or ASAP (XML)."""
-    from ugafl.client.annotation_io import export_queue
+    from ugafl.client.annotations.exchange import export_queue
 
     n = export_queue(workspace, out, fmt, state)
     click.echo(f"exported {n} item(s) in state {state} to {out}")
@@ -196,7 +197,7 @@ def export_cmd(workspace: Path, fmt: str, out: Path, state: str) -> None:
 @click.option("--who", default=None, help="Who corrected (default: the login name).")
 def import_cmd(workspace: Path, path: Path, fmt: str, item_id: int | None, who: str | None) -> None:
     """Import corrected annotations (QuPath GeoJSON, ASAP XML, or one item's PNG mask)."""
-    from ugafl.client.annotation_io import import_file
+    from ugafl.client.annotations.exchange import import_file
 
     ids = import_file(workspace, path, fmt, who or _user(), item_id)
     click.echo(f"imported corrections for {len(ids)} item(s): {', '.join(map(str, ids))}")

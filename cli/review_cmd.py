@@ -19,7 +19,7 @@ from ugafl.cli.queue_cmd import WORKSPACE, _user
 @click.option("--open-browser/--no-open-browser", default=False, show_default=True, help="Open the page in the default browser.")
 def review(workspace: Path, host: str, port: int, reviewer: str | None, open_browser: bool) -> None:
     """Serve the review web app: next patch by priority, correct, accept, reject or skip."""
-    from ugafl.client.review_server import ReviewServer, is_loopback
+    from ugafl.client.review.server import ReviewServer, is_loopback
     from ugafl.common.log import get_logger
 
     log = get_logger("review")

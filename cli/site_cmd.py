@@ -21,7 +21,7 @@ def site() -> None:
 @CONFIG
 def start_cmd(config: Path) -> None:
     """Run the site daemon in the foreground until SIGTERM (systemd: deploy/hospital/ugafl-site.service)."""
-    from ugafl.client.site_daemon import start
+    from ugafl.client.daemon.site_daemon import start
 
     sys.exit(start(config))
 
@@ -31,7 +31,7 @@ def start_cmd(config: Path) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
 def status_cmd(config: Path, as_json: bool) -> None:
     """Connection, model version, queue counts, last round."""
-    from ugafl.client.site_daemon import site_status
+    from ugafl.client.daemon.site_daemon import site_status
 
     s = site_status(config)
     if as_json:

@@ -22,7 +22,8 @@ def train_central_cmd(data_dir: Path, out: Path, config_path: Path | None, steps
                       members: int | None, edue: bool, device: str) -> None:
     """Train the central model on one centre's (default RUMC) training slides."""
     from ugafl.common.config import build_section, load_config
-    from ugafl.server.central_training import CentralConfig, train_central
+    from ugafl.common.central_bank import CentralConfig
+    from ugafl.server.central_training import train_central
 
     cfg = load_config(config_path)
     model_cfg = replace(cfg.model, arch=arch) if arch else cfg.model

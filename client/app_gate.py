@@ -32,8 +32,8 @@ def fab_sha256(content: bytes) -> str:
 
 def check_app(content: bytes) -> None:
     """Raise AppNotApproved unless the FAB bytes are one of the site's approved apps."""
-    from ugafl.client.site import SiteConfig
-    from ugafl.client.site_record import append_jsonl, refusals_path
+    from ugafl.client.site_config import SiteConfig
+    from ugafl.client.round.records import append_jsonl, refusals_path
 
     digest = fab_sha256(content)
     path = os.environ.get(SITE_CONFIG_ENV)

@@ -4,51 +4,20 @@ the shared training loop, and a checkpoint that records what it was trained on."
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ugafl.common.checkpoint import save_checkpoint
-from ugafl.common.errors import DataError
 from ugafl.common.log import get_logger
 from ugafl.common.manifest import load_manifest
 from ugafl.common.model import ModelConfig, build_model, pick_device
-from ugafl.common.patch_bank import PatchBank, sample_patches
+from ugafl.common.central_bank import CentralConfig, build_bank
 from ugafl.common.training import TrainConfig, train_segmentation
 
 log = get_logger("central")
-
-
-@dataclass(frozen=True)
-class CentralConfig:
-    """Which data the central model learns from."""
-
-    centre: str = "RUMC"
-    patches_per_slide: int = 240
-    bank_patch_size: int = 192  # px at the model's mpp; training crops are cut from these
-    tumour_fraction: float = 0.5
-    members: int = 1  # >1: an ensemble, member m trained with seed+m without fold m of the patch bank
-
-
-def build_bank(data_dir: str | Path, model_cfg: ModelConfig, central: CentralConfig, seed: int, progress: bool = True) -> tuple[PatchBank, list[str]]:
-    """The patch bank from `central.centre`'s training slides, and those slides' ids."""
-    manifest = load_manifest(data_dir)
-    slides = manifest.select(centre=central.centre, split="train")
-    if not slides:
-        raise DataError(f"{manifest.root}: no training slides of centre {central.centre!r}; centres here: {', '.join(manifest.centres)}")
-    rng = np.random.default_rng(seed)
-    banks = []
-    for rec in tqdm(slides, desc="patch bank", unit="slide", disable=not progress):
-        raters = [manifest.path_of(r) for r in rec.rater_masks] if model_cfg.disagreement_head else []
-        if model_cfg.disagreement_head and not raters:
-            raise DataError(f"{manifest.root}: slide {rec.slide_id} has no raters' masks; EDUE's disagreement head needs them")
-        banks.append(sample_patches(manifest.path_of(rec.path), manifest.path_of(rec.mask), rec.slide_id, model_cfg.mpp,
-                                    central.bank_patch_size, central.patches_per_slide, central.tumour_fraction, rng,
-                                    rater_paths=raters))
-    return PatchBank.concat(banks), [s.slide_id for s in slides]
 
 
 def member_paths(out: str | Path, members: int) -> list[Path]:

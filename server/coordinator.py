@@ -77,7 +77,7 @@ class CoordinatorConfig:
 
     def run_settings(self, **overrides: Any):
         """The federation settings of a run (refused here, before Flower, if wrong)."""
-        from ugafl.server.federation import FederationSettings
+        from ugafl.server.federation.settings import FederationSettings
 
         return FederationSettings.from_run_config({**self.federation, **overrides})
 
@@ -150,7 +150,7 @@ def enrolled(cfg: CoordinatorConfig) -> dict[str, dict]:
 
 def enrol(cfg: CoordinatorConfig, public_key: Path, name: str) -> dict:
     """Register a hospital's SuperNode public key under NAME; its record (node id, fingerprint)."""
-    from ugafl.client.queue_store import utc_now
+    from ugafl.common.clock import utc_now
     from ugafl.common.pki import node_fingerprint
 
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", name):
@@ -253,7 +253,7 @@ def run_status(cfg: CoordinatorConfig, run_id: int) -> dict:
 
 def checkpoints(cfg: CoordinatorConfig) -> list[dict]:
     """The signed global checkpoints kept, newest last, each with whether its signature verifies."""
-    from ugafl.server.federation import RoundStore
+    from ugafl.server.federation.store import RoundStore
 
     settings = cfg.run_settings(central_checkpoint=cfg.federation.get("central_checkpoint") or "-")
     store = RoundStore(settings)

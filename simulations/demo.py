@@ -14,7 +14,8 @@ import torch
 from ugafl.common.config import RunConfig, build_section
 from ugafl.common.log import get_logger
 from ugafl.common.manifest import Manifest, SlideRecord
-from ugafl.server.central_training import CentralConfig, train_central
+from ugafl.common.central_bank import CentralConfig
+from ugafl.server.central_training import train_central
 from ugafl.server.evaluation import evaluate_model, format_table
 from ugafl.simulations.figures import centre_gallery, dice_per_centre
 from ugafl.simulations.synth import SynthConfig, generate_dataset

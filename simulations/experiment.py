@@ -31,18 +31,18 @@ from ugafl.common.atomic import atomic_write_text
 from ugafl.common.config import RunConfig, build_section
 from ugafl.common.errors import ConfigError
 from ugafl.common.log import get_logger
+from ugafl.common.selection import SELECTION_NAMES
 
 log = get_logger("experiment")
 
 PAPER = {"baseline": 0.66, 5: 0.76, 10: 0.84}  # the published external-centre Dice
-STRATEGIES = ("random", "top-k", "stochastic-batch")
 
 
 @dataclass(frozen=True)
 class ExperimentConfig:
     """The [experiment] section."""
 
-    strategies: tuple[str, ...] = STRATEGIES
+    selections: tuple[str, ...] = ("random", "top-k", "stochastic-batch")
     methods: tuple[str, ...] = ("tta",)
     seeds: tuple[int, ...] = (0, 1, 2)
     budget: int = 5  # patches corrected per centre per round
@@ -50,13 +50,13 @@ class ExperimentConfig:
     pooled_reference: bool = True
 
     def check(self) -> None:
-        unknown = sorted(set(self.strategies) - set(STRATEGIES))
+        unknown = sorted(set(self.selections) - set(SELECTION_NAMES))
         if unknown:
-            raise ConfigError(f"[experiment] strategies: unknown {unknown}; one of {', '.join(STRATEGIES)}")
+            raise ConfigError(f"[experiment] selections: unknown {unknown}; one of {', '.join(SELECTION_NAMES)}")
         if self.budget < 1 or any(p % self.budget or p <= 0 for p in self.patches):
             raise ConfigError(f"[experiment] patches {list(self.patches)} must be positive multiples of budget {self.budget}")
-        if not self.seeds or not self.methods or not self.strategies:
-            raise ConfigError("[experiment] strategies, methods and seeds must each list at least one value")
+        if not self.seeds or not self.methods or not self.selections:
+            raise ConfigError("[experiment] selections, methods and seeds must each list at least one value")
 
 
 def arm_name(method: str, strategy: str, seed: int) -> str:
@@ -74,14 +74,16 @@ def pooled_reference(cfg: RunConfig, central: Path, data: Path, workspaces: list
     """Fine-tune the central model on RUMC's bank plus the pooled corrected patches; Dice per centre."""
     import torch
 
-    from ugafl.client.site import central_bank, corrected_patches, local_schedule
+    from ugafl.client.queue.corrected import corrected_patches
+    from ugafl.client.round.local_training import local_schedule
+    from ugafl.common.central_bank import round_bank
     from ugafl.common.checkpoint import load_checkpoint, save_checkpoint
     from ugafl.common.model import pick_device
     from ugafl.common.training import train_segmentation
-    from ugafl.server.federation import FederationSettings
+    from ugafl.server.federation.settings import FederationSettings
 
     ckpt = load_checkpoint(central)
-    bank = central_bank(data, ckpt.model_config, cfg.central.get("centre", "RUMC"), seed)
+    bank = round_bank(data, ckpt.model_config, cfg.central.get("centre", "RUMC"), seed)
     size = bank.images.shape[1]
     images, labels = [bank.images], [bank.labels]
     for ws in workspaces:
@@ -103,7 +105,8 @@ def pooled_reference(cfg: RunConfig, central: Path, data: Path, workspaces: list
 def run_arm(cfg: RunConfig, exp: ExperimentConfig, arm_dir: Path, central: Path, data: Path, method: str,
             strategy: str, seed: int) -> dict:
     """One arm (resumable: a complete arm has result.json)."""
-    from ugafl.server.federation import FederationSettings, round_path
+    from ugafl.server.federation.settings import FederationSettings
+    from ugafl.server.federation.store import round_path
     from ugafl.simulations.federated import run_federated
 
     done = arm_dir / "result.json"
@@ -118,7 +121,7 @@ def run_arm(cfg: RunConfig, exp: ExperimentConfig, arm_dir: Path, central: Path,
                   "num_rounds": rounds, "run_name": arm_dir.name}
     run_federated(replace(cfg, federation=federation), arm_dir, central, data)
     out = arm_dir / "federated"
-    result = {"arm": arm_dir.name, "method": method, "strategy": strategy, "seed": seed,
+    result = {"arm": arm_dir.name, "method": method, "selection": strategy, "seed": seed,
               "dice": {str(p): _dice(round_path(out, p // exp.budget), data) for p in exp.patches}}
     if exp.pooled_reference:
         steps = rounds * int(cfg.federation.get("local_steps", FederationSettings.local_steps))
@@ -136,7 +139,7 @@ def picked(arm_dir: Path) -> dict[str, dict[str, float]]:
     """What an arm's external sites corrected, per round: patches, the share of them with any
     tumour, the mean tumour share of their pixels, and the sites none of whose patches had tumour.
     (The central site queues nothing, so it is left out by construction.)"""
-    from ugafl.client.queue_store import CorrectionQueue
+    from ugafl.client.queue.store import CorrectionQueue
 
     shares: dict[int, list[float]] = {}
     empty: dict[int, int] = {}
@@ -166,13 +169,13 @@ def summarise(results: list[dict], baseline: dict[str, float], exp: ExperimentCo
     external = [c for c in centres if c != central_centre]
     groups: dict[str, dict] = {}
     for r in results:
-        key = f"{r['method']} / {r['strategy']}"
-        g = groups.setdefault(key, {"method": r["method"], "strategy": r["strategy"], "runs": []})
+        key = f"{r['method']} / {r['selection']}"
+        g = groups.setdefault(key, {"method": r["method"], "selection": r["selection"], "runs": []})
         g["runs"].append(r)
     summary = {"baseline": {**baseline, "external": float(np.mean([baseline[c] for c in external]))},
                "external": external, "groups": {}}
     for key, g in groups.items():
-        entry: dict = {"method": g["method"], "strategy": g["strategy"], "seeds": len(g["runs"])}
+        entry: dict = {"method": g["method"], "selection": g["selection"], "seeds": len(g["runs"])}
         stages = [str(p) for p in exp.patches] + (["pooled"] if exp.pooled_reference else [])
         for stage in stages:
             per = [r["dice"][stage] if stage != "pooled" else r["pooled"] for r in g["runs"]]
@@ -193,7 +196,7 @@ def table_markdown(summary: dict, exp: ExperimentConfig) -> str:
     reference; the paper's figures beside the external mean."""
     external = summary["external"]
     centres = [c for c in summary["baseline"] if c != "external"]
-    head = ["method / strategy", "stage", *centres, "external mean", "paper"]
+    head = ["method / selection", "stage", *centres, "external mean", "paper"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     base = summary["baseline"]
     lines.append("| central model | baseline | " + " | ".join(f"{base[c]:.3f}" for c in centres) +
@@ -212,7 +215,7 @@ def table_markdown(summary: dict, exp: ExperimentConfig) -> str:
     if all("picked" in g for g in summary["groups"].values()):
         lines += ["", "What the external sites were given to correct, per round (all seeds): the share of patches with "
                   "any tumour, and the sites none of whose patches had tumour.", "",
-                  "| method / strategy | round | patches with tumour | sites without tumour |", "|---|---|---|---|"]
+                  "| method / selection | round | patches with tumour | sites without tumour |", "|---|---|---|---|"]
         for key, g in summary["groups"].items():
             for round_, p in g["picked"].items():
                 lines.append(f"| {key} | {round_} | {p['with_tumour']:.0%} | {p['sites_without_tumour']} of {p['sites']} |")
@@ -290,7 +293,7 @@ def versions() -> dict[str, str]:
 
 def check_federation(cfg: RunConfig) -> None:
     """Refuse a bad [federation] section before minutes of data and central training, not at the first arm."""
-    from ugafl.server.federation import FederationSettings
+    from ugafl.server.federation.settings import FederationSettings
     from ugafl.simulations.federated import SIM_ONLY
 
     section = {k.replace("_", "-"): v for k, v in cfg.federation.items() if k.replace("-", "_") not in SIM_ONLY}
@@ -302,7 +305,8 @@ def check_federation(cfg: RunConfig) -> None:
 
 def run_experiment(cfg: RunConfig, run_dir: str | Path) -> dict:
     """Every arm (resuming complete ones), then the table and plots; returns the summary."""
-    from ugafl.server.central_training import CentralConfig, train_central
+    from ugafl.common.central_bank import CentralConfig
+    from ugafl.server.central_training import train_central
     from ugafl.simulations.synth import SynthConfig, generate_dataset
 
     run_dir = Path(run_dir)
@@ -325,7 +329,7 @@ def run_experiment(cfg: RunConfig, run_dir: str | Path) -> dict:
     results = []
     for seed in exp.seeds:
         for method in exp.methods:
-            for strategy in exp.strategies:
+            for strategy in exp.selections:
                 results.append(run_arm(cfg, exp, run_dir / "arms" / arm_name(method, strategy, seed), central,
                                        manifest.root, method, strategy, seed))
     for r in results:  # from the sites' queues, so arms run before this was recorded have it too

@@ -22,7 +22,7 @@ from ugafl.common.log import get_logger
 from ugafl.common.manifest import load_manifest
 from ugafl.common.signing import generate_signing_key
 from ugafl.server.evaluation import evaluate_model
-from ugafl.server.federation import FederationSettings
+from ugafl.server.federation.settings import FederationSettings
 
 log = get_logger("federated")
 
@@ -102,7 +102,7 @@ def run_federated(cfg: RunConfig, run_dir: str | Path, central_checkpoint: Path,
         before_path.write_text(json.dumps(before, indent=1))
     after = evaluate_model(last, data_dir, "test", progress=False).centre_dice()
     table = _dice_table(before, after, central_centre)
-    summary = {"before": before, "after": after, "rounds": settings.num_rounds, "strategy": settings.strategy,
+    summary = {"before": before, "after": after, "rounds": settings.num_rounds, "aggregation": settings.aggregation,
                "selection": settings.selection, "budget": settings.budget, "seconds": seconds,
                "settings": settings.to_dict()}
     (out / "dice_before_after.txt").write_text(table + "\n")

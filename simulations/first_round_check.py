@@ -19,7 +19,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ugafl.client.site import SiteConfig, central_bank, corrected_patches, local_schedule
+from ugafl.client.queue.corrected import corrected_patches
+from ugafl.client.round.local_training import local_schedule
+from ugafl.client.site_config import SiteConfig
+from ugafl.common.central_bank import round_bank
 from ugafl.common.checkpoint import load_checkpoint, save_checkpoint
 from ugafl.common.log import configure, get_logger
 from ugafl.common.training import train_segmentation
@@ -41,7 +44,7 @@ def first_round(run_dir: Path, strategy: str, steps: int, lr: float, seed: int =
                            num_classes=cfg.num_classes)
         return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
-    bank = central_bank(run_dir / "data", cfg, central_centre, seed + 1)
+    bank = round_bank(run_dir / "data", cfg, central_centre, seed + 1)
     states = [tune(bank.images, bank.labels)]
     for site in sorted((run_dir / "arms" / arm_name(method, strategy, seed) / "sites").glob("*/site.toml")):
         if SiteConfig.load(site).role != "central":  # the central site's update is the bank's, above
@@ -63,10 +66,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, required=True)
     parser.add_argument("--lr", type=float, required=True)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--strategies", default="random,top-k,stochastic-batch")
+    parser.add_argument("--selections", default="random,top-k,stochastic-batch")
     args = parser.parse_args()
     configure()
-    for strategy in args.strategies.split(","):
+    for strategy in args.selections.split(","):
         dice = first_round(args.run_dir, strategy, args.steps, args.lr, args.seed)
         log.info("local steps %d, lr %g, %s, seed %d: external %.3f %s", args.steps, args.lr, strategy, args.seed,
                  dice["external"], json.dumps({k: round(v, 4) for k, v in dice.items()}))

@@ -1,5 +1,5 @@
 """Runs our ServerApp and ClientApp on Flower's simulation engine (Ray), one virtual SuperNode
-per site folder. Thin glue: everything a site does is in ugafl.client.site."""
+per site folder. Thin glue: everything a site does is in ugafl.client.round."""
 
 from __future__ import annotations
 

@@ -12,7 +12,8 @@ from ugafl.common.training import TrainConfig
 
 def small_federation(root: Path, centres: tuple[str, ...], model: ModelConfig) -> tuple[Path, Path]:
     """(data dir, central checkpoint): 3 slides per centre and a central model of 40 steps."""
-    from ugafl.server.central_training import CentralConfig, train_central
+    from ugafl.common.central_bank import CentralConfig
+    from ugafl.server.central_training import train_central
     from ugafl.simulations.synth import SynthConfig, generate_dataset
 
     manifest = generate_dataset(root / "data", SynthConfig(slides_per_centre=3, centres=centres, seed=3))

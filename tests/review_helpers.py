@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ugafl.client.queue_store import CorrectionQueue
+from ugafl.client.queue.store import CorrectionQueue
 
 SIZE = 128  # patch pixels (square); the page shows it at 512 CSS px, 4 screen px per patch px
 RING_OUTER, RING_INNER = 40, 12  # radii in patch pixels, centred on the patch

@@ -13,8 +13,8 @@ from PIL import Image
 from scipy.ndimage import gaussian_filter
 from skimage.draw import disk
 
-from ugafl.client import asap_xml, qupath_geojson
-from ugafl.client.annotations import (AnnotationError, ExportPatch, import_png_mask, mask_to_polygons,
+from ugafl.client.annotations import asap_xml, qupath_geojson
+from ugafl.client.annotations.geometry import (AnnotationError, ExportPatch, import_png_mask, mask_to_polygons,
                                       polygon_area, polygons_to_mask)
 
 QUPATH_DIR = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "qupath"

@@ -56,7 +56,7 @@ def _site_toml(folder: Path, name: str, centre: str, data: Path | None, coordina
 
 def _queue_snapshot(workspace: Path) -> dict[int, tuple[str, str]]:
     """Every queue item: (state, digest of its corrected mask or '')."""
-    from ugafl.client.queue_store import CorrectionQueue
+    from ugafl.client.queue.store import CorrectionQueue
 
     out = {}
     with CorrectionQueue(workspace) as queue:
@@ -78,9 +78,9 @@ def _status(kit: Kit, site: Path) -> dict:
 
 @pytest.mark.slow
 def test_coordinator_and_three_hospitals_survive_kills(tmp_path: Path, fixtures_dir: Path) -> None:
-    from ugafl.client.inbox_watcher import read_registry
-    from ugafl.client.site import uncertainty_dir
-    from ugafl.client.site_record import current_model_info, ledger_path, read_jsonl
+    from ugafl.client.daemon.inbox_watcher import read_registry
+    from ugafl.client.round.query import uncertainty_dir
+    from ugafl.client.round.records import current_model_info, ledger_path, read_jsonl
     from ugafl.common.manifest import load_manifest
 
     data, central = small_federation(tmp_path / "fed", CENTRES, ModelConfig(channels=(8, 16, 32)))

@@ -19,7 +19,7 @@ BIN = Path(sys.executable).parent
 
 
 def _arm(strategy: str, seed: int, at5: float, at10: float) -> dict:
-    return {"arm": f"tta-{strategy}-s{seed}", "method": "tta", "strategy": strategy, "seed": seed,
+    return {"arm": f"tta-{strategy}-s{seed}", "method": "tta", "selection": strategy, "seed": seed,
             "dice": {"5": {"RUMC": 0.9, "A": at5, "B": at5 + 0.1}, "10": {"RUMC": 0.9, "A": at10, "B": at10 + 0.1}},
             "pooled": {"RUMC": 0.95, "A": 0.8, "B": 0.9}, "seconds": 1.0}
 
@@ -88,18 +88,18 @@ def test_the_quick_config_runs_and_resumes(tmp_path: Path) -> None:
             row = next(line for line in table.splitlines() if line.startswith(f"| tta / {strategy} | {stage} |"))
             assert row.count(" ± ") == 4, row  # three centres and the external mean
     results = json.loads((out / "results.json").read_text())
-    assert sorted(a["strategy"] for a in results["arms"]) == ["random", "stochastic-batch", "top-k"]
+    assert sorted(a["selection"] for a in results["arms"]) == ["random", "stochastic-batch", "top-k"]
     for name in ("dice_vs_patches.png", "per_centre.png", "versions.json", "config.toml", "baseline.json"):
         assert (out / name).stat().st_size > 0, name
     # Same data, model and seeds: the arms differ in the patches chosen (and the strategy recorded).
-    from ugafl.client.queue_store import CorrectionQueue
+    from ugafl.client.queue.store import CorrectionQueue
 
     chosen = {}
     for arm in results["arms"]:
         with CorrectionQueue(out / "arms" / arm["arm"] / "sites" / "1" / "ws") as queue:
             items = [i for state in ("pending", "corrected") for i in queue.list(state)]
-        assert len(items) == 4 and {i.strategy for i in items} == {arm["strategy"]}, items
-        chosen[arm["strategy"]] = {(i.slide, i.x, i.y) for i in items}
+        assert len(items) == 4 and {i.strategy for i in items} == {arm["selection"]}, items
+        chosen[arm["selection"]] = {(i.slide, i.x, i.y) for i in items}
     assert chosen["random"] != chosen["top-k"]
     for arm in results["arms"]:  # two external sites, two patches each per round
         assert {k: (v["patches"], v["sites"]) for k, v in arm["picked"].items()} == {"1": (4, 2), "2": (4, 2)}, arm
@@ -108,11 +108,11 @@ def test_the_quick_config_runs_and_resumes(tmp_path: Path) -> None:
     # The schedule check, given the config's own schedule, reproduces the arm's first checkpoint.
     import tomllib
 
-    from ugafl.server.federation import FederationSettings
+    from ugafl.server.federation.settings import FederationSettings
     from ugafl.simulations.first_round_check import first_round
 
     federation = tomllib.loads((out / "config.toml").read_text())["federation"]
-    arm = next(a for a in results["arms"] if a["strategy"] == "top-k")
+    arm = next(a for a in results["arms"] if a["selection"] == "top-k")
     again_dice = first_round(out, "top-k", steps=federation["local_steps"],
                              lr=federation.get("lr", FederationSettings.lr), seed=0)
     assert again_dice.pop("external") == pytest.approx(sum(v for c, v in arm["dice"]["2"].items() if c != "RUMC") / 2,

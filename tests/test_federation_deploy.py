@@ -9,7 +9,7 @@ from pathlib import Path
 
 import tomllib
 
-from ugafl.server.federation import FederationSettings
+from ugafl.server.federation.settings import FederationSettings
 
 REPO = Path(__file__).resolve().parents[1]
 APP = REPO / "deploy" / "flower_app"

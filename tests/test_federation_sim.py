@@ -59,10 +59,10 @@ def make_capture(folder: Path):
 
 
 def test_a_clean_run_resumes_and_sends_only_weights_and_scalar_metrics(dataset, tmp_path: Path, caplog) -> None:
-    from ugafl.client.queue_store import CorrectionQueue
+    from ugafl.client.queue.store import CorrectionQueue
     from ugafl.common.checkpoint import load_checkpoint
     from ugafl.common.signing import load_public_key, read_signature, verify_model
-    from ugafl.server.federation import round_path
+    from ugafl.server.federation.store import round_path
     from ugafl.common.wire import unique_state
     from ugafl.simulations.federated import run_federated
 

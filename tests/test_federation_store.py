@@ -12,7 +12,8 @@ from ugafl.common.checkpoint import save_checkpoint
 from ugafl.common.errors import ConfigError
 from ugafl.common.model import ModelConfig, build_model
 from ugafl.common.signing import generate_signing_key, read_signature
-from ugafl.server.federation import FederationSettings, RoundStore, round_path
+from ugafl.server.federation.settings import FederationSettings
+from ugafl.server.federation.store import RoundStore, round_path
 
 CFG = ModelConfig(channels=(4, 8))
 
@@ -28,14 +29,14 @@ def settings(tmp_path: Path) -> FederationSettings:
 
 
 def test_run_config_is_parsed_and_checked(settings: FederationSettings) -> None:
-    assert settings.num_rounds == 3 and settings.budget == 4 and settings.strategy == "fedavg"
+    assert settings.num_rounds == 3 and settings.budget == 4 and settings.aggregation == "fedavg"
     base = {"central-checkpoint": "c", "out-dir": "o", "signing-key": "k"}
     with pytest.raises(ConfigError, match="unknown run config key 'rounds'"):
         FederationSettings.from_run_config({**base, "rounds": 3})
     with pytest.raises(ConfigError, match="num-rounds: expected int, got 'three'"):
         FederationSettings.from_run_config({**base, "num-rounds": "three"})
-    with pytest.raises(ConfigError, match="strategy: 'krum'"):
-        FederationSettings.from_run_config({**base, "strategy": "krum"})
+    with pytest.raises(ConfigError, match="aggregation: 'krum'"):
+        FederationSettings.from_run_config({**base, "aggregation": "krum"})
     with pytest.raises(ConfigError, match="signing-key is required"):
         FederationSettings.from_run_config({"central-checkpoint": "c", "out-dir": "o"})
 

@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from ugafl.cli.queue_cmd import format_table
-from ugafl.client.queue_store import CorrectionQueue
-from ugafl.client.simulated_annotator import fit_mask, perturb_boundary
+from ugafl.client.queue.store import CorrectionQueue
+from ugafl.simulations.annotator import fit_mask, perturb_boundary
 from ugafl.common.checkpoint import load_checkpoint, save_checkpoint
 from ugafl.common.manifest import load_manifest
 from ugafl.common.masks import load_mask
@@ -81,7 +81,7 @@ def assert_disjoint(box_list) -> None:
 @pytest.mark.slow
 def test_select_list_annotate_show(scored):
     ws = fresh_workspace(scored, "ws_main")
-    result = select(scored, ws, "--strategy", "stochastic-batch", "--budget", 3, "--seed", 1)
+    result = select(scored, ws, "--selection", "stochastic-batch", "--budget", 3, "--seed", 1)
     assert result.returncode == 0, result.stderr
     assert "queued 3 patch(es)" in result.stdout
     version = load_checkpoint(scored["ckpt"]).content_hash[:12]
@@ -102,7 +102,7 @@ def test_select_list_annotate_show(scored):
         assert_disjoint(boxes(first))
 
     # A second selection adds 3 more, overlapping neither each other nor the first 3.
-    result = select(scored, ws, "--strategy", "stochastic-batch", "--budget", 3, "--seed", 1)
+    result = select(scored, ws, "--selection", "stochastic-batch", "--budget", 3, "--seed", 1)
     assert result.returncode == 0, result.stderr
     with CorrectionQueue(ws) as q:
         items = q.list()
@@ -122,7 +122,7 @@ def test_select_list_annotate_show(scored):
 
     # Same seed on a fresh workspace: the same boxes.
     ws2 = fresh_workspace(scored, "ws_same_seed")
-    result = select(scored, ws2, "--strategy", "stochastic-batch", "--budget", 3, "--seed", 1)
+    result = select(scored, ws2, "--selection", "stochastic-batch", "--budget", 3, "--seed", 1)
     assert result.returncode == 0, result.stderr
     with CorrectionQueue(ws2) as q:
         assert boxes(q.list()) == boxes(first)
@@ -161,7 +161,7 @@ def test_select_list_annotate_show(scored):
 @pytest.mark.slow
 def test_reset_stale_and_noisy_annotation(scored):
     ws = fresh_workspace(scored, "ws_stale")
-    result = select(scored, ws, "--strategy", "top-k", "--budget", 2, "--seed", 0, "--model-version", "v7",
+    result = select(scored, ws, "--selection", "top-k", "--budget", 2, "--seed", 0, "--model-version", "v7",
                     "--round", 2)
     assert result.returncode == 0, result.stderr
     with CorrectionQueue(ws) as q:
@@ -195,7 +195,7 @@ def test_errors_are_one_line_exit_2(scored, tmp_path):
     empty = tmp_path / "no_slides_here"
     empty.mkdir()
     result = ugafl("queue", "select", "--workspace", ws, "--slides", empty, "--model", scored["ckpt"], "--method", "tta",
-                   "--passes", 2, "--strategy", "random", "--budget", 2, "--device", "cpu")
+                   "--passes", 2, "--selection", "random", "--budget", 2, "--device", "cpu")
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
@@ -203,12 +203,12 @@ def test_errors_are_one_line_exit_2(scored, tmp_path):
     with CorrectionQueue(ws) as q:
         assert q.list() == []  # nothing queued on failure
 
-    result = select(scored, ws, "--strategy", "most-uncertain", "--budget", 2)
+    result = select(scored, ws, "--selection", "most-uncertain", "--budget", 2)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "most-uncertain" in result.stderr
 
     # No scores for the method in the workspace.
-    result = select(scored, tmp_path / "empty_ws", "--strategy", "random", "--budget", 2)
+    result = select(scored, tmp_path / "empty_ws", "--selection", "random", "--budget", 2)
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
     assert "no patch-score tables" in result.stderr
 
@@ -247,5 +247,5 @@ def test_format_table_is_fixed_width():
     lines = format_table(items).splitlines()
     assert len(lines) == 3
     starts = [line.index("top-k") for line in lines[1:]]
-    assert starts[0] == starts[1] == lines[0].index("STRATEGY")
+    assert starts[0] == starts[1] == lines[0].index("SELECTION")
     assert "2026-01-02 03:04:05Z" in lines[1] and "alice" in lines[2] and " - " in lines[1]

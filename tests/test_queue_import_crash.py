@@ -15,9 +15,9 @@ import pytest
 from PIL import Image
 
 from sigkill import kill_after_acks
-from ugafl.client import asap_xml, qupath_geojson
-from ugafl.client.annotations import ExportPatch, polygons_to_mask
-from ugafl.client.queue_store import CorrectionQueue
+from ugafl.client.annotations import asap_xml, qupath_geojson
+from ugafl.client.annotations.geometry import ExportPatch, polygons_to_mask
+from ugafl.client.queue.store import CorrectionQueue
 
 SIZE = 32  # patch pixels; boxes are 128 level-0 px at 4x
 FORMATS = {"geojson": (qupath_geojson, ".geojson", 2), "asap": (asap_xml, ".xml", 2), "png": (None, ".png", 1)}
@@ -25,7 +25,7 @@ FORMATS = {"geojson": (qupath_geojson, ".geojson", 2), "asap": (asap_xml, ".xml"
 CHILD = """
 import sys
 from pathlib import Path
-from ugafl.client.annotation_io import import_file
+from ugafl.client.annotations.exchange import import_file
 ws, listing = Path(sys.argv[1]), Path(sys.argv[2])
 print("ready", flush=True)
 for line in listing.read_text().splitlines():
@@ -115,7 +115,7 @@ def test_acknowledged_imports_survive_sigkill(tmp_path: Path, seed: int) -> None
     # The interrupted imports can simply be run again: each remaining file imports whole.
     for fmt, path, group in files:
         if any(states[i] != "corrected" for i in group):
-            from ugafl.client.annotation_io import import_file
+            from ugafl.client.annotations.exchange import import_file
 
             assert import_file(ws, path, fmt, "dr-crash", group[0] if fmt == "png" else None) == group
     with CorrectionQueue(ws) as q:

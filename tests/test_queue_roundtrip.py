@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ugafl.client.queue_store import CorrectionQueue
+from ugafl.client.queue.store import CorrectionQueue
 
 UGAFL = Path(sys.executable).with_name("ugafl")
 SIZE = 64

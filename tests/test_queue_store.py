@@ -18,7 +18,7 @@ import pytest
 
 from sigkill import kill_after_acks
 
-from ugafl.client.queue_store import CorrectionQueue, QueueError
+from ugafl.client.queue.store import CorrectionQueue, QueueError
 
 PATCH = (24, 32)  # (H, W) of the stored patches: deliberately not square
 
@@ -277,7 +277,7 @@ def test_sweep_orphans_removes_unreferenced_files_only(ws: Path) -> None:
 CHILD = textwrap.dedent("""
     import sys
     import numpy as np
-    from ugafl.client.queue_store import CorrectionQueue
+    from ugafl.client.queue.store import CorrectionQueue
     {mask_src}
     q = CorrectionQueue(sys.argv[1])
     print("ready", flush=True)

@@ -17,8 +17,8 @@ from PIL import Image
 
 from review_helpers import SIZE, make_review_workspace, ring_mask
 from test_queue_store import snapshot
-from ugafl.client.queue_store import CorrectionQueue
-from ugafl.client.review_server import ReviewServer
+from ugafl.client.queue.store import CorrectionQueue
+from ugafl.client.review.server import ReviewServer
 
 TAB_A, TAB_B = "a" * 16, "b" * 16
 

@@ -17,7 +17,7 @@ from PIL import Image
 
 from browser import chromium, review_process
 from review_helpers import RING_INNER, SIZE, make_review_workspace, ring_mask
-from ugafl.client.queue_store import CorrectionQueue
+from ugafl.client.queue.store import CorrectionQueue
 
 pytestmark = pytest.mark.slow
 SCALE = 4  # CSS px per patch px: the editor is 512 px wide for a 128 px patch

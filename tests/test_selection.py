@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ugafl.client.selection import STRATEGIES, Candidates, exclude, load_candidates, select
+from ugafl.common.selection import SELECTION_NAMES, Candidates, exclude, load_candidates, select
 from ugafl.common.errors import DataError
 
 P = 256  # patch side, level-0 px
@@ -115,13 +115,13 @@ def test_random_uniform_and_deterministic():
     assert list(select(c, "random", budget, 123)) != list(select(c, "random", budget, 124))
 
 
-@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("strategy", SELECTION_NAMES)
 def test_deterministic_per_seed(strategy):
     c = grid(3000, seed=6, nan_frac=0.1)
     assert np.array_equal(select(c, strategy, 40, 3), select(c, strategy, 40, 3))
 
 
-@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("strategy", SELECTION_NAMES)
 def test_nan_never_selected_and_short_pool(strategy):
     c = grid(400, seed=8, nan_frac=0.5)
     c.score[: 50] = np.inf if strategy == "top-k" else c.score[:50]  # inf is not a usable score either
@@ -188,7 +188,7 @@ def test_exclude_matches_brute_force_random():
     assert len(exclude(cand, Candidates.empty())) == n
 
 
-@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("strategy", SELECTION_NAMES)
 def test_no_overlap_within_choice_on_half_stride_grid(strategy):
     c = grid(3000, slides=2, stride=P // 2, seed=10)
     for seed in range(4):
@@ -219,7 +219,7 @@ def test_stochastic_batch_replacement_walk():
     assert list(select(c, "stochastic-batch", budget, seed)) == expected
 
 
-@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("strategy", SELECTION_NAMES)
 def test_max_per_slide(strategy):
     c = grid(2000, slides=5, seed=13)
     c.score[c.slide == 0] += 10  # slide 0 would win everything

@@ -10,8 +10,10 @@ import pytest
 import torch
 
 from review_helpers import he_patch, ring_mask
-from ugafl.client import site as site_ops
-from ugafl.client.queue_store import CorrectionQueue
+from ugafl.client.round.local_evaluation import evaluate
+from ugafl.client.round.local_training import train
+from ugafl.client.site_config import SiteConfig
+from ugafl.client.queue.store import CorrectionQueue
 from ugafl.common.errors import ConfigError
 from ugafl.common.model import ModelConfig, build_model
 
@@ -26,28 +28,28 @@ def write_site(tmp_path: Path, extra: str = "") -> Path:
 
 
 def test_site_config_resolves_paths_and_names_bad_fields(tmp_path: Path) -> None:
-    site = site_ops.SiteConfig.load(write_site(tmp_path))
+    site = SiteConfig.load(write_site(tmp_path))
     assert site.workspace == (tmp_path / "ws").resolve() and site.trusted_keys == ((tmp_path / "coordinator.pub").resolve(),)
     assert site.role == "site" and site.train
     for extra, message in [('role = "boss"\n', "role must be one of site, central"),
                            ('role = "central"\n', "role 'central' needs central_data"),
                            ('annotator = "simulated"\n', "needs annotator_data")]:
         with pytest.raises(ConfigError, match=message):
-            site_ops.SiteConfig.load(write_site(tmp_path, extra))
+            SiteConfig.load(write_site(tmp_path, extra))
     (tmp_path / "bad.toml").write_text('[site]\nworkspace = "ws"\nslides = "inbox"\n')
     with pytest.raises(ConfigError, match="bad.toml: \\[site\\] trusted_keys must list"):
-        site_ops.SiteConfig.load(tmp_path / "bad.toml")
+        SiteConfig.load(tmp_path / "bad.toml")
     with pytest.raises(ConfigError, match="missing.toml: site config not found"):
-        site_ops.SiteConfig.load(tmp_path / "missing.toml")
+        SiteConfig.load(tmp_path / "missing.toml")
 
 
 def test_train_only_when_there_are_new_corrections_and_evaluate_on_them(tmp_path: Path) -> None:
-    site = site_ops.SiteConfig.load(write_site(tmp_path))
+    site = SiteConfig.load(write_site(tmp_path))
     torch.manual_seed(0)
     model = build_model(CFG)
-    state, n, metrics = site_ops.train(site, model, CFG, steps=2, proximal_mu=0.0, lr=1e-3, seed=0)
-    assert state is None and n == 0 and metrics["num-examples"] == 0  # an empty queue: nothing to send
-    assert site_ops.evaluate(site, model) == {"num-examples": 0.0, "site-weight": 0.0}
+    state, ids, metrics = train(site, model, CFG, steps=2, proximal_mu=0.0, lr=1e-3, seed=0)
+    assert state is None and ids == [] and metrics["num-examples"] == 0  # an empty queue: nothing to send
+    assert evaluate(site, model) == {"num-examples": 0.0, "site-weight": 0.0}
 
     mask = ring_mask()
     with CorrectionQueue(site.workspace) as q:
@@ -56,10 +58,28 @@ def test_train_only_when_there_are_new_corrections_and_evaluate_on_them(tmp_path
                          np.zeros(mask.shape, np.float32))
             q.submit_correction(item, mask, "dr")
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    state, n, metrics = site_ops.train(site, model, CFG, steps=2, proximal_mu=0.01, lr=1e-3, seed=0)
-    assert n == 3 and metrics["new-corrections"] == 3 and set(state) == set(before)
+    state, ids, metrics = train(site, model, CFG, steps=2, proximal_mu=0.01, lr=1e-3, seed=0)
+    assert len(ids) == 3 and metrics["new-corrections"] == 3 and set(state) == set(before)
     assert any(not torch.equal(state[k], before[k]) for k in before)
-    again = site_ops.train(site, build_model(CFG), CFG, steps=2, proximal_mu=0.0, lr=1e-3, seed=0)
-    assert again[0] is None and again[1] == 0  # the same corrections: nothing new this round
-    result = site_ops.evaluate(site, model)
-    assert result["num-examples"] == 3 and 0.0 <= result["dice"] <= 1.0
+    again = train(site, build_model(CFG), CFG, steps=2, proximal_mu=0.0, lr=1e-3, seed=0)
+    assert again[0] is None and again[1] == []  # the same corrections: nothing new this round
+    result = evaluate(site, model)
+    assert result["num-examples"] == 3 and result["site-weight"] == 1.0
+    # A model that calls every pixel tumour: pooled Dice is 2T / (T + all pixels) over the 3 patches.
+    assert evaluate(site, AllTumour()) == pytest.approx(
+        {"num-examples": 3.0, "site-weight": 1.0, "dice": 2 * mask.sum() / (mask.sum() + mask.size)})
+    assert evaluate(site, AllTumour(sign=-1.0))["dice"] == 0.0  # nothing called tumour: no overlap
+
+
+class AllTumour(torch.nn.Module):
+    """Logits that put every pixel in class 1 (sign 1) or class 0 (sign -1)."""
+
+    def __init__(self, sign: float = 1.0):
+        super().__init__()
+        self.sign = sign
+        self.anchor = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = torch.zeros(x.shape[0], 2, x.shape[2], x.shape[3])
+        logits[:, 1] = self.sign
+        return logits + 0 * self.anchor

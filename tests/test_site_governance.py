@@ -14,7 +14,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 
 from ugafl.client.app_gate import SITE_CONFIG_ENV, AppNotApproved, check_app, fab_sha256
-from ugafl.client.site_record import ledger_path, read_jsonl, refusals_path
+from ugafl.client.round.records import ledger_path, read_jsonl, refusals_path
 from ugafl.common.model import ModelConfig, build_model
 from ugafl.common.signing import generate_signing_key, load_private_key, sign_model
 from ugafl.common.wire import unique_state
@@ -70,7 +70,7 @@ def test_the_gate_sits_where_flower_installs_the_bundle() -> None:
 def _query(state: dict, signed: dict, cfg: ModelConfig) -> Message:
     config = ConfigRecord({"server-round": 1, "model-config": json.dumps(cfg.to_dict(), sort_keys=True),
                            "model-signature": json.dumps(signed), "model-version": signed["statement"]["model_sha256"][:12],
-                           "strategy": "stochastic-batch", "budget": 2, "seed": 0, "method": "tta", "passes": 2})
+                           "selection": "stochastic-batch", "budget": 2, "seed": 0, "method": "tta", "passes": 2})
     return Message(content=RecordDict({"arrays": ArrayRecord(state), "config": config}), dst_node_id=1,
                    message_type=MessageType.QUERY)
 

@@ -8,7 +8,7 @@ import logging
 import numpy as np
 import pytest
 
-from ugafl.server.update_checks import check_round
+from ugafl.server.federation.update_checks import check_round
 
 REF = {"conv.weight": np.zeros((4, 3, 3, 3), np.float32), "conv.bias": np.zeros(4, np.float32),
        "bn.num_batches_tracked": np.zeros((), np.int64)}

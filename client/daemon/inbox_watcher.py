@@ -15,8 +15,9 @@ import json
 import time
 from pathlib import Path
 
-from ugafl.client.site import SiteConfig, uncertainty_dir
-from ugafl.client.site_record import current_model_info, model_dir
+from ugafl.client.round.query import uncertainty_dir
+from ugafl.client.site_config import SiteConfig
+from ugafl.client.round.records import current_model_info, model_dir
 from ugafl.common.atomic import atomic_write_text
 from ugafl.common.errors import SlideError, UgaflError
 from ugafl.common.log import get_logger
@@ -42,7 +43,7 @@ def read_registry(workspace: Path) -> dict[str, dict]:
 
 def scan_inbox(site: SiteConfig, registry: dict[str, dict]) -> list[Path]:
     """Update `registry` from the inbox; the slides registered in this pass."""
-    from ugafl.client.queue_store import utc_now
+    from ugafl.common.clock import utc_now
 
     new: list[Path] = []
     for path in candidate_files(site.slides):
@@ -88,7 +89,7 @@ def load_current_model(site: SiteConfig, info: dict):
 def precompute(site: SiteConfig, registry: dict[str, dict]) -> int:
     """Uncertainty for registered slides that the current model has not scored yet; how many.
     The model is read (and its signature checked) only when there is such a slide."""
-    from ugafl.client.uncertainty_job import run_uncertainty
+    from ugafl.client.round.scoring import run_uncertainty
     from ugafl.common.uncertainty_methods import method_from_models
 
     info = current_model_info(site.workspace)

@@ -1,4 +1,4 @@
-"""HTTP glue for the review web app: serves the page (client/review_static/) and a small JSON API
+"""HTTP glue for the review web app: serves the page (client/review/static/) and a small JSON API
 over `ReviewService`. Standard library only; one thread per request.
 
 Safety for a server on a pathologist's machine: it binds 127.0.0.1 unless told otherwise; it
@@ -28,8 +28,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from pathlib import Path
 
-from ugafl.client.review_service import REJECT_REASONS, HeldByOtherTab, ReviewError, ReviewService
-from ugafl.client.queue_store import QueueError
+from ugafl.client.review.service import REJECT_REASONS, HeldByOtherTab, ReviewError, ReviewService
+from ugafl.client.queue.store import QueueError
 from ugafl.common.errors import UgaflError
 from ugafl.common.log import get_logger
 
@@ -42,7 +42,7 @@ _ITEM_PATH = re.compile(r"^/api/items/(\d+)(?:/([a-z_]+(?:\.png)?))?$")
 
 
 def _static(name: str) -> bytes:
-    return resources.files("ugafl.client").joinpath("review_static", name).read_bytes()
+    return resources.files("ugafl.client.review").joinpath("static", name).read_bytes()
 
 
 class ReviewServer(ThreadingHTTPServer):

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ugafl.client.queue_store import CorrectionQueue
-from ugafl.client.selection import STRATEGIES, Candidates, exclude, load_candidates, select, slide_name
+from ugafl.client.queue.store import CorrectionQueue
+from ugafl.common.selection import SELECTION_NAMES, Candidates, exclude, load_candidates, select, slide_name
 from ugafl.common.errors import ConfigError, DataError
 from ugafl.common.log import get_logger
 from ugafl.common.model import to_input
@@ -121,8 +121,8 @@ def fill_queue(workspace: str | Path, slides_dir: str | Path, method: Uncertaint
     """
     workspace, slides_dir = Path(workspace), Path(slides_dir)
     measure = measure or default_measure(method_name)
-    if strategy not in STRATEGIES:
-        raise ConfigError(f"unknown selection strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+    if strategy not in SELECTION_NAMES:
+        raise ConfigError(f"unknown selection strategy {strategy!r}; choose one of {', '.join(SELECTION_NAMES)}")
     if measure not in PIXEL_MEASURES:
         raise ConfigError(f"unknown measure {measure!r}; choose one of {', '.join(PIXEL_MEASURES)}")
     if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)) or budget < 1:

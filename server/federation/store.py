@@ -1,5 +1,5 @@
-"""The coordinator's side of a federated run, without Flower: its settings, the signed round
-checkpoints it keeps (and resumes from), and the per-round metrics table.
+"""The signed round checkpoints of a federated run, which a restarted coordinator resumes from,
+and the per-round metrics table.
 
 Checkpoints: OUT/round-0000.pt is the central model the run started from, OUT/round-NNNN.pt the
 global model after round N, each with OUT/round-NNNN.pt.sig, the coordinator's signed statement
@@ -14,7 +14,6 @@ from __future__ import annotations
 import csv
 import io
 import re
-from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -22,73 +21,17 @@ import torch
 
 from ugafl.common.atomic import atomic_write_text
 from ugafl.common.checkpoint import load_checkpoint, save_checkpoint
-from ugafl.common.errors import CheckpointError, ConfigError, UgaflError
+from ugafl.common.errors import CheckpointError, UgaflError
 from ugafl.common.log import get_logger
 from ugafl.common.model import ModelConfig
+from ugafl.server.federation.settings import FederationSettings
 from ugafl.common.wire import load_unique_state, unique_state
 from ugafl.common.signing import (SignatureError, load_private_key, read_signature, sign_model, verify_model,
                                   write_signature)
 
 log = get_logger("federation")
 
-STRATEGIES = ("fedavg", "fedprox", "fedmedian", "fedtrimmedavg")
-WEIGHTINGS = {"examples": "num-examples", "sites": "site-weight"}  # -> the reply metric that weighs
 _ROUND_FILE = re.compile(r"^round-(\d{4})\.pt$")
-
-
-@dataclass(frozen=True)
-class FederationSettings:
-    """Run settings; Flower run config keys are these names with '-' for '_'."""
-
-    central_checkpoint: str
-    out_dir: str
-    signing_key: str
-    num_rounds: int = 3
-    strategy: str = "fedavg"
-    proximal_mu: float = 0.0  # fedprox (and sent to sites as the proximal term)
-    trim_beta: float = 0.2  # fedtrimmedavg: share cut at each end
-    weighting: str = "examples"  # fedavg/fedprox weights: "examples" (Flower's default) or "sites" (one vote each)
-    selection: str = "stochastic-batch"
-    budget: int = 5  # patches queued per site per round
-    method: str = "tta"  # uncertainty method the sites use
-    passes: int = 4
-    local_steps: int = 60
-    lr: float = 5e-4
-    seed: int = 0
-    min_nodes: int = 2
-    norm_factor: float = 10.0
-    eval_data: str = ""  # dataset folder for server-side evaluation ("" = none)
-    eval_centres: str = "RUMC"  # comma-separated centres of eval_data to evaluate every round
-    run_name: str = "federated"
-    timeout_s: float = 3600.0
-
-    @staticmethod
-    def from_run_config(run_config: dict[str, Any]) -> FederationSettings:
-        known = {f.name: f for f in fields(FederationSettings)}
-        values: dict[str, Any] = {}
-        for key, value in run_config.items():
-            name = key.replace("-", "_")
-            if name not in known:
-                raise ConfigError(f"unknown run config key {key!r}; known: {', '.join(k.replace('_', '-') for k in known)}")
-            kind = known[name].type
-            try:
-                values[name] = {"int": int, "float": float, "str": str}[kind](value)
-            except (TypeError, ValueError):
-                raise ConfigError(f"run config {key}: expected {kind}, got {value!r}") from None
-        for required in ("central_checkpoint", "out_dir", "signing_key"):
-            if not values.get(required):
-                raise ConfigError(f"run config {required.replace('_', '-')} is required")
-        settings = FederationSettings(**values)
-        if settings.strategy not in STRATEGIES:
-            raise ConfigError(f"run config strategy: {settings.strategy!r}; one of {', '.join(STRATEGIES)}")
-        if settings.weighting not in WEIGHTINGS:
-            raise ConfigError(f"run config weighting: {settings.weighting!r}; one of {', '.join(WEIGHTINGS)}")
-        if settings.num_rounds < 1 or settings.budget < 1 or settings.local_steps < 1:
-            raise ConfigError("run config num-rounds, budget and local-steps must be at least 1")
-        return settings
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def round_path(out_dir: str | Path, round_: int) -> Path:

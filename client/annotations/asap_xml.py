@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ugafl.client.annotations import (AnnotationError, Box, ExportPatch, Polygon, as_export_patches,
+from ugafl.client.annotations.geometry import (AnnotationError, Box, ExportPatch, Polygon, as_export_patches,
                                       assign_to_items, atomic_write_bytes, check_box, close_ring, mask_to_polygons,
                                       ring_bounds, ring_inside, signed_area)
 

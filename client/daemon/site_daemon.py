@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ugafl.client.site import SiteConfig
+from ugafl.client.site_config import SiteConfig
 from ugafl.common.atomic import atomic_write_text
 from ugafl.common.config import read_toml
 from ugafl.common.errors import ConfigError
@@ -155,7 +155,7 @@ class SiteDaemon:
                                         "--node-config", f"site-config='{cfg.path}'",
                                         "--port", str(cfg.runtime_port)],
                           env=env, cwd=str(self.dir), on_line=self._supernode_line)
-        watcher = Child("inbox", [str(BIN / "python"), "-m", "ugafl.client.inbox_watcher", str(cfg.path),
+        watcher = Child("inbox", [str(BIN / "python"), "-m", "ugafl.client.daemon.inbox_watcher", str(cfg.path),
                                   str(cfg.inbox_poll_s)], env=env, cwd=str(self.dir))
         review = Child("review", [str(BIN / "ugafl"), "review", "--workspace", str(self.ws), "--host", cfg.review_host,
                                   "--port", str(cfg.review_port)], env=env, cwd=str(self.dir))
@@ -250,9 +250,9 @@ def start(config: str | Path) -> int:
 def site_status(config: str | Path) -> dict:
     """What `ugafl site status` shows: the daemon and its connection, the model version, queue
     counts, the last round taken part in, the inbox register and refusals. Reads files only."""
-    from ugafl.client.inbox_watcher import read_registry
-    from ugafl.client.queue_store import CorrectionQueue
-    from ugafl.client.site_record import current_model_info, ledger_path, read_jsonl, refusals_path
+    from ugafl.client.daemon.inbox_watcher import read_registry
+    from ugafl.client.queue.store import CorrectionQueue
+    from ugafl.client.round.records import current_model_info, ledger_path, read_jsonl, refusals_path
     from ugafl.common.processes import alive
 
     cfg = SiteDaemonConfig.load(config)

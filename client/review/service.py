@@ -24,8 +24,8 @@ import numpy as np
 from matplotlib import colormaps
 from PIL import Image
 
-from ugafl.client.annotations import decode_png_mask
-from ugafl.client.queue_store import CorrectionQueue, Item, QueueError
+from ugafl.client.annotations.geometry import decode_png_mask
+from ugafl.client.queue.store import CorrectionQueue, Item, QueueError
 from ugafl.common.errors import UgaflError
 from ugafl.common.heatmap import CMAP
 from ugafl.common.log import get_logger

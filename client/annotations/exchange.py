@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ugafl.client import asap_xml, qupath_geojson
-from ugafl.client.annotations import AnnotationError, ExportPatch, import_png_mask, polygons_to_mask
-from ugafl.client.queue_store import CorrectionQueue, QueueError
+from ugafl.client.annotations import asap_xml, qupath_geojson
+from ugafl.client.annotations.geometry import AnnotationError, ExportPatch, import_png_mask, polygons_to_mask
+from ugafl.client.queue.store import CorrectionQueue, QueueError
 
 FORMATS = {"geojson": qupath_geojson, "asap": asap_xml}
 OPEN_STATES = ("pending", "in_review")

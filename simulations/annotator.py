@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from ugafl.client.queue_store import CorrectionQueue, Item
+from ugafl.client.queue.store import CorrectionQueue, Item
 from ugafl.common.errors import ConfigError, DataError
 from ugafl.common.log import get_logger
 from ugafl.common.manifest import SlideRecord, load_manifest
@@ -115,3 +115,11 @@ def annotate(workspace: str | Path, manifest_dir: str | Path, who: str = "simula
         return submitted
     finally:
         queue.close()
+
+
+def simulated_annotator(workspace: Path, data: Path | None, seed: int) -> int:
+    """The `simulated` annotator plug-in (site config `annotator = "simulated"`, reading the
+    dataset folder `annotator_data`): corrects every open item with the truth mask."""
+    if data is None:
+        raise ConfigError("the simulated annotator needs annotator_data (a dataset folder) in the site config")
+    return annotate(workspace, data, who="simulated-annotator", seed=seed)

@@ -32,6 +32,7 @@ from PIL import Image
 
 from ugafl.common.atomic import atomic_write, fsync_dir
 from ugafl.common.errors import UgaflError
+from ugafl.common.clock import utc_now
 from ugafl.common.log import get_logger
 
 log = get_logger("queue")
@@ -126,11 +127,6 @@ class AuditEntry:
     from_state: str | None
     to_state: str
     detail: dict
-
-
-def utc_now() -> str:
-    """UTC ISO 8601 with microseconds; all stamps share the format, so they sort as strings."""
-    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
 
 
 def _png_writer(array: np.ndarray) -> Any:

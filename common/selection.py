@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import csv
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +33,6 @@ from ugafl.common.log import get_logger
 
 log = get_logger("selection")
 
-STRATEGIES = ("stochastic-batch", "top-k", "random")
 BOX_COLUMNS = ("x", "y", "width", "height")
 
 
@@ -284,6 +284,65 @@ def _top_k_order(score: np.ndarray, valid: np.ndarray, need: int) -> np.ndarray:
     return idx[np.lexsort((idx, -score[idx]))]
 
 
+def _by_top_k(c: Candidates, valid: np.ndarray, budget: int, seed: int, batches: int | None,
+              max_per_slide: int | None) -> np.ndarray:
+    """The UGA paper: the highest scores, walked greedily (see `select`)."""
+    n = int(valid.sum())
+    order = _top_k_order(c.score, valid, budget)
+    chosen = _greedy(c, order, budget, max_per_slide)
+    if chosen.size < budget and order.size < n:  # conflicts ate the short list: use the full order
+        chosen = _greedy(c, _top_k_order(c.score, valid, n), budget, max_per_slide)
+    return chosen
+
+
+def _permutation(c: Candidates, valid: np.ndarray, seed: int) -> np.ndarray:
+    eligible = np.flatnonzero(valid)
+    return eligible[np.random.default_rng(seed).permutation(eligible.size)]
+
+
+def _by_random(c: Candidates, valid: np.ndarray, budget: int, seed: int, batches: int | None,
+               max_per_slide: int | None) -> np.ndarray:
+    """The baseline: a seeded permutation of the eligible candidates, walked greedily."""
+    return _greedy(c, _permutation(c, valid, seed), budget, max_per_slide)
+
+
+def _by_stochastic_batch(c: Candidates, valid: np.ndarray, budget: int, seed: int, batches: int | None,
+                         max_per_slide: int | None) -> np.ndarray:
+    """Gaillochet et al.: the best-scoring of Q random disjoint batches of B (see `select`)."""
+    perm = _permutation(c, valid, seed)
+    n = perm.size
+    if n <= budget:
+        return _greedy(c, perm, budget, max_per_slide)
+    q_max = n // budget
+    q = q_max if batches is None else min(batches, q_max)
+    if batches is not None and batches > q_max:
+        log.info("stochastic-batch: %d batches asked, only %d fit %d candidates at budget %d", batches, q_max, n, budget)
+    means = c.score[perm[:q * budget]].reshape(q, budget).mean(axis=1)
+    best = int(np.argmax(means))
+    lo, hi = best * budget, (best + 1) * budget
+    order = np.concatenate([perm[lo:hi], perm[hi:], perm[:lo]])
+    log.debug("stochastic-batch: %d batches of %d, best #%d mean %.4g (max single score %.4g)", q, budget, best,
+              means[best], float(c.score[perm[:q * budget]].max()))
+    return _greedy(c, order, budget, max_per_slide)
+
+
+Selection = Callable[[Candidates, np.ndarray, int, int, "int | None", "int | None"], np.ndarray]
+SELECTIONS: dict[str, Selection] = {
+    "stochastic-batch": _by_stochastic_batch,
+    "top-k": _by_top_k,
+    "random": _by_random,
+}
+"""The selection strategies by name: the one place their names live (sites and coordinator both read it)."""
+SELECTION_NAMES: tuple[str, ...] = tuple(SELECTIONS)
+
+
+def check_selection(name: str) -> str:
+    """`name` if it is a selection strategy; else ValueError listing them."""
+    if name not in SELECTIONS:
+        raise ValueError(f"unknown selection strategy {name!r}; choose one of {', '.join(SELECTION_NAMES)}")
+    return name
+
+
 def select(c: Candidates, strategy: str, budget: int, seed: int, batches: int | None = None,
            max_per_slide: int | None = None) -> np.ndarray:
     """Indices into `c` (int64, length <= budget) of the patches to annotate next, in priority order.
@@ -307,8 +366,7 @@ def select(c: Candidates, strategy: str, budget: int, seed: int, batches: int | 
     allow are returned (logged). Raises ValueError for budget <= 0, an unknown strategy,
     batches < 1 or max_per_slide < 1. Deterministic for a given seed.
     """
-    if strategy not in STRATEGIES:
-        raise ValueError(f"unknown selection strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+    check_selection(strategy)
     if budget <= 0:
         raise ValueError(f"selection budget must be a positive number of patches, got {budget}")
     if batches is not None and batches < 1:
@@ -321,31 +379,7 @@ def select(c: Candidates, strategy: str, budget: int, seed: int, batches: int | 
         log.info("only %d candidates with a score (budget %d): selecting all that do not overlap", n, budget)
     if n == 0:
         return np.zeros(0, np.int64)
-
-    if strategy == "top-k":
-        order = _top_k_order(c.score, valid, budget)
-        chosen = _greedy(c, order, budget, max_per_slide)
-        if chosen.size < budget and order.size < n:  # conflicts ate the short list: use the full order
-            chosen = _greedy(c, _top_k_order(c.score, valid, n), budget, max_per_slide)
-    else:
-        rng = np.random.default_rng(seed)
-        eligible = np.flatnonzero(valid)
-        perm = eligible[rng.permutation(n)]
-        if strategy == "random" or n <= budget:
-            order = perm
-        else:
-            q_max = n // budget
-            q = q_max if batches is None else min(batches, q_max)
-            if batches is not None and batches > q_max:
-                log.info("stochastic-batch: %d batches asked, only %d fit %d candidates at budget %d", batches, q_max,
-                         n, budget)
-            means = c.score[perm[:q * budget]].reshape(q, budget).mean(axis=1)
-            best = int(np.argmax(means))
-            lo, hi = best * budget, (best + 1) * budget
-            order = np.concatenate([perm[lo:hi], perm[hi:], perm[:lo]])
-            log.debug("stochastic-batch: %d batches of %d, best #%d mean %.4g (max single score %.4g)", q, budget, best,
-                      means[best], float(c.score[perm[:q * budget]].max()))
-        chosen = _greedy(c, order, budget, max_per_slide)
+    chosen = SELECTIONS[strategy](c, valid, budget, seed, batches, max_per_slide)
     if chosen.size < min(budget, n):
         log.info("%s: %d of %d patches selected; overlaps or the per-slide cap left no more", strategy, chosen.size,
                  budget)

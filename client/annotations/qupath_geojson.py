@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ugafl.client.annotations import (REGION_CLASS, REGION_COLOUR, TUMOUR_CLASS, TUMOUR_COLOUR, AnnotationError,
+from ugafl.client.annotations.geometry import (REGION_CLASS, REGION_COLOUR, TUMOUR_CLASS, TUMOUR_COLOUR, AnnotationError,
                                       Box, ExportPatch, Polygon, as_export_patches, assign_to_items,
                                       atomic_write_bytes, check_box, mask_to_polygons, ring_bounds)
 

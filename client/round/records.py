@@ -3,6 +3,8 @@
 - WS/federation/ledger.jsonl: one line per message handled: the model that came in (digest,
   round, run, the key that signed it), the update that went out (digest, examples) and which
   corrected patches were used;
+- WS/federation/outbox.jsonl: a description of every reply sent (array names, shapes, digest;
+  metric values), which the privacy tests read;
 - WS/federation/refusals.jsonl: every model or app the site refused, and why;
 - WS/federation/model/current.pt (+ current.json): the newest verified global model, which the
   inbox watcher uses to precompute uncertainty for new slides between rounds.
@@ -18,6 +20,7 @@ from typing import Any
 
 import torch
 
+from ugafl.common.clock import utc_now
 from ugafl.common.log import get_logger
 
 log = get_logger("site")
@@ -26,8 +29,6 @@ FEDERATION_DIR = "federation"
 
 def append_jsonl(path: Path, entry: Mapping[str, Any]) -> None:
     """Append one JSON line stamped with the time (UTC), flushed to disk before returning."""
-    from ugafl.client.queue_store import utc_now
-
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a", encoding="utf-8") as f:
         f.write(json.dumps({"at": utc_now(), **entry}, sort_keys=True) + "\n")
@@ -101,3 +102,26 @@ def current_model_info(workspace: Path) -> dict | None:
         return json.loads(path.read_text()) if path.is_file() else None
     except json.JSONDecodeError:
         return None
+
+
+def outbox_path(workspace: Path) -> Path:
+    return workspace / FEDERATION_DIR / "outbox.jsonl"
+
+
+def describe_reply(metrics: Mapping[str, float], arrays: Mapping[str, Any] | None) -> dict:
+    """Every record of a reply, as the site's outbox keeps it: for the arrays their names, dtypes,
+    shapes and digest; for the metrics their values. Record names and types are the ones the reply
+    travels as (a MetricRecord "metrics", an ArrayRecord "arrays")."""
+    from ugafl.common.signing import model_digest
+
+    out: dict = {"metrics": {"type": "MetricRecord", "values": dict(metrics)}}
+    if arrays is not None:
+        out["arrays"] = {"type": "ArrayRecord", "arrays": {k: [str(a.dtype), list(a.shape)] for k, a in arrays.items()},
+                         "sha256": model_digest(arrays)}
+    return out
+
+
+def record_reply(workspace: Path, message_type: str, round_: int, records: Mapping[str, Any]) -> None:
+    """Append what this site sent in one reply (each record described, see `describe_reply`) to
+    WS/federation/outbox.jsonl, the site's own record of everything that left it."""
+    append_jsonl(outbox_path(workspace), {"type": message_type, "round": round_, "records": dict(records)})

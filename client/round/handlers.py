@@ -1,0 +1,95 @@
+"""The three messages a site answers (query, train, evaluate) as plain functions over plain data:
+the ClientApp only translates Flower's messages into these calls and their replies back, and a
+test can drive a site with no Flower at all.
+
+Each handler verifies the incoming global model (a model the site does not trust is recorded as
+refused and raises, naming the reason and never the site's files), does the step, records the
+reply in the site's ledger and outbox, and returns only what may leave the site: model arrays and
+scalar metrics."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ugafl.client.round import local_evaluation, local_training
+from ugafl.client.round import query as query_step
+from ugafl.client.round.incoming_model import global_model
+from ugafl.client.round.records import describe_reply, keep_model, record_message, record_refusal, record_reply
+from ugafl.client.site_config import SiteConfig
+from ugafl.common.errors import UgaflError
+
+MESSAGE_TYPES = ("query", "train", "evaluate")
+
+
+@dataclass(frozen=True)
+class SiteReply:
+    """What a site sends back: scalar metrics, and model arrays after training (None otherwise)."""
+
+    metrics: dict[str, float]
+    arrays: dict[str, np.ndarray] | None = None
+
+
+@dataclass(frozen=True)
+class _Incoming:
+    model: Any
+    cfg: Any
+    config: Mapping[str, Any]
+    round_: int
+    signed: dict
+
+
+def _incoming(site: SiteConfig, arrays: Mapping[str, np.ndarray], config: Mapping[str, Any]) -> _Incoming:
+    round_ = int(config["server-round"])
+    what = f"global model of round {round_}"
+    try:
+        model, cfg, _ = global_model(site, arrays, json.loads(str(config["model-config"])),
+                                     str(config.get("model-signature", "")), what)
+    except UgaflError as error:
+        record_refusal(site.workspace, what, str(error))
+        raise
+    return _Incoming(model, cfg, config, round_, json.loads(str(config["model-signature"])))
+
+
+def _query(site: SiteConfig, msg: _Incoming) -> tuple[dict[str, float], None, None]:
+    method, passes = str(msg.config.get("method", "tta")), int(msg.config.get("passes", 4))
+    keep_model(site.workspace, msg.model, msg.cfg, msg.signed, method, passes)  # for the inbox watcher between rounds
+    metrics = query_step.query(site, msg.model, msg.cfg, str(msg.config["model-version"]), msg.round_,
+                               str(msg.config["selection"]), int(msg.config["budget"]), int(msg.config["seed"]),
+                               method, passes)
+    return metrics, None, None
+
+
+def _train(site: SiteConfig, msg: _Incoming) -> tuple[dict[str, float], dict | None, list[int] | None]:
+    state, ids, metrics = local_training.train(site, msg.model, msg.cfg, int(msg.config["local-steps"]),
+                                               float(msg.config["proximal-mu"]), float(msg.config["lr"]),
+                                               int(msg.config["seed"]) + msg.round_)
+    used = ids if state is not None and site.role != "central" else []
+    return metrics, state, used  # nothing new: no arrays, zero examples
+
+
+def _evaluate(site: SiteConfig, msg: _Incoming) -> tuple[dict[str, float], None, None]:
+    return local_evaluation.evaluate(site, msg.model), None, None
+
+
+_STEPS: dict[str, Callable[[SiteConfig, _Incoming], tuple]] = {"query": _query, "train": _train, "evaluate": _evaluate}
+
+
+def handle(site: SiteConfig, message_type: str, arrays: Mapping[str, np.ndarray], config: Mapping[str, Any],
+           run_id: int = 0) -> SiteReply:
+    """Answer one message of `message_type` carrying the global model's `arrays` and the round's `config`."""
+    if message_type not in _STEPS:
+        raise UgaflError(f"unknown message type {message_type!r}; one of {', '.join(MESSAGE_TYPES)}")
+    msg = _incoming(site, arrays, config)
+    metrics, state, used = _STEPS[message_type](site, msg)
+    metrics = {k: float(v) for k, v in metrics.items()}
+    out = None if state is None else {k: v.detach().cpu().numpy() for k, v in state.items()}
+    described = describe_reply(metrics, out)
+    record_reply(site.workspace, message_type, msg.round_, described)
+    record_message(site.workspace, message_type, run_id, msg.round_, msg.signed,
+                   described["arrays"]["sha256"] if out is not None else None, metrics, used)
+    return SiteReply(metrics, out)

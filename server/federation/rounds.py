@@ -1,0 +1,168 @@
+"""The coordinator's round as plain code: query -> train -> check and aggregate -> signed
+checkpoint -> evaluate, round after round, resuming after the newest complete round. It talks to
+the sites only through `Sites` ("send this to these sites, give me their replies"), so Flower's
+ServerApp and an in-process test drive exactly the same code.
+
+rounds.csv, one row per round: the query's counts summed over the sites (`query-score-mean` is
+the mean score of every patch queued this round, `query-score-max` the highest), the train
+metrics the same way (`train-loss` and `train-seconds`: the mean over the sites that trained),
+the updates aggregated and refused, the sites' evaluation (`sites-*`, weighted as the
+aggregation is), the server's own Dice on the central validation slides, and timings.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ugafl.common.log import get_logger
+from ugafl.common.model import ModelConfig
+from ugafl.server.federation.aggregation import (AGGREGATIONS, WEIGHTINGS, AggregationParams,
+                                                 weighted_metrics)
+from ugafl.server.federation.settings import FederationSettings
+from ugafl.server.federation.sites import Reply, Sites
+from ugafl.server.federation.store import RoundStore
+from ugafl.server.federation.update_checks import check_round
+
+log = get_logger("rounds")
+
+_MAX = {"score-max"}
+_MEAN = {"loss", "seconds", "dice"}
+
+
+def summarise(prefix: str, replies: Sequence[Reply]) -> dict[str, float]:
+    """One rounds.csv cell per metric over the sites that answered: counts summed, `score-mean`
+    weighted by the patches each site queued, `score-max` the maximum, loss/seconds/dice the mean."""
+    ok = [r for r in replies if r.error is None]
+    out: dict[str, float] = {}
+    keys = list(dict.fromkeys(k for r in ok for k in r.metrics))
+    for key in keys:
+        values = [float(r.metrics[key]) for r in ok if key in r.metrics]
+        if key in _MAX:
+            out[f"{prefix}-{key}"] = max(values)
+        elif key in _MEAN:
+            out[f"{prefix}-{key}"] = float(np.mean(values))
+        elif key == "score-mean":
+            weights = [float(r.metrics.get("queued", 0.0)) for r in ok if key in r.metrics]
+            out[f"{prefix}-{key}"] = float(np.average(values, weights=weights)) if sum(weights) > 0 else 0.0
+        else:
+            out[f"{prefix}-{key}"] = float(sum(values))
+    return out
+
+
+def _log_errors(round_: int, what: str, replies: Sequence[Reply]) -> None:
+    for r in replies:
+        if r.error is not None:
+            log.warning("round %d: site %d replied to %s with an error: %s", round_, r.site, what, r.error)
+
+
+@dataclass
+class Aggregated:
+    """The outcome of a round's train step."""
+
+    arrays: dict[str, np.ndarray] | None  # None: nothing to aggregate, the global model stays
+    metrics: dict[str, float] = field(default_factory=dict)
+    accepted: int = 0
+    refused: list[tuple[int, str]] = field(default_factory=list)
+
+
+def aggregate(round_: int, replies: Sequence[Reply], reference: dict[str, np.ndarray],
+              settings: FederationSettings) -> Aggregated:
+    """Leave out error replies and sites with nothing new, refuse bad updates (update_checks),
+    aggregate the rest with the configured strategy and weighting."""
+    _log_errors(round_, "train", replies)
+    updates: dict[int, Reply] = {}
+    for r in replies:
+        if r.error is not None:
+            continue
+        if float(r.metrics.get("num-examples", 0.0)) <= 0 or r.arrays is None:
+            log.info("round %d: site %d has nothing new; left out of the average", round_, r.site)
+            continue
+        updates[r.site] = r
+    verdicts = check_round({s: r.arrays for s, r in updates.items()}, reference, settings.norm_factor)
+    keep = [updates[v.node_id] for v in verdicts if v.accepted]
+    refused = [(v.node_id, v.reason) for v in verdicts if not v.accepted]
+    if not keep:
+        log.warning("round %d: no update to aggregate; the global model stays as it was", round_)
+        return Aggregated(None, {}, 0, refused)
+    key = WEIGHTINGS[settings.weighting]
+    weights = [float(r.metrics.get(key, 0.0)) for r in keep]
+    arrays = AGGREGATIONS[settings.aggregation]([r.arrays for r in keep], weights,
+                                                AggregationParams(trim_beta=settings.trim_beta))
+    return Aggregated(arrays, weighted_metrics([r.metrics for r in keep], key), len(keep), refused)
+
+
+def _numpy(state: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    return {k: v.detach().cpu().numpy() for k, v in state.items()}
+
+
+def _outgoing(store: RoundStore, state: dict[str, torch.Tensor], cfg: ModelConfig, round_: int,
+              settings: FederationSettings) -> dict:
+    """What every message of a round carries besides the arrays: the model's signed statement."""
+    signed = store.sign(state, cfg, round_)
+    return {"model-config": json.dumps(cfg.to_dict(), sort_keys=True), "model-signature": json.dumps(signed),
+            "model-version": signed["statement"]["model_sha256"][:12], "seed": settings.seed}
+
+
+def _server_dice(path, settings: FederationSettings) -> dict[str, float]:
+    if not settings.eval_data:
+        return {}
+    from ugafl.server.evaluation import evaluate_model
+
+    centres = [c.strip() for c in settings.eval_centres.split(",") if c.strip()]
+    ev = evaluate_model(path, settings.eval_data, "test", centres, progress=False)
+    return {f"server-dice-{c}": d for c, d in ev.centre_dice().items()}
+
+
+def run_round(sites: Sites, settings: FederationSettings, store: RoundStore, state: dict[str, torch.Tensor],
+              cfg: ModelConfig, round_: int) -> dict[str, torch.Tensor]:
+    """One round from the global model `state` (as kept after round - 1); the model kept after it."""
+    started = time.time()
+    base = _outgoing(store, state, cfg, round_ - 1, settings)
+    arrays = _numpy(state)
+    nodes = sites.wait_for(settings.min_nodes)
+    log.info("round %d/%d: %d site(s) connected", round_, settings.num_rounds, len(nodes))
+    query = {**base, "server-round": round_, "selection": settings.selection, "budget": settings.budget,
+             "method": settings.method, "passes": settings.passes}
+    query_replies = sites.send("query", arrays, query, nodes)
+    _log_errors(round_, "query", query_replies)
+    t_query = time.time()
+
+    train = {**base, "server-round": round_, "local-steps": settings.local_steps, "lr": settings.lr,
+             "proximal-mu": settings.proximal_mu}
+    train_replies = sites.send("train", arrays, train, sites.wait_for(settings.min_nodes))
+    outcome = aggregate(round_, train_replies, arrays, settings)
+    if outcome.arrays is not None:
+        state = {k: torch.from_numpy(np.asarray(v)) for k, v in outcome.arrays.items()}
+    t_train = time.time()
+
+    row: dict = {"round": round_, **summarise("query", query_replies), **summarise("train", train_replies),
+                 "updates-aggregated": outcome.accepted, "updates-refused": len(outcome.refused)}
+    path, signed = store.save(state, cfg, round_, {"train": outcome.metrics})
+    evaluate = {**base, "server-round": round_, "model-signature": json.dumps(signed),
+                "model-version": signed["statement"]["model_sha256"][:12]}
+    eval_replies = sites.send("evaluate", _numpy(state), evaluate, sites.wait_for(settings.min_nodes))
+    _log_errors(round_, "evaluate", eval_replies)
+    labelled = [r.metrics for r in eval_replies if r.error is None and float(r.metrics.get("num-examples", 0)) > 0]
+    row.update({f"sites-{k}": v for k, v in weighted_metrics(labelled, WEIGHTINGS[settings.weighting]).items()})
+    row.update(_server_dice(path, settings))
+    row.update({"seconds-query": round(t_query - started, 2), "seconds-train": round(t_train - t_query, 2),
+                "seconds-round": round(time.time() - started, 2)})
+    store.append_metrics(row)
+    store.commit(path, signed)  # last: a restart before this runs the round again
+    log.info("round %d done in %.1f s: %s", round_, time.time() - started, row)
+    return state
+
+
+def run_federation(sites: Sites, settings: FederationSettings) -> None:
+    """The whole run: resume after the newest complete round (or start from the central model),
+    then rounds until settings.num_rounds."""
+    store = RoundStore(settings)
+    done, state, cfg = store.start()
+    for round_ in range(done + 1, settings.num_rounds + 1):
+        state = run_round(sites, settings, store, state, cfg, round_)
