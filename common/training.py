@@ -1,5 +1,5 @@
 """The segmentation training loop shared by central training and a site's fine-tuning: random
-crops from a bank of patches, MONAI augmentation and DiceCE loss, AdamW with a one-cycle schedule,
+crops from a bank of patches, MONAI augmentation and a loss from common.losses (DiceCE by default), AdamW with a one-cycle schedule,
 and an optional proximal term that keeps the weights near a reference (FedProx).
 
 EDUE (a model with a disagreement head, given the raters' labels) is trained with
@@ -17,13 +17,13 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from monai.losses import DiceCELoss
 from monai.utils import set_determinism
 from torch import nn
 from tqdm.auto import tqdm
 
 from ugafl.common.augment import training_transforms
 from ugafl.common.log import get_logger
+from ugafl.common.losses import make_loss
 
 log = get_logger("training")
 
@@ -38,6 +38,7 @@ class TrainConfig:
     colour_augmentation: bool = True
     proximal_mu: float = 0.0  # FedProx: mu/2 * ||w - w_ref||^2
     edue_weight: float = 1.0  # weight of the disagreement-head loss (EDUE)
+    loss: str = "dice-ce"  # see common.losses.LOSSES
     seed: int = 0
 
     def to_dict(self) -> dict:
@@ -85,7 +86,7 @@ def train_segmentation(model: nn.Module, images: np.ndarray, labels: np.ndarray,
     transforms.set_random_state(seed=cfg.seed)
     device = torch.device(device)
     model.to(device).train()
-    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+    loss_fn = make_loss(cfg.loss)
     optimiser = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=cfg.lr, total_steps=cfg.steps, pct_start=0.1)
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")

@@ -89,23 +89,25 @@ def _numpy(array: torch.Tensor | np.ndarray) -> np.ndarray:
 
 
 def patch_scores(
-    maps: Mapping[str, torch.Tensor | np.ndarray], tissue: torch.Tensor | np.ndarray
+    maps: Mapping[str, torch.Tensor | np.ndarray], tissue: torch.Tensor | np.ndarray, scoring: str = "mean"
 ) -> dict[str, np.ndarray]:
-    """Mean of each (B, H, W) map over the tissue pixels of each patch: {name: (B,) float64}.
+    """Each (B, H, W) map reduced to one score per patch by the patch scoring `scoring`
+    (common.patch_scoring; "mean": the mean over the patch's tissue pixels): {name: (B,) float64}.
 
     Background pixels (tissue False) are excluded; a patch with no tissue pixel scores NaN."""
+    from ugafl.common.patch_scoring import patch_scoring
+
+    reduce = patch_scoring(scoring)
     mask = _numpy(tissue).astype(bool)
     if mask.ndim != 3:
         raise ValueError(f"tissue must be (B, H, W), got shape {mask.shape}")
-    count = mask.sum(axis=(1, 2))
-    empty = count == 0
+    empty = mask.sum(axis=(1, 2)) == 0
     if empty.any():
-        log.debug("%d of %d patches have no tissue pixel: scored NaN", int(empty.sum()), len(count))
+        log.debug("%d of %d patches have no tissue pixel: scored NaN", int(empty.sum()), len(empty))
     scores = {}
     for name, value in maps.items():
         array = _numpy(value).astype(np.float64)
         if array.shape != mask.shape:
             raise ValueError(f"map {name!r} {array.shape} and tissue {mask.shape} differ in shape")
-        total = np.where(mask, array, 0.0).sum(axis=(1, 2))
-        scores[name] = np.where(empty, np.nan, total / np.maximum(count, 1))
+        scores[name] = reduce(array, mask)
     return scores

@@ -112,7 +112,7 @@ def federated_figure(rounds_csv: str | Path, before: dict[str, float], after: di
     for key in [k for k in (rows[0] if rows else {}) if k.startswith("server-dice-")]:
         right.plot(rounds, series(key), "o-", label=f"server: {key[len('server-dice-'):]} validation")
     if rows and "sites-dice" in rows[0]:
-        right.plot(rounds, series("sites-dice"), "s-", label="sites: corrected patches")
+        right.plot(rounds, series("sites-dice"), "s-", label="sites: Dice on their corrected patches")
     right.set_xlabel("round")
     right.set_xticks(rounds)
     right.set_ylabel("Dice")

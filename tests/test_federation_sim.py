@@ -7,7 +7,9 @@ small synthetic dataset of four centres and a small central model:
 - a faulty run: one site sends NaN weights, one a wrong shape, one receives a tampered model;
   the server refuses the first two, the third site refuses the model, and the round completes
   with the good site;
-- a restarted coordinator continues after the last completed round.
+- a restarted coordinator continues after the last completed round;
+- the same round as plain code, with the sites' handlers called in-process (no Flower): the
+  aggregate is exactly the FedAvg of the accepted updates, a poisoned update is refused.
 """
 
 from __future__ import annotations
@@ -41,13 +43,29 @@ def run_config(**federation) -> RunConfig:
     return RunConfig(path=None, model=MODEL, central={"centre": "RUMC"}, federation={**FEDERATION, **federation})
 
 
+def describe(content) -> dict:
+    """A Flower reply's records, described as the sites' outboxes describe them (array names,
+    dtypes, shapes and digest; metric values), read from the Flower message itself."""
+    from flwr.app import ArrayRecord
+
+    from ugafl.common.signing import model_digest
+
+    out: dict = {}
+    for name, record in content.items():
+        if isinstance(record, ArrayRecord):
+            arrays = {k: v.numpy() for k, v in record.items()}
+            out[name] = {"type": "ArrayRecord", "arrays": {k: [str(a.dtype), list(a.shape)] for k, a in arrays.items()},
+                         "sha256": model_digest(arrays)}
+        else:
+            out[name] = {"type": type(record).__name__, "values": dict(record.items())}
+    return out
+
+
 def make_capture(folder: Path):
     """A Flower mod that writes every reply a ClientApp returns, as it leaves the app, to
     FOLDER/<partition id>.jsonl: an independent record to hold the sites' outboxes against."""
 
     def capture(msg, context, call_next):
-        from ugafl.client.flower_app import describe
-
         reply = call_next(msg, context)
         entry = {"type": msg.metadata.message_type,
                  "records": "error" if reply.has_error() else describe(reply.content)}
@@ -163,3 +181,94 @@ def test_bad_updates_and_a_tampered_model_are_refused_and_the_round_completes(da
     assert all(np.isfinite(v.numpy()).all() for v in state.values() if v.is_floating_point())
     rst_outbox = run_dir / "sites" / "3" / "ws" / "federation" / "outbox.jsonl"
     assert not rst_outbox.exists(), "the site that got a tampered model must not have replied with anything"
+
+
+class InProcessSites:
+    """The round's `Sites` with every site in this process: each message is the site's plain
+    handler called directly (no Flower, no Ray). `poison` maps a site id to a function applied to
+    its train replies' arrays (a misbehaving site); every reply is kept in `sent`."""
+
+    def __init__(self, sites_dir: Path, poison: dict | None = None):
+        from ugafl.client.site_config import SiteConfig
+
+        self.configs = {int(p.parent.name): SiteConfig.load(p) for p in sorted(sites_dir.glob("*/site.toml"))}
+        self.poison = poison or {}
+        self.sent: list[tuple[str, int, dict]] = []
+
+    def wait_for(self, count: int) -> list[int]:
+        assert len(self.configs) >= count
+        return sorted(self.configs)
+
+    def send(self, message_type, arrays, config, sites):
+        from ugafl.client.round.handlers import handle
+        from ugafl.common.errors import UgaflError
+        from ugafl.server.federation.sites import Reply
+
+        replies = []
+        for site in sites:
+            try:
+                reply = handle(self.configs[site], message_type, arrays, config, run_id=7)
+            except UgaflError as error:
+                replies.append(Reply(site, {}, None, str(error)))
+                continue
+            out = reply.arrays
+            if out is not None and message_type == "train" and site in self.poison:
+                out = self.poison[site](out)
+            self.sent.append((message_type, site, {"metrics": reply.metrics, "arrays": out}))
+            replies.append(Reply(site, reply.metrics, out))
+        return replies
+
+
+def test_the_round_runs_as_plain_code_without_flower(dataset, tmp_path: Path) -> None:
+    """The coordinator's round and the sites' handlers, wired together in one process: the round
+    aggregates exactly the FedAvg of the accepted updates (one vote per site), refuses a poisoned
+    one, resumes after its last complete round, and rounds.csv's query score mean is the mean
+    score of the patches queued (not a sum of the sites' means)."""
+    import csv
+
+    from ugafl.client.queue.store import CorrectionQueue
+    from ugafl.common.checkpoint import load_checkpoint
+    from ugafl.common.wire import unique_state
+    from ugafl.server.federation.rounds import run_federation
+    from ugafl.server.federation.settings import FederationSettings
+    from ugafl.simulations.federated import prepare_sites
+
+    data, central = dataset
+    sites_dir, centres, _ = prepare_sites(tmp_path, data, "RUMC", list(CENTRES))
+    out = tmp_path / "federated"
+    settings = {"central-checkpoint": str(central), "out-dir": str(out), "signing-key": str(tmp_path / "coordinator" / "signing.key"),
+                "num-rounds": 1, "budget": 2, "passes": 2, "local-steps": 8, "lr": 0.001, "min-nodes": 4,
+                "weighting": "sites", "run-name": "plain"}
+    sites = InProcessSites(sites_dir)
+    run_federation(sites, FederationSettings.from_run_config(settings))
+
+    trained = [entry["arrays"] for kind, _, entry in sites.sent if kind == "train" and entry["arrays"] is not None]
+    assert len(trained) == 4  # the central site and three external sites, each with new corrections
+    expected = {k: sum(t[k] * 0.25 for t in trained) for k in trained[0]}
+    got = unique_state(load_checkpoint(out / "round-0001.pt").model)
+    for name, value in expected.items():
+        np.testing.assert_allclose(got[name].numpy(), value, rtol=1e-6, atol=1e-7, err_msg=name)
+    row = list(csv.DictReader((out / "rounds.csv").open()))[-1]
+    scores = []
+    for ws in (sites_dir / str(i) / "ws" for i in range(1, 4)):
+        with CorrectionQueue(ws) as queue:
+            scores += [item.score for item in queue.list() if item.round == 1]
+    assert len(scores) == 6 and float(row["query-queued"]) == 6.0
+    assert float(row["query-score-mean"]) == pytest.approx(np.mean(scores), rel=1e-6)
+    assert float(row["query-score-max"]) == pytest.approx(max(scores), rel=1e-6)
+    assert int(row["updates-aggregated"]) == 4 and int(row["updates-refused"]) == 0
+
+    # Round 2 with site 2 sending NaN weights: resumed after round 1, the poisoned update refused.
+    first = (out / "round-0001.pt").read_bytes()
+    poisoned = InProcessSites(sites_dir, poison={2: lambda arrays: {k: np.full_like(v, np.nan) for k, v in arrays.items()}})
+    run_federation(poisoned, FederationSettings.from_run_config({**settings, "num-rounds": 2}))
+    assert (out / "round-0001.pt").read_bytes() == first
+    assert {kind for kind, _, _ in poisoned.sent} == {"query", "train", "evaluate"}
+    rows = list(csv.DictReader((out / "rounds.csv").open()))
+    assert [r["round"] for r in rows] == ["1", "2"]
+    assert int(rows[1]["updates-refused"]) == 1
+    kept = [entry["arrays"] for kind, site, entry in poisoned.sent if kind == "train" and site != 2 and entry["arrays"] is not None]
+    got = unique_state(load_checkpoint(out / "round-0002.pt").model)
+    assert int(rows[1]["updates-aggregated"]) == len(kept)
+    name = next(iter(got))
+    np.testing.assert_allclose(got[name].numpy(), sum(k[name] for k in kept) / len(kept), rtol=1e-5, atol=1e-6)
