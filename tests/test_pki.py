@@ -3,6 +3,7 @@ and SuperNode key pairs in OpenSSH format; private keys 0600; nothing is ever ov
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import ssl
 import stat
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from ugafl.common.pki import PkiError, create_ca, create_node_keys, create_server_cert, node_fingerprint
 
@@ -18,10 +20,11 @@ def test_ca_and_server_certificate_verify_with_ssl(tmp_path: Path) -> None:
     create_ca(tmp_path / "ca.pem", tmp_path / "ca.key")
     fp = create_server_cert(tmp_path / "server.pem", tmp_path / "server.key", tmp_path / "ca.pem", tmp_path / "ca.key",
                             ["localhost", "127.0.0.1", "::1"])
-    assert len(fp) == 64
     for key in ("ca.key", "server.key"):
         assert stat.S_IMODE((tmp_path / key).stat().st_mode) == 0o600
     cert = x509.load_pem_x509_certificate((tmp_path / "server.pem").read_bytes())
+    # The fingerprint returned is the SHA-256 of the certificate as written (DER), in hex.
+    assert fp == hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
     alt = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert alt.get_values_for_type(x509.DNSName) == ["localhost"]
     assert alt.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1")]
