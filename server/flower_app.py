@@ -68,4 +68,15 @@ def make_server_app(overrides: dict | None = None) -> ServerApp:
     return app
 
 
+def simulate(client_app, overrides: dict, num_sites: int, cpus_per_site: float = 1.0) -> None:
+    """Run this ServerApp with `client_app` (the sites' ClientApp, built by the caller) on Flower's
+    simulation engine (Ray, from `ugafl[simulation]`), one virtual SuperNode per site; returns when
+    the run has finished."""
+    from flwr.simulation import run_simulation
+
+    run_simulation(server_app=make_server_app(overrides), client_app=client_app, num_supernodes=num_sites,
+                   backend_config={"client_resources": {"num_cpus": cpus_per_site, "num_gpus": 0.0},
+                                   "init_args": {"include_dashboard": False, "log_to_driver": True}})
+
+
 app = make_server_app()

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from ugafl.common.log import get_logger
+from ugafl.simulations.extra import require_flower_simulation
 
 log = get_logger("simulation")
 
@@ -18,13 +19,9 @@ def run_flower_simulation(overrides: dict, sites_dir: Path, num_sites: int, cpus
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    from flwr.simulation import run_simulation
-
+    require_flower_simulation()
     from ugafl.client.flower_app import make_client_app
-    from ugafl.server.flower_app import make_server_app
+    from ugafl.server.flower_app import simulate
 
     log.info("Flower simulation: %d sites, %.1f CPU each", num_sites, cpus_per_site)
-    run_simulation(server_app=make_server_app(overrides), client_app=make_client_app(str(sites_dir), client_mods),
-                   num_supernodes=num_sites,
-                   backend_config={"client_resources": {"num_cpus": cpus_per_site, "num_gpus": 0.0},
-                                   "init_args": {"include_dashboard": False, "log_to_driver": True}})
+    simulate(make_client_app(str(sites_dir), client_mods), overrides, num_sites, cpus_per_site)
