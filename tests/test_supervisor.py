@@ -11,22 +11,27 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
+from deployment_kit import wait_for
 from ugafl.common.processes import alive, descendants
 from ugafl.common.supervisor import STOP, Child, Supervisor
 
 PY = sys.executable
+DEADLINE_S = 60.0  # generous: the machine may be busy; a pass returns as soon as the condition holds
 
 
-def _wait(check, timeout_s: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.1)
-    return False
+def _wait(what: str, check) -> None:
+    """Poll `check` every 0.1 s; fail naming `what` if it does not hold within DEADLINE_S."""
+    wait_for(what, check, DEADLINE_S, every_s=0.1)
+
+
+def _ignores(pid: int, sig: signal.Signals) -> bool:
+    """Whether the process ignores `sig` (its bit in /proc/PID/status SigIgn)."""
+    for line in (Path("/proc") / str(pid) / "status").read_text().splitlines():
+        if line.startswith("SigIgn:"):
+            return bool(int(line.split()[1], 16) >> (int(sig) - 1) & 1)
+    raise AssertionError(f"no SigIgn line for process {pid}")
 
 
 def test_a_child_that_exits_is_restarted_and_its_lines_logged(caplog) -> None:
@@ -37,7 +42,7 @@ def test_a_child_that_exits_is_restarted_and_its_lines_logged(caplog) -> None:
     thread = threading.Thread(target=sup.run)
     thread.start()
     try:
-        assert _wait(lambda: child.restarts >= 2)
+        _wait("the flaky child to be restarted twice", lambda: child.restarts >= 2)
     finally:
         sup.stop()
         thread.join(30)
@@ -65,11 +70,11 @@ def test_sigterm_stops_the_whole_tree(tmp_path: Path) -> None:
         "sup.install_signal_handlers()\n"
         "raise SystemExit(sup.run())\n")
     daemon = subprocess.Popen([PY, str(script)])
-    assert _wait(lambda: len(descendants([daemon.pid])) >= 3)  # daemon, child, its detached grandchild
+    _wait("daemon, child and its detached grandchild to run", lambda: len(descendants([daemon.pid])) >= 3)
     tree = descendants([daemon.pid])
     daemon.send_signal(signal.SIGTERM)
     assert daemon.wait(timeout=30) == 0
-    assert _wait(lambda: not any(alive(p) for p in tree)), [p for p in tree if alive(p)]
+    _wait(f"every process of the tree {sorted(tree)} to end", lambda: not any(alive(p) for p in tree))
 
 
 def test_a_killed_daemon_takes_its_children_with_it(tmp_path: Path) -> None:
@@ -80,11 +85,11 @@ def test_a_killed_daemon_takes_its_children_with_it(tmp_path: Path) -> None:
         "sup = Supervisor(logging.getLogger('ugafl.t'), [Child('c', ['sleep', '300'])], poll_s=0.05)\n"
         "sup.run()\n")
     daemon = subprocess.Popen([PY, str(script)])
-    assert _wait(lambda: len(descendants([daemon.pid])) >= 2)
+    _wait("the daemon's child to run", lambda: len(descendants([daemon.pid])) >= 2)
     children = descendants([daemon.pid]) - {daemon.pid}
     os.kill(daemon.pid, signal.SIGKILL)
     daemon.wait(timeout=30)
-    assert _wait(lambda: not any(alive(p) for p in children))
+    _wait(f"the killed daemon's children {sorted(children)} to end", lambda: not any(alive(p) for p in children))
 
 
 def test_a_new_daemon_stops_what_a_killed_one_left(tmp_path: Path) -> None:
@@ -102,12 +107,14 @@ def test_a_new_daemon_stops_what_a_killed_one_left(tmp_path: Path) -> None:
         f"Supervisor(logging.getLogger('ugafl.t'), [child], poll_s=0.05, pid_file=Path({str(pid_file)!r})).run()\n")
     daemon = subprocess.Popen([PY, str(script)])
     # the child ignores SIGTERM, and the pid file holds it as it runs (after exec), before the kill
-    assert _wait(lambda: ready.exists() and pid_file.is_file() and "SIG_IGN" in pid_file.read_text())
+    _wait("the SIGTERM-ignoring child to be ready and in the pid file",
+          lambda: ready.exists() and pid_file.is_file() and "SIG_IGN" in pid_file.read_text())
     left = [int(p) for p in json.loads(pid_file.read_text())]
     os.kill(daemon.pid, signal.SIGKILL)
     daemon.wait(timeout=30)
-    time.sleep(1)
-    assert all(alive(p) for p in left)  # survived its daemon
+    # The daemon's exit (seen by wait) already sent its child the parent-death SIGTERM; the child
+    # ignores SIGTERM, so it survives its daemon: no waiting needed to know it stays.
+    assert all(alive(p) and _ignores(p, signal.SIGTERM) for p in left)
     successor = Supervisor(logging.getLogger("ugafl.test"), [], pid_file=pid_file)
     successor.stop_leftovers()
     assert not any(alive(p) for p in left) and not pid_file.exists()
