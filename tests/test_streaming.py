@@ -68,17 +68,28 @@ def test_read_ahead_is_bounded(slide, no_leaked_threads):
     batch_size, workers, prefetch = 4, 2, 2
     patches = patch_grid(slide, 0.5, 32, tissue=EVERYTHING, min_tissue=0)[:400]  # 100 batches
     counting = CountingSlide(slide)
+
+    def started() -> int:
+        with counting._lock:
+            return -(-counting.reads // batch_size)  # batches begun, whole or in part
+
     most_ahead = 0
+    deadline = time.monotonic() + 60  # for the whole stream; generous, a busy machine reads slowly
     for k, (batch, _) in enumerate(
         iter_patch_batches(counting, patches, 0.5, 32, batch_size=batch_size, workers=workers, prefetch=prefetch),
         start=1,
     ):
-        time.sleep(0.003)  # a slow consumer: the readers run ahead as far as they may
-        with counting._lock:
-            started = -(-counting.reads // batch_size)  # batches begun, whole or in part
+        # A slow consumer: it holds each batch until the readers have run ahead as far as they may
+        # (a condition, not a guess of how long reading takes)...
+        allowed = min(k + workers + prefetch, 100)
+        while started() < allowed and time.monotonic() < deadline:
+            time.sleep(0.0005)
+        # ...and a moment longer, part of the test: a reader that ignored the bound would start here.
+        time.sleep(0.002)
         # alive: the batch held here, `workers` being read, `prefetch` waiting; never more
-        assert started <= k + workers + prefetch
-        most_ahead = max(most_ahead, started - k)
+        now = started()
+        assert now <= k + workers + prefetch
+        most_ahead = max(most_ahead, now - k)
     assert k == 100
     assert most_ahead == workers + prefetch  # and it does read ahead that far
 
