@@ -178,7 +178,6 @@ def test_edue_variance_is_a_bernoulli_variance_and_probs_are_the_plain_softmax(x
     out = Edue(model, CFG_EDUE, max_batch=2)(x)
     assert out.variance.shape == (3, 64, 64)
     assert out.variance.dtype == torch.float32
-    assert float(out.variance.min()) >= 0.0 and float(out.variance.max()) <= 0.25
     assert float(out.variance.std()) > 0  # a map, not a constant
     logits = tiny(3, CFG_EDUE).eval()(x)
     assert logits.shape[1] == 3
@@ -254,15 +253,21 @@ def tta_result(synthetic_tiff):
 def test_patch_table_coordinates_lead_back_to_the_same_pixels_and_scores(synthetic_tiff, tta_result):
     method, result = tta_result
     rows = result.rows()
-    assert len(rows) == len(result.patches) >= 10
+    assert len(rows) == len(result.patches)
     size0 = round(CFG.patch_size * CFG.mpp / synthetic_tiff.mpp)  # 256 level-0 px
     for row in rows:
         assert row["width"] == row["height"] == size0
         assert row["x"] % size0 == 0 and row["y"] % size0 == 0  # the non-overlapping grid
         assert row["mpp"] == CFG.mpp
-        assert row["tissue_fraction"] >= 0.1
         assert set(MEASURES) <= set(row)
     tissue = result.tissue
+    # The rows are exactly the grid's boxes with at least 10% tissue, in grid order: no glass
+    # patch scored, no tissue patch left out.
+    with open_slide(synthetic_tiff.path) as slide:
+        grid = patch_grid(slide, CFG.mpp, CFG.patch_size, tissue=tissue, min_tissue=0)
+    kept = [(p.x, p.y) for p in grid if tissue.fraction_in((p.x, p.y), (p.width, p.height), synthetic_tiff.mpp) >= 0.1]
+    assert [(row["x"], row["y"]) for row in rows] == kept
+    assert 10 <= len(kept) < len(grid)  # the slide has both (2048x1536 px: a 8 x 6 grid of 256 px)
     by_tissue = sorted(range(len(rows)), key=lambda i: rows[i]["tissue_fraction"])
     picks = sorted({by_tissue[0], by_tissue[len(rows) // 2], by_tissue[-1], 0, len(rows) - 1})
     with open_slide(synthetic_tiff.path) as slide:
@@ -336,6 +341,8 @@ def test_timing_counts_every_patch(tta_result):
     _, result = tta_result
     t = result.timing
     assert t.patches == len(result.patches) > 0
+    # No speed budget here (that is benchmarks/' job): compute time is recorded at all, and the
+    # forward passes are intervals inside the wall-clock interval, so their sum can never exceed it.
     assert t.compute_s > 0
     assert t.wall_s >= t.compute_s
 
@@ -346,7 +353,6 @@ def test_timing_of_a_slide_without_tissue_patches(make_synthetic_tiff):
         result = slide_uncertainty(Tta(tiny(0), CFG, passes=2), slide)
     assert result.patches == [] and result.rows() == []
     assert result.timing.patches == 0 and result.timing.compute_s == 0
-    assert result.timing.wall_s >= 0
     assert np.isnan(result.maps.get("uga", np.full(1, np.nan))).all()
     assert not result.prediction.any()
 
