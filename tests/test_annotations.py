@@ -176,7 +176,9 @@ def test_plain_export_with_classes_and_multipolygon(tmp_path):
         {"type": "Feature", "geometry": {"type": "Point", "coordinates": [1, 2]}, "properties": {"objectType": "detection"}},
     ])
     got = qupath_geojson.import_corrections(path, BOXES)
-    assert len(got[12]) == 3
+    # the unclassified square and both Tumour squares, as drawn; not the Stroma one, not the detection
+    outlines = sorted((*e.min(axis=0), *e.max(axis=0), len(holes)) for e, holes in got[12])
+    assert outlines == [(4200, 2100, 4300, 2200, 0), (4400, 2100, 4450, 2150, 0), (4600, 2100, 4650, 2150, 0)]
 
 
 @pytest.mark.parametrize("geometry, message", [
