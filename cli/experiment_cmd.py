@@ -16,7 +16,7 @@ def experiment(config_path: Path, name: str | None, runs_dir: Path) -> None:
     """Baseline, then federated rounds per strategy, method and seed until 5 and 10 corrected
     patches per centre; a table (mean ± sd over seeds, the paper's figures beside) and plots.
     A stopped run continues where it left off."""
-    from ugafl.common.config import build_section, load_config
+    from ugafl.common.config import load_config
     from ugafl.common.errors import ConfigError
     from ugafl.simulations.experiment import ExperimentConfig, run_experiment, table_markdown
 
@@ -25,5 +25,5 @@ def experiment(config_path: Path, name: str | None, runs_dir: Path) -> None:
         raise ConfigError(f"{config_path}: no [federation] section")
     run_dir = runs_dir / (name or config_path.stem)
     summary = run_experiment(cfg, run_dir)
-    click.echo(table_markdown(summary, build_section(ExperimentConfig, cfg.raw.get("experiment", {}), "[experiment]")))
+    click.echo(table_markdown(summary, cfg.section(ExperimentConfig, "experiment")))
     click.echo(f"outputs in {run_dir}/: table.md, results.json, dice_vs_patches.png, per_centre.png, arms/")

@@ -21,16 +21,14 @@ import click
 def train_central_cmd(data_dir: Path, out: Path, config_path: Path | None, steps: int | None, arch: str | None,
                       members: int | None, edue: bool, device: str) -> None:
     """Train the central model on one centre's (default RUMC) training slides."""
-    from ugafl.common.config import build_section, load_config
-    from ugafl.common.central_bank import CentralConfig
+    from ugafl.common.config import load_config
     from ugafl.server.central_training import train_central
 
     cfg = load_config(config_path)
     model_cfg = replace(cfg.model, arch=arch) if arch else cfg.model
     model_cfg = replace(model_cfg, disagreement_head=True) if edue else model_cfg
     train_cfg = replace(cfg.train, steps=steps) if steps else cfg.train
-    central = build_section(CentralConfig, cfg.central, f"{config_path} [central]")
-    central = replace(central, members=members) if members else central
+    central = replace(cfg.central, members=members) if members else cfg.central
     for path in train_central(data_dir, out, model_cfg, train_cfg, central, device=device):
         click.echo(f"wrote {path}")
 

@@ -1,17 +1,75 @@
 """A hospital's site configuration: the TOML file named by the SuperNode's
-`--node-config site-config=PATH` (see deploy/hospital/site.toml)."""
+`--node-config site-config=PATH` (see deploy/hospital/site.toml). Sections: [site] (what the
+ClientApp needs) and, for the site daemon, [coordinator], [review] and [daemon]. Each is a typed
+model; a wrong key or value is one ConfigError naming the file, the section and the key."""
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated
+
+from pydantic import AfterValidator, Field
 
 from ugafl.client.round.annotators import annotator_names
-from ugafl.common.config import read_toml
-from ugafl.common.errors import ConfigError
+from ugafl.common.config import (ConfigModel, FieldProblem, HostPort, NonEmpty, Port, one_of, read_sections,
+                                 validate, where)
 
 ROLES = ("site", "central")
+SECTIONS = ("site", "coordinator", "review", "daemon")
+
+
+def _app_digest(value: str) -> str:
+    if not re.fullmatch(r"[0-9a-f]{64}", value):
+        raise ValueError("expected the SHA-256 hex digest of an app bundle "
+                         "(`ugafl server app-hash` prints the coordinator's)")
+    return value
+
+
+class SiteSection(ConfigModel):
+    """[site]; paths are relative to the file's folder."""
+
+    workspace: NonEmpty
+    slides: NonEmpty  # the inbox of unlabelled slides (read only)
+    trusted_keys: Annotated[tuple[NonEmpty, ...], Field(min_length=1)]  # coordinators' public keys
+    role: Annotated[str, one_of(ROLES)] = "site"
+    central_data: NonEmpty | None = None
+    central_centre: NonEmpty = "RUMC"
+    annotator: Annotated[str, one_of(annotator_names)] = "person"
+    annotator_data: NonEmpty | None = None
+    train: bool = True
+    device: NonEmpty = "auto"
+    name: str = ""
+    approved_apps: tuple[Annotated[str, AfterValidator(_app_digest)], ...] = ()
+
+    def check(self) -> None:
+        if self.role == "central" and self.central_data is None:
+            raise FieldProblem("central_data", "role 'central' needs central_data (a dataset folder)")
+        if self.annotator == "simulated" and self.annotator_data is None:
+            raise FieldProblem("annotator_data", "annotator 'simulated' needs annotator_data (a dataset folder)")
+
+
+class CoordinatorSection(ConfigModel):
+    """[coordinator]: where the site daemon's SuperNode connects; paths relative to the file."""
+
+    address: HostPort
+    ca: NonEmpty  # the coordinator's CA certificate
+    node_key: NonEmpty  # the SuperNode's private key
+
+
+class ReviewSection(ConfigModel):
+    """[review]: the pathologists' review app."""
+
+    host: NonEmpty = "127.0.0.1"
+    port: Port = 8765
+
+
+class DaemonSection(ConfigModel):
+    """[daemon]: the SuperNode's local API port and how often the inbox is scanned, s."""
+
+    runtime_port: Port = 9094
+    inbox_poll_s: Annotated[float, Field(gt=0)] = 30.0
 
 
 @dataclass(frozen=True)
@@ -30,47 +88,27 @@ class SiteConfig:
     device: str = "auto"
     name: str = ""  # the hospital's name, for its own logs and status
     approved_apps: tuple[str, ...] = ()  # SHA-256 of the Flower app bundles (FABs) this site runs (see app_gate)
-    extra: dict = field(default_factory=dict)
+    coordinator: CoordinatorSection | None = None  # the daemon's sections (None: no [coordinator])
+    review: ReviewSection = field(default_factory=ReviewSection)
+    daemon: DaemonSection = field(default_factory=DaemonSection)
 
     @staticmethod
     def load(path: str | Path) -> SiteConfig:
+        """The site config at `path`; ConfigError naming the file, section and key if it is wrong."""
         path = Path(path)
-        raw = read_toml(path, "site config")
-        site = raw.get("site", raw)
+        raw = read_sections(path, "site config", SECTIONS, required=("site",))
+        site = validate(SiteSection, raw["site"], where(path, "site"))
         base = path.parent
 
-        def need_path(key: str, optional: bool = False) -> Path | None:
-            value = site.get(key)
-            if value is None:
-                if optional:
-                    return None
-                raise ConfigError(f"{path}: [site] {key} is missing")
-            if not isinstance(value, str) or not value:
-                raise ConfigError(f"{path}: [site] {key} must be a path, got {value!r}")
-            return (base / value).resolve()
+        def resolve(value: str | None) -> Path | None:
+            return None if value is None else (base / value).resolve()
 
-        keys = site.get("trusted_keys")
-        if not isinstance(keys, list) or not keys or not all(isinstance(k, str) for k in keys):
-            raise ConfigError(f"{path}: [site] trusted_keys must list at least one public key file")
-        role = site.get("role", "site")
-        if role not in ROLES:
-            raise ConfigError(f"{path}: [site] role must be one of {', '.join(ROLES)}, got {role!r}")
-        annotator = site.get("annotator", "person")
-        if annotator not in annotator_names():
-            raise ConfigError(f"{path}: [site] annotator must be one of {', '.join(annotator_names())}, got {annotator!r}")
-        apps = site.get("approved_apps", [])
-        if not isinstance(apps, list) or not all(isinstance(a, str) and re.fullmatch(r"[0-9a-f]{64}", a) for a in apps):
-            raise ConfigError(f"{path}: [site] approved_apps must list SHA-256 hex digests of app bundles "
-                              "(`ugafl server app-hash` prints the coordinator's)")
-        cfg = SiteConfig(workspace=need_path("workspace"), slides=need_path("slides"),
-                         trusted_keys=tuple((base / k).resolve() for k in keys), role=role,
-                         central_data=need_path("central_data", optional=True),
-                         central_centre=str(site.get("central_centre", "RUMC")), annotator=annotator,
-                         annotator_data=need_path("annotator_data", optional=True), train=bool(site.get("train", True)),
-                         device=str(site.get("device", "auto")), name=str(site.get("name", "")),
-                         approved_apps=tuple(apps))
-        if role == "central" and cfg.central_data is None:
-            raise ConfigError(f"{path}: [site] role 'central' needs central_data (a dataset folder)")
-        if annotator == "simulated" and cfg.annotator_data is None:
-            raise ConfigError(f"{path}: [site] annotator 'simulated' needs annotator_data (a dataset folder)")
-        return cfg
+        coordinator = (validate(CoordinatorSection, raw["coordinator"], where(path, "coordinator"))
+                       if "coordinator" in raw else None)
+        return SiteConfig(workspace=resolve(site.workspace), slides=resolve(site.slides),
+                          trusted_keys=tuple(resolve(k) for k in site.trusted_keys), role=site.role,
+                          central_data=resolve(site.central_data), central_centre=site.central_centre,
+                          annotator=site.annotator, annotator_data=resolve(site.annotator_data), train=site.train,
+                          device=site.device, name=site.name, approved_apps=site.approved_apps, coordinator=coordinator,
+                          review=validate(ReviewSection, raw.get("review", {}), where(path, "review")),
+                          daemon=validate(DaemonSection, raw.get("daemon", {}), where(path, "daemon")))

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
+from pydantic import Field
 from tqdm.auto import tqdm
 
 from ugafl.common.errors import DataError
@@ -21,11 +23,11 @@ ROUND_PATCHES_PER_SLIDE = 60  # the central site's bank in one federated round, 
 class CentralConfig:
     """Which data the central model learns from."""
 
-    centre: str = "RUMC"
-    patches_per_slide: int = 240
-    bank_patch_size: int = 192  # px at the model's mpp; training crops are cut from these
-    tumour_fraction: float = 0.5
-    members: int = 1  # >1: an ensemble, member m trained with seed+m without fold m of the patch bank
+    centre: Annotated[str, Field(min_length=1)] = "RUMC"
+    patches_per_slide: Annotated[int, Field(ge=1)] = 240
+    bank_patch_size: Annotated[int, Field(ge=1)] = 192  # px at the model's mpp; training crops are cut from these
+    tumour_fraction: Annotated[float, Field(ge=0, le=1)] = 0.5  # share of the bank's patches centred on tumour
+    members: Annotated[int, Field(ge=1)] = 1  # >1: an ensemble, member m trained with seed+m without fold m of the patch bank
 
 
 def build_bank(data_dir: str | Path, model_cfg: ModelConfig, central: CentralConfig, seed: int, progress: bool = True) -> tuple[PatchBank, list[str]]:

@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass
+from typing import Annotated, Literal
 
 import numpy as np
 import torch
+from pydantic import Field
 from torch import nn
 
 from ugafl.common.errors import ConfigError
@@ -18,14 +20,15 @@ ARCHITECTURES = ("unet", "dynunet")
 class ModelConfig:
     """Architecture and working resolution of a segmentation model (class 1 = tumour)."""
 
-    arch: str = "unet"
-    mpp: float = 2.0  # working resolution, µm/px
-    patch_size: int = 256  # inference patch side, px at `mpp`
-    in_channels: int = 3
-    num_classes: int = 2
-    dropout: float = 0.1
-    channels: tuple[int, ...] = (16, 32, 64, 128, 256)  # unet only
-    dynunet_filters: tuple[int, ...] = (32, 64, 128, 256, 512, 512, 512)  # dynunet only
+    arch: Literal[ARCHITECTURES] = "unet"
+    mpp: Annotated[float, Field(ge=0.1, le=20)] = 2.0  # working resolution, µm/px
+    patch_size: Annotated[int, Field(ge=1)] = 256  # inference patch side, px at `mpp`
+    in_channels: Annotated[int, Field(ge=1)] = 3
+    num_classes: Annotated[int, Field(ge=2)] = 2
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.1
+    channels: Annotated[tuple[Annotated[int, Field(ge=1)], ...], Field(min_length=2)] = (16, 32, 64, 128, 256)  # unet only
+    dynunet_filters: Annotated[tuple[Annotated[int, Field(ge=1)], ...], Field(min_length=2)] = (
+        32, 64, 128, 256, 512, 512, 512)  # dynunet only
     disagreement_head: bool = False  # EDUE: one extra output channel predicting the raters' variance
 
     @property
@@ -36,18 +39,11 @@ class ModelConfig:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
     @classmethod
-    def from_dict(cls, raw: dict) -> "ModelConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(raw) - known
-        if unknown:
-            raise ConfigError(f"model config: unknown field(s) {sorted(unknown)}")
-        values = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
-        cfg = cls(**values)
-        if cfg.arch not in ARCHITECTURES:
-            raise ConfigError(f"model config: arch {cfg.arch!r} is not one of {ARCHITECTURES}")
-        if not 0.1 <= cfg.mpp <= 20:
-            raise ConfigError(f"model config: mpp {cfg.mpp} µm/px is outside 0.1-20")
-        return cfg
+    def from_dict(cls, raw: dict, at: str = "model config") -> "ModelConfig":
+        """A ModelConfig from its dict (a checkpoint's, a message's); ConfigError naming `at` and the key."""
+        from ugafl.common.config import build_section
+
+        return build_section(cls, raw, at)
 
 
 def build_model(cfg: ModelConfig) -> nn.Module:

@@ -13,32 +13,36 @@ head's map correlated with the raters' disagreement at only 0.03-0.09.)"""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Annotated, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.utils import set_determinism
+from pydantic import Field
 from torch import nn
 from tqdm.auto import tqdm
 
 from ugafl.common.augment import training_transforms
 from ugafl.common.log import get_logger
-from ugafl.common.losses import make_loss
+from ugafl.common.losses import LOSS_NAMES, make_loss
 
 log = get_logger("training")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    steps: int = 1200
-    batch_size: int = 16
-    crop: int = 128  # px at the model's mpp
-    lr: float = 2e-3
-    weight_decay: float = 1e-4
+    """[train]: the schedule of the training loop (the pydantic constraints apply to config files)."""
+
+    steps: Annotated[int, Field(ge=1)] = 1200
+    batch_size: Annotated[int, Field(ge=1)] = 16
+    crop: Annotated[int, Field(ge=1)] = 128  # px at the model's mpp
+    lr: Annotated[float, Field(gt=0)] = 2e-3
+    weight_decay: Annotated[float, Field(ge=0)] = 1e-4
     colour_augmentation: bool = True
-    proximal_mu: float = 0.0  # FedProx: mu/2 * ||w - w_ref||^2
-    edue_weight: float = 1.0  # weight of the disagreement-head loss (EDUE)
-    loss: str = "dice-ce"  # see common.losses.LOSSES
+    proximal_mu: Annotated[float, Field(ge=0)] = 0.0  # FedProx: mu/2 * ||w - w_ref||^2
+    edue_weight: Annotated[float, Field(ge=0)] = 1.0  # weight of the disagreement-head loss (EDUE)
+    loss: Literal[LOSS_NAMES] = "dice-ce"  # see common.losses.LOSSES
     seed: int = 0
 
     def to_dict(self) -> dict:

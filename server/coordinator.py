@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ugafl.common.atomic import atomic_write_text
-from ugafl.common.config import read_toml
+from ugafl.common.config import ConfigModel, HostPort, NonEmpty, Port, read_sections, validate, where
 from ugafl.common.errors import ConfigError, UgaflError
 from ugafl.common.log import get_logger
 from ugafl.common.supervisor import daemon_env
@@ -35,11 +35,25 @@ CONNECTION = "ugafl"
 PKI_FILES = ("ca.pem", "superlink.pem", "superlink.key", "model-signing.key")
 
 
+class CoordinatorSection(ConfigModel):
+    """[coordinator]; paths are relative to the file's folder."""
+
+    state: NonEmpty  # SuperLink database, enrolled sites, checkpoints, logs
+    pki: NonEmpty  # from `ugafl pki init-coordinator`
+    app: NonEmpty  # the Flower app folder
+    address: HostPort  # how commands here reach the SuperLink: a name in its TLS certificate
+    host: NonEmpty = "0.0.0.0"
+    port: Port = 9092
+
+
+FEDERATION_PATHS = ("central_checkpoint", "out_dir", "signing_key", "eval_data")  # relative to the file
+
+
 @dataclass(frozen=True)
 class CoordinatorConfig:
     """[coordinator] state, pki, host, port, address, app (paths relative to the file) and
     [federation]: the run settings (FederationSettings names; out_dir and signing_key default to
-    STATE/checkpoints and PKI/model-signing.key)."""
+    STATE/checkpoints and PKI/model-signing.key), checked when the file is read."""
 
     path: Path
     state: Path
@@ -52,34 +66,31 @@ class CoordinatorConfig:
 
     @staticmethod
     def load(path: str | Path) -> CoordinatorConfig:
+        """The coordinator config at `path`; ConfigError naming the file, section and key if it is wrong."""
+        from ugafl.server.federation.settings import FederationSettings
+
         path = Path(path).resolve()
-        raw = read_toml(path, "coordinator config")
-        section = raw.get("coordinator")
-        if not isinstance(section, dict):
-            raise ConfigError(f"{path}: no [coordinator] section")
-        for key in ("state", "pki", "app", "address"):
-            if not isinstance(section.get(key), str) or not section[key]:
-                raise ConfigError(f"{path}: [coordinator] {key} is missing")
+        raw = read_sections(path, "coordinator config", ("coordinator", "federation"), required=("coordinator",))
+        section = validate(CoordinatorSection, raw["coordinator"], where(path, "coordinator"))
         base = path.parent
-        state, pki = (base / section["state"]).resolve(), (base / section["pki"]).resolve()
-        federation = {k.replace("-", "_"): v for k, v in raw.get("federation", {}).items()}
-        for key in ("central_checkpoint", "eval_data"):
-            if isinstance(federation.get(key), str) and federation[key]:
+        state, pki = (base / section.state).resolve(), (base / section.pki).resolve()
+        federation = dict(raw.get("federation", {}))
+        FederationSettings.from_section(federation, where(path, "federation"),
+                                        **{k: "-" for k in ("central_checkpoint", "out_dir", "signing_key")
+                                           if k not in federation})  # types and names now, not at the run
+        for key in FEDERATION_PATHS:
+            if federation.get(key):
                 federation[key] = str((base / federation[key]).resolve())
         federation.setdefault("out_dir", str(state / "checkpoints"))
         federation.setdefault("signing_key", str(pki / "model-signing.key"))
-        try:
-            return CoordinatorConfig(path=path, state=state, pki=pki, app=(base / section["app"]).resolve(),
-                                     host=str(section.get("host", "0.0.0.0")), port=int(section.get("port", 9092)),
-                                     address=section["address"], federation=federation)
-        except (TypeError, ValueError) as error:
-            raise ConfigError(f"{path}: [coordinator] {error}") from None
+        return CoordinatorConfig(path=path, state=state, pki=pki, app=(base / section.app).resolve(),
+                                 host=section.host, port=section.port, address=section.address, federation=federation)
 
     def run_settings(self, **overrides: Any):
         """The federation settings of a run (refused here, before Flower, if wrong)."""
         from ugafl.server.federation.settings import FederationSettings
 
-        return FederationSettings.from_run_config({**self.federation, **overrides})
+        return FederationSettings.from_section(self.federation, where(self.path, "federation"), **overrides)
 
 
 def preflight(cfg: CoordinatorConfig) -> None:

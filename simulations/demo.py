@@ -11,10 +11,9 @@ from pathlib import Path
 
 import torch
 
-from ugafl.common.config import RunConfig, build_section
+from ugafl.common.config import RunConfig
 from ugafl.common.log import get_logger
 from ugafl.common.manifest import Manifest, SlideRecord
-from ugafl.common.central_bank import CentralConfig
 from ugafl.server.central_training import train_central
 from ugafl.server.evaluation import evaluate_model, format_table
 from ugafl.simulations.figures import centre_gallery, dice_per_centre
@@ -35,6 +34,11 @@ def _gallery_records(manifest: Manifest, split: str) -> list[SlideRecord]:
 def run_demo(cfg: RunConfig, run_dir: str | Path, device: str = "auto", federate: bool = True) -> dict:
     """Runs every stage of the main job; returns the summary also written to summary.json. With a
     [federation] section (and `federate`), the federated simulation follows the central stages."""
+    synth_cfg = cfg.section(SynthConfig, "data")
+    if cfg.federation:  # a wrong key or type, before minutes of data and central training
+        from ugafl.simulations.federated import federation_settings
+
+        federation_settings(cfg)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
@@ -42,19 +46,17 @@ def run_demo(cfg: RunConfig, run_dir: str | Path, device: str = "auto", federate
         (run_dir / "config.toml").write_text(cfg.path.read_text())
 
     started = time.time()
-    synth_cfg = build_section(SynthConfig, cfg.data, "[data]")
     manifest = generate_dataset(run_dir / "data", synth_cfg)
     timings["synth_s"] = round(time.time() - started, 1)
 
     ckpt = run_dir / "central.pt"
     started = time.time()
     if not ckpt.is_file():
-        central = build_section(CentralConfig, cfg.central, "[central]")
-        train_central(manifest.root, ckpt, cfg.model, cfg.train, central, device=device)
+        train_central(manifest.root, ckpt, cfg.model, cfg.train, cfg.central, device=device)
     timings["train_s"] = round(time.time() - started, 1)
 
     started = time.time()
-    split = cfg.evaluate.get("split", "test")
+    split = cfg.evaluate.split
     gallery = _gallery_records(manifest, split)
     predictions: dict[str, tuple] = {}
 
@@ -74,7 +76,7 @@ def run_demo(cfg: RunConfig, run_dir: str | Path, device: str = "auto", federate
     centre_gallery(manifest, run_dir / "slides_per_centre.png", gallery, predictions)
     timings["figures_s"] = round(time.time() - started, 1)
 
-    reference = cfg.central.get("centre", "RUMC")
+    reference = cfg.central.centre
     others = [d for c, d in dice.items() if c != reference]
     summary = {
         "dice": dice,

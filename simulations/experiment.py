@@ -24,14 +24,16 @@ import shutil
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Annotated, ClassVar
 
 import numpy as np
+from pydantic import Field
 
 from ugafl.common.atomic import atomic_write_text
-from ugafl.common.config import RunConfig, build_section
-from ugafl.common.errors import ConfigError
+from ugafl.common.config import FieldProblem, RunConfig, one_of
 from ugafl.common.log import get_logger
 from ugafl.common.selection import SELECTION_NAMES
+from ugafl.common.uncertainty_methods import METHODS
 
 log = get_logger("experiment")
 
@@ -40,23 +42,23 @@ PAPER = {"baseline": 0.66, 5: 0.76, 10: 0.84}  # the published external-centre D
 
 @dataclass(frozen=True)
 class ExperimentConfig:
-    """The [experiment] section."""
+    """The [experiment] section (validated with `RunConfig.section`, which calls `check`)."""
 
-    selections: tuple[str, ...] = ("random", "top-k", "stochastic-batch")
-    methods: tuple[str, ...] = ("tta",)
-    seeds: tuple[int, ...] = (0, 1, 2)
-    budget: int = 5  # patches corrected per centre per round
-    patches: tuple[int, ...] = (5, 10)  # per centre: Dice is measured once each count is reached
+    RENAMED: ClassVar[dict[str, str]] = {"strategies": "selections"}
+
+    selections: Annotated[tuple[Annotated[str, one_of(SELECTION_NAMES)], ...], Field(min_length=1)] = (
+        "random", "top-k", "stochastic-batch")
+    methods: Annotated[tuple[Annotated[str, one_of(METHODS)], ...], Field(min_length=1)] = ("tta",)
+    seeds: Annotated[tuple[int, ...], Field(min_length=1)] = (0, 1, 2)
+    budget: Annotated[int, Field(ge=1)] = 5  # patches corrected per centre per round
+    # per centre: Dice is measured once each count is reached
+    patches: Annotated[tuple[Annotated[int, Field(ge=1)], ...], Field(min_length=1)] = (5, 10)
     pooled_reference: bool = True
 
     def check(self) -> None:
-        unknown = sorted(set(self.selections) - set(SELECTION_NAMES))
-        if unknown:
-            raise ConfigError(f"[experiment] selections: unknown {unknown}; one of {', '.join(SELECTION_NAMES)}")
-        if self.budget < 1 or any(p % self.budget or p <= 0 for p in self.patches):
-            raise ConfigError(f"[experiment] patches {list(self.patches)} must be positive multiples of budget {self.budget}")
-        if not self.seeds or not self.methods or not self.selections:
-            raise ConfigError("[experiment] selections, methods and seeds must each list at least one value")
+        """FieldProblem unless every count in `patches` is a multiple of `budget`."""
+        if any(p % self.budget for p in self.patches):
+            raise FieldProblem("patches", f"{list(self.patches)} must be multiples of budget ({self.budget})")
 
 
 def arm_name(method: str, strategy: str, seed: int) -> str:
@@ -80,10 +82,10 @@ def pooled_reference(cfg: RunConfig, central: Path, data: Path, workspaces: list
     from ugafl.common.checkpoint import load_checkpoint, save_checkpoint
     from ugafl.common.model import pick_device
     from ugafl.common.training import train_segmentation
-    from ugafl.server.federation.settings import FederationSettings
+    from ugafl.simulations.federated import federation_settings
 
     ckpt = load_checkpoint(central)
-    bank = round_bank(data, ckpt.model_config, cfg.central.get("centre", "RUMC"), seed)
+    bank = round_bank(data, ckpt.model_config, cfg.central.centre, seed)
     size = bank.images.shape[1]
     images, labels = [bank.images], [bank.labels]
     for ws in workspaces:
@@ -95,7 +97,7 @@ def pooled_reference(cfg: RunConfig, central: Path, data: Path, workspaces: list
     torch.manual_seed(seed)
     model = ckpt.model
     pooled = np.concatenate(images)
-    lr = float(cfg.federation.get("lr", FederationSettings.lr))
+    lr = federation_settings(cfg)[0].lr
     train_segmentation(model, pooled, np.concatenate(labels), local_schedule(pooled, steps, lr, seed), pick_device("auto"),
                        progress=False, num_classes=ckpt.model_config.num_classes)
     save_checkpoint(out, model, ckpt.model_config, extra={"pooled_reference": {"patches": len(pooled)}})
@@ -105,9 +107,8 @@ def pooled_reference(cfg: RunConfig, central: Path, data: Path, workspaces: list
 def run_arm(cfg: RunConfig, exp: ExperimentConfig, arm_dir: Path, central: Path, data: Path, method: str,
             strategy: str, seed: int) -> dict:
     """One arm (resumable: a complete arm has result.json)."""
-    from ugafl.server.federation.settings import FederationSettings
     from ugafl.server.federation.store import round_path
-    from ugafl.simulations.federated import run_federated
+    from ugafl.simulations.federated import federation_settings, run_federated
 
     done = arm_dir / "result.json"
     if done.is_file():
@@ -124,7 +125,7 @@ def run_arm(cfg: RunConfig, exp: ExperimentConfig, arm_dir: Path, central: Path,
     result = {"arm": arm_dir.name, "method": method, "selection": strategy, "seed": seed,
               "dice": {str(p): _dice(round_path(out, p // exp.budget), data) for p in exp.patches}}
     if exp.pooled_reference:
-        steps = rounds * int(cfg.federation.get("local_steps", FederationSettings.local_steps))
+        steps = rounds * federation_settings(cfg)[0].local_steps
         sites = sorted(p for p in (arm_dir / "sites").iterdir() if p.is_dir())
         result["pooled"] = pooled_reference(cfg, central, data, [s / "ws" for s in sites], steps, seed,
                                             arm_dir / "pooled.pt")
@@ -293,35 +294,29 @@ def versions() -> dict[str, str]:
 
 def check_federation(cfg: RunConfig) -> None:
     """Refuse a bad [federation] section before minutes of data and central training, not at the first arm."""
-    from ugafl.server.federation.settings import FederationSettings
-    from ugafl.simulations.federated import SIM_ONLY
+    from ugafl.simulations.federated import federation_settings
 
-    section = {k.replace("_", "-"): v for k, v in cfg.federation.items() if k.replace("-", "_") not in SIM_ONLY}
-    try:
-        FederationSettings.from_run_config({**section, "central-checkpoint": "-", "out-dir": "-", "signing-key": "-"})
-    except ConfigError as err:
-        raise ConfigError(f"{cfg.path or 'config'} [federation]: {err}") from None
+    federation_settings(cfg)
 
 
 def run_experiment(cfg: RunConfig, run_dir: str | Path) -> dict:
     """Every arm (resuming complete ones), then the table and plots; returns the summary."""
-    from ugafl.common.central_bank import CentralConfig
     from ugafl.server.central_training import train_central
     from ugafl.simulations.synth import SynthConfig, generate_dataset
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    exp = build_section(ExperimentConfig, cfg.raw.get("experiment", {}), "[experiment]")
-    exp.check()
+    exp = cfg.section(ExperimentConfig, "experiment")
+    synth = cfg.section(SynthConfig, "data")
     check_federation(cfg)
     if cfg.path is not None:
         (run_dir / "config.toml").write_text(cfg.path.read_text())
     atomic_write_text(run_dir / "versions.json", json.dumps(versions(), indent=1))
     started = time.time()
-    manifest = generate_dataset(run_dir / "data", build_section(SynthConfig, cfg.data, "[data]"))
+    manifest = generate_dataset(run_dir / "data", synth)
     central = run_dir / "central.pt"
     if not central.is_file():
-        train_central(manifest.root, central, cfg.model, cfg.train, build_section(CentralConfig, cfg.central, "[central]"))
+        train_central(manifest.root, central, cfg.model, cfg.train, cfg.central)
     baseline_path = run_dir / "baseline.json"
     if not baseline_path.is_file():
         atomic_write_text(baseline_path, json.dumps(_dice(central, manifest.root), indent=1))
@@ -334,7 +329,7 @@ def run_experiment(cfg: RunConfig, run_dir: str | Path) -> dict:
                                        manifest.root, method, strategy, seed))
     for r in results:  # from the sites' queues, so arms run before this was recorded have it too
         r["picked"] = picked(run_dir / "arms" / r["arm"])
-    summary = summarise(results, baseline, exp, cfg.central.get("centre", "RUMC"))
+    summary = summarise(results, baseline, exp, cfg.central.centre)
     summary["seconds_this_invocation"] = round(time.time() - started, 1)  # arms resumed from result.json cost ~0
     summary["arm_seconds"] = {r["arm"]: r["seconds"] for r in results}
     summary["arm_seconds_total"] = round(sum(summary["arm_seconds"].values()), 1)

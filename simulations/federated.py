@@ -14,9 +14,13 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Annotated, Any
 
-from ugafl.common.config import RunConfig
+from pydantic import Field
+
+from ugafl.common.config import RunConfig, build_section
 from ugafl.common.errors import ConfigError
 from ugafl.common.log import get_logger
 from ugafl.common.manifest import load_manifest
@@ -26,7 +30,28 @@ from ugafl.server.federation.settings import FederationSettings
 
 log = get_logger("federated")
 
-SIM_ONLY = {"cpus_per_site"}  # [federation] keys for the simulation itself, not the ServerApp
+
+
+@dataclass(frozen=True)
+class SimulationOptions:
+    """[federation] keys for the simulation itself, not the ServerApp."""
+
+    cpus_per_site: Annotated[float, Field(gt=0)] = 1.0  # Ray CPUs per site: 1 on 2 cores runs two sites at a time
+
+
+SIM_ONLY = {f.name for f in fields(SimulationOptions)}
+RUN_PATHS = ("central_checkpoint", "out_dir", "signing_key")  # set by the simulation for each run
+
+
+def federation_settings(cfg: RunConfig, **given: Any) -> tuple[FederationSettings, SimulationOptions]:
+    """The run config's [federation], validated (a wrong key or type names the file, the section
+    and the key), with `given` over it; placeholders stand in for the run paths not given, so that
+    it can be checked before the run's folders exist."""
+    at = cfg.where("federation")
+    section = dict(cfg.federation)
+    options = build_section(SimulationOptions, {k: section.pop(k) for k in SIM_ONLY if k in section}, at)
+    placeholders = {k: "-" for k in RUN_PATHS if k not in given}
+    return FederationSettings.from_section(section, at, **placeholders, **given), options
 
 
 def prepare_sites(run_dir: Path, data_dir: Path, central_centre: str,
@@ -75,20 +100,19 @@ def run_federated(cfg: RunConfig, run_dir: str | Path, central_checkpoint: Path,
                   client_mods: list | None = None) -> dict:
     """The simulation of `cfg.federation` from the central model; returns the before/after summary."""
     run_dir = Path(run_dir)
-    section = {k.replace("-", "_"): v for k, v in cfg.federation.items()}
-    cpus = float(section.pop("cpus_per_site", 1.0))
-    central_centre = cfg.central.get("centre", "RUMC")
+    federation_settings(cfg)  # refuse a bad [federation] before anything is written
+    central_centre = cfg.central.centre
     out = run_dir / "federated"
     sites, centres, _ = prepare_sites(run_dir, data_dir, central_centre)
-    overrides = {**{k.replace("_", "-"): v for k, v in section.items()},
-                 "central-checkpoint": str(central_checkpoint), "out-dir": str(out),
-                 "signing-key": str(run_dir / "coordinator" / "signing.key"), "eval-data": str(data_dir),
-                 "eval-centres": central_centre, "min-nodes": len(centres)}
-    settings = FederationSettings.from_run_config(overrides)  # refuse a bad [federation] before starting Ray
+    settings, options = federation_settings(
+        cfg, central_checkpoint=str(central_checkpoint), out_dir=str(out),
+        signing_key=str(run_dir / "coordinator" / "signing.key"), eval_data=str(data_dir), eval_centres=central_centre,
+        min_nodes=len(centres))
+    overrides = {k.replace("_", "-"): v for k, v in settings.to_dict().items()}  # the Flower run config's spelling
     started = time.time()
     from ugafl.simulations.flower_simulation import run_flower_simulation
 
-    run_flower_simulation(overrides, sites, len(centres), cpus, client_mods)
+    run_flower_simulation(overrides, sites, len(centres), options.cpus_per_site, client_mods)
     seconds = round(time.time() - started, 1)
     last = out / f"round-{settings.num_rounds:04d}.pt"
     if not last.is_file():

@@ -92,9 +92,9 @@ def test_unet_default_is_small():
 
 
 def test_model_config_refuses_unknown_fields_and_bad_values():
-    with pytest.raises(ConfigError, match="unknown field"):
+    with pytest.raises(ConfigError, match="^model config depth: unknown key"):
         ModelConfig.from_dict({"arch": "unet", "depth": 3})
-    with pytest.raises(ConfigError, match="arch 'resnet'"):
+    with pytest.raises(ConfigError, match="^model config arch: expected 'unet' or 'dynunet', got 'resnet'$"):
         ModelConfig.from_dict({"arch": "resnet"})
-    with pytest.raises(ConfigError, match="mpp 50"):
+    with pytest.raises(ConfigError, match="^model config mpp: expected at most 20, got 50$"):
         ModelConfig.from_dict({"mpp": 50})

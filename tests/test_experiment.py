@@ -53,11 +53,11 @@ def test_what_the_sites_picked_is_pooled_over_seeds() -> None:
 
 @pytest.mark.parametrize("config", sorted((REPO / "simulations/configs").glob("*.toml")), ids=lambda p: p.stem)
 def test_every_shipped_experiment_config_is_valid(config: Path) -> None:
-    from ugafl.common.config import build_section, load_config
+    from ugafl.common.config import load_config
     from ugafl.simulations.experiment import check_federation
 
     cfg = load_config(config)
-    build_section(ExperimentConfig, cfg.raw["experiment"], "[experiment]").check()
+    assert cfg.section(ExperimentConfig, "experiment").selections == ("random", "top-k", "stochastic-batch")
     check_federation(cfg)
 
 
@@ -68,7 +68,7 @@ def test_a_bad_federation_section_is_refused_before_any_data_is_made(tmp_path: P
 
     config = tmp_path / "bad.toml"
     config.write_text((REPO / "simulations/configs/quick.toml").read_text().replace("local_steps = 8", "local_steps = \"many\""))
-    with pytest.raises(ConfigError, match=r"bad.toml \[federation\]: run config local-steps: expected int, got 'many'"):
+    with pytest.raises(ConfigError, match=r"bad.toml \[federation\] local_steps: expected an integer, got 'many'$"):
         run_experiment(load_config(config), tmp_path / "run")
     assert not (tmp_path / "run" / "data").exists()
 

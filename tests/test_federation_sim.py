@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 
 from federation_helpers import check_outboxes, small_federation
+from ugafl.common.central_bank import CentralConfig
 from ugafl.common.config import RunConfig
 from ugafl.common.model import ModelConfig
 
@@ -40,7 +41,7 @@ def dataset(tmp_path_factory) -> tuple[Path, Path]:
 
 
 def run_config(**federation) -> RunConfig:
-    return RunConfig(path=None, model=MODEL, central={"centre": "RUMC"}, federation={**FEDERATION, **federation})
+    return RunConfig(path=None, model=MODEL, central=CentralConfig(centre="RUMC"), federation={**FEDERATION, **federation})
 
 
 def describe(content) -> dict:

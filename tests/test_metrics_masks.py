@@ -48,7 +48,7 @@ def test_mask_region_maps_level0_boxes_to_the_mask_grid(tmp_path):
 def test_config_file_errors_name_file_and_field(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text("[train]\nstepz = 3\n")
-    with pytest.raises(ConfigError, match=r"bad.toml \[train\]: unknown field\(s\) stepz"):
+    with pytest.raises(ConfigError, match=r"bad.toml \[train\] stepz: unknown key \(did you mean steps\?\)"):
         load_config(bad)
     bad.write_text("[trian]\n")
     with pytest.raises(ConfigError, match="unknown section"):

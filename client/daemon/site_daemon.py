@@ -30,7 +30,6 @@ from pathlib import Path
 
 from ugafl.client.site_config import SiteConfig
 from ugafl.common.atomic import atomic_write_text
-from ugafl.common.config import read_toml
 from ugafl.common.errors import ConfigError
 from ugafl.common.log import add_file_log, get_logger
 from ugafl.common.supervisor import STOP, Child, Supervisor, daemon_env
@@ -58,26 +57,16 @@ class SiteDaemonConfig:
     @staticmethod
     def load(path: str | Path) -> SiteDaemonConfig:
         path = Path(path).resolve()
-        site = SiteConfig.load(path)
-        raw = read_toml(path, "site config")
-        coord, review, daemon = raw.get("coordinator", {}), raw.get("review", {}), raw.get("daemon", {})
-        for key in ("address", "ca", "node_key"):
-            if not isinstance(coord.get(key), str) or not coord[key]:
-                raise ConfigError(f"{path}: [coordinator] {key} is missing")
+        site = SiteConfig.load(path)  # every section validated, naming the file, section and key
+        if site.coordinator is None:
+            raise ConfigError(f"{path}: no [coordinator] section (address, ca, node_key): the daemon needs it")
         if "'" in str(path):
             raise ConfigError(f"{path}: the site config's path must not contain a single quote")
-        if ":" not in coord["address"]:
-            raise ConfigError(f"{path}: [coordinator] address must be host:port, got {coord['address']!r}")
-        try:
-            return SiteDaemonConfig(path=path, site=site, coordinator=coord["address"],
-                                    ca=(path.parent / coord["ca"]).resolve(),
-                                    node_key=(path.parent / coord["node_key"]).resolve(),
-                                    review_host=str(review.get("host", "127.0.0.1")),
-                                    review_port=int(review.get("port", 8765)),
-                                    runtime_port=int(daemon.get("runtime_port", 9094)),
-                                    inbox_poll_s=float(daemon.get("inbox_poll_s", 30.0)))
-        except (TypeError, ValueError) as error:
-            raise ConfigError(f"{path}: {error}") from None
+        coord = site.coordinator
+        return SiteDaemonConfig(path=path, site=site, coordinator=coord.address, ca=(path.parent / coord.ca).resolve(),
+                                node_key=(path.parent / coord.node_key).resolve(), review_host=site.review.host,
+                                review_port=site.review.port, runtime_port=site.daemon.runtime_port,
+                                inbox_poll_s=site.daemon.inbox_poll_s)
 
 
 def preflight(cfg: SiteDaemonConfig) -> None:

@@ -1,67 +1,62 @@
-"""A federated run's settings (the Flower run config, `[federation]` of the config files)."""
+"""A federated run's settings: the Flower run config (keys spelled with '-', `local-steps`) and the
+`[federation]` section of the config files (spelled with '_', `local_steps`), one typed model."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Annotated, Any, ClassVar
 
-from ugafl.common.errors import ConfigError
+from pydantic import Field
+
+from ugafl.common.config import NonEmpty, build_section, one_of
 from ugafl.common.selection import SELECTION_NAMES
+from ugafl.common.uncertainty_methods import METHODS
 from ugafl.server.federation.aggregation import AGGREGATION_NAMES, WEIGHTINGS
+
+Count = Annotated[int, Field(ge=1)]
+Positive = Annotated[float, Field(gt=0)]
 
 
 @dataclass(frozen=True)
 class FederationSettings:
-    """Run settings; Flower run config keys are these names with '-' for '_'."""
+    """Run settings; Flower run config keys are these names with '-' for '_'. The defaults are
+    deploy/flower_app/pyproject.toml's [tool.flwr.app.config] (where the three paths are "")."""
 
-    central_checkpoint: str
-    out_dir: str
-    signing_key: str
-    num_rounds: int = 3
-    aggregation: str = "fedavg"  # see aggregation.AGGREGATIONS
-    proximal_mu: float = 0.0  # fedprox (and sent to sites as the proximal term)
-    trim_beta: float = 0.2  # fedtrimmedavg: share cut at each end
-    weighting: str = "sites"  # fedavg/fedprox weights: "sites" (one vote each) or "examples" (by example count)
-    selection: str = "stochastic-batch"  # see common.selection.SELECTIONS
-    budget: int = 5  # patches queued per site per round
-    method: str = "tta"  # uncertainty method the sites use
-    passes: int = 4
-    local_steps: int = 100
-    lr: float = 1e-3
+    RENAMED: ClassVar[dict[str, str]] = {"strategy": "aggregation"}
+
+    central_checkpoint: NonEmpty
+    out_dir: NonEmpty
+    signing_key: NonEmpty
+    num_rounds: Count = 3
+    aggregation: Annotated[str, one_of(AGGREGATION_NAMES)] = "fedavg"  # see aggregation.AGGREGATIONS
+    proximal_mu: Annotated[float, Field(ge=0)] = 0.0  # fedprox (and sent to sites as the proximal term)
+    trim_beta: Annotated[float, Field(ge=0, lt=0.5)] = 0.2  # fedtrimmedavg: share cut at each end
+    weighting: Annotated[str, one_of(tuple(WEIGHTINGS))] = "sites"  # "sites" (one vote each) or "examples" (by example count)
+    selection: Annotated[str, one_of(SELECTION_NAMES)] = "stochastic-batch"  # see common.selection.SELECTIONS
+    budget: Count = 5  # patches queued per site per round
+    method: Annotated[str, one_of(METHODS)] = "tta"  # uncertainty method the sites use
+    passes: Count = 4
+    local_steps: Count = 100
+    lr: Positive = 1e-3
     seed: int = 0
-    min_nodes: int = 2
-    norm_factor: float = 10.0
+    min_nodes: Count = 2
+    norm_factor: Positive = 10.0
     eval_data: str = ""  # dataset folder for server-side evaluation ("" = none)
     eval_centres: str = "RUMC"  # comma-separated centres of eval_data to evaluate every round
-    run_name: str = "federated"
-    timeout_s: float = 3600.0
+    run_name: NonEmpty = "federated"
+    timeout_s: Positive = 3600.0  # how long a round waits for the sites, s
 
     @staticmethod
-    def from_run_config(run_config: dict[str, Any]) -> FederationSettings:
-        known = {f.name: f for f in fields(FederationSettings)}
-        values: dict[str, Any] = {}
-        for key, value in run_config.items():
-            name = key.replace("-", "_")
-            if name not in known:
-                raise ConfigError(f"unknown run config key {key!r}; known: {', '.join(k.replace('_', '-') for k in known)}")
-            kind = known[name].type
-            try:
-                values[name] = {"int": int, "float": float, "str": str}[kind](value)
-            except (TypeError, ValueError):
-                raise ConfigError(f"run config {key}: expected {kind}, got {value!r}") from None
-        for required in ("central_checkpoint", "out_dir", "signing_key"):
-            if not values.get(required):
-                raise ConfigError(f"run config {required.replace('_', '-')} is required")
-        settings = FederationSettings(**values)
-        if settings.aggregation not in AGGREGATION_NAMES:
-            raise ConfigError(f"run config aggregation: {settings.aggregation!r}; one of {', '.join(AGGREGATION_NAMES)}")
-        if settings.selection not in SELECTION_NAMES:
-            raise ConfigError(f"run config selection: {settings.selection!r}; one of {', '.join(SELECTION_NAMES)}")
-        if settings.weighting not in WEIGHTINGS:
-            raise ConfigError(f"run config weighting: {settings.weighting!r}; one of {', '.join(WEIGHTINGS)}")
-        if settings.num_rounds < 1 or settings.budget < 1 or settings.local_steps < 1:
-            raise ConfigError("run config num-rounds, budget and local-steps must be at least 1")
-        return settings
+    def from_run_config(run_config: Mapping[str, Any], at: str = "run config") -> FederationSettings:
+        """From a Flower run config (either spelling of a key); ConfigError naming `at` and the key."""
+        return build_section(FederationSettings, run_config, at, dashes=True)
+
+    @staticmethod
+    def from_section(section: Mapping[str, Any], at: str, **given: Any) -> FederationSettings:
+        """From a config file's [federation] section (`at`: `FILE [federation]`), with `given` (what
+        the caller sets itself, such as the run's paths) over it."""
+        return build_section(FederationSettings, {**section, **given}, at)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
