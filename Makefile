@@ -11,7 +11,8 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch first and pinned: an unpinned resolve downloads GBs of CUDA packages.
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	# simulation: Ray and imagecodecs (the demo and the tests run simulations); dev: the test tools.
+	$(BIN)/python -m pip install -q -e '.[simulation,dev]'
 	touch $@
 
 setup: $(BIN)/.installed

@@ -19,11 +19,13 @@ def simulate(config_path: Path, name: str, runs_dir: Path, device: str) -> None:
     from ugafl.common.config import load_config
     from ugafl.common.errors import ConfigError
     from ugafl.simulations.demo import run_demo
+    from ugafl.simulations.extra import require_flower_simulation
     from ugafl.simulations.federated import run_federated
 
     cfg = load_config(config_path)
     if not cfg.federation:
         raise ConfigError(f"{config_path}: no [federation] section; nothing to simulate")
+    require_flower_simulation()  # before the data and the central model, not after
     run_dir = runs_dir / name
     run_demo(cfg, run_dir, device=device, federate=False)
     result = run_federated(cfg, run_dir, run_dir / "central.pt", run_dir / "data")

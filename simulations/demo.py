@@ -16,6 +16,7 @@ from ugafl.common.log import get_logger
 from ugafl.common.manifest import Manifest, SlideRecord
 from ugafl.server.central_training import train_central
 from ugafl.server.evaluation import evaluate_model, format_table
+from ugafl.simulations.extra import require_flower_simulation
 from ugafl.simulations.figures import centre_gallery, dice_per_centre
 from ugafl.simulations.synth import SynthConfig, generate_dataset
 
@@ -34,6 +35,8 @@ def _gallery_records(manifest: Manifest, split: str) -> list[SlideRecord]:
 def run_demo(cfg: RunConfig, run_dir: str | Path, device: str = "auto", federate: bool = True) -> dict:
     """Runs every stage of the main job; returns the summary also written to summary.json. With a
     [federation] section (and `federate`), the federated simulation follows the central stages."""
+    if federate and cfg.federation:
+        require_flower_simulation()  # before minutes of data and central training
     synth_cfg = cfg.section(SynthConfig, "data")
     if cfg.federation:  # a wrong key or type, before minutes of data and central training
         from ugafl.simulations.federated import federation_settings

@@ -294,9 +294,11 @@ def versions() -> dict[str, str]:
 
 def check_federation(cfg: RunConfig) -> None:
     """Refuse a bad [federation] section before minutes of data and central training, not at the first arm."""
+    from ugafl.simulations.extra import require_flower_simulation
     from ugafl.simulations.federated import federation_settings
 
     federation_settings(cfg)
+    require_flower_simulation()
 
 
 def run_experiment(cfg: RunConfig, run_dir: str | Path) -> dict:

@@ -25,11 +25,13 @@ def pyramid(level0: np.ndarray, min_levels: int = 3, min_size: int = 512) -> lis
 
 from ugafl.common.atomic import atomic_write
 from ugafl.common.masks import tiff_resolution as _resolution
+from ugafl.simulations.extra import require_jpeg_writer
 
 
 def write_slide(path: Path, level0: np.ndarray, mpp: float, file_format: str, jpeg_quality: int, magnification: float | None = None) -> int:
     """Writes `level0` (uint8 RGB, level-0 µm/px `mpp`) and its pyramid to `path` atomically.
     Returns the number of levels."""
+    require_jpeg_writer()
     levels = pyramid(level0)
     h, w = level0.shape[:2]
     description = None

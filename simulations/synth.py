@@ -18,6 +18,7 @@ from ugafl.common.atomic import atomic_write_text
 from ugafl.common.log import get_logger
 from ugafl.common.manifest import Manifest, SlideRecord, TumourRegion
 from ugafl.simulations.centres import CENTRES, get_centre
+from ugafl.simulations.extra import require_jpeg_writer
 from ugafl.simulations.raters import rater_masks
 from ugafl.simulations.render import render_section
 from ugafl.simulations.scanner import scan
@@ -96,6 +97,7 @@ def generate_slide(out: Path, cfg: SynthConfig, spec: SlideSpec) -> SlideRecord:
         if saved.get("digest") == slide_digest(cfg, spec.centre) and all((out / f).is_file() for f in files):
             return SlideRecord(**{**rec, "rater_masks": tuple(rec["rater_masks"]),
                                   "tumour_regions": tuple(TumourRegion(**r) for r in rec["tumour_regions"])})
+    require_jpeg_writer()  # before seconds of rendering, not after
     seed_seq = _slide_seed(cfg, spec)
     rng = np.random.default_rng(seed_seq)
     section = render_section(rng, centre, spec.label_type, cfg.render_mpp)
