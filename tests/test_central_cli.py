@@ -61,8 +61,16 @@ def test_train_central_writes_a_self_describing_checkpoint(trained):
     train_ids = [s.slide_id for s in load_manifest(data).select(centre="RUMC", split="train")]
     assert summary["slides"] == train_ids
     assert summary["patches"] == 12 * len(train_ids)
-    assert 0 < summary["tumour_pixel_fraction"] < 1
     assert loaded.meta["train_config"]["steps"] == 12
+    # The recorded tumour share is that of the bank it trained on, rebuilt here from the same seed.
+    from ugafl.common.central_bank import CentralConfig, build_bank
+
+    bank, slides = build_bank(data, loaded.model_config, CentralConfig(centre="RUMC", patches_per_slide=12,
+                                                                       bank_patch_size=96),
+                              loaded.meta["train_config"]["seed"], progress=False)
+    assert slides == train_ids and len(bank.labels) == summary["patches"]
+    assert summary["tumour_pixel_fraction"] == round(float(bank.labels.mean()), 4)
+    assert 0 < summary["tumour_pixel_fraction"] < 1  # (both classes in the bank)
 
 
 @pytest.mark.slow
@@ -80,7 +88,7 @@ def test_evaluate_reports_dice_per_slide_and_per_centre(trained):
         true_mm2 = sum(r.area_um2 for r in rec.tumour_regions) / 1e6
         # The truth the model is scored against is the manifest's tumour, resampled to 2 µm/px.
         assert row["tumour_mm2"] == pytest.approx(true_mm2, rel=0.05)
-        assert 0.0 <= row["dice"] <= 1.0
+        assert row["tumour_mm2"] == pytest.approx((row["tp"] + row["fn"]) * 0.002**2, abs=1e-4)  # 2 µm px
         assert row["dice"] == pytest.approx(2 * row["tp"] / (2 * row["tp"] + row["fp"] + row["fn"]))
     for centre in report["centres"]:
         rows = [s for s in report["slides"] if s["centre"] == centre["centre"]]
