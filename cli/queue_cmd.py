@@ -83,7 +83,7 @@ def select_cmd(workspace: Path, slides_dir: Path, models: tuple[Path, ...], meth
                seed: int, measure: str | None, model_version: str | None, round_: int, max_per_slide: int | None,
                batches: int | None, passes: int, mpp: float | None, device: str) -> None:
     """Queue the next BUDGET patches to correct, chosen from the workspace's patch scores."""
-    from ugafl.client.queue.fill import fill_queue
+    from ugafl.client.queue.fill import FillRequest, fill_queue
     from ugafl.client.queue.store import CorrectionQueue
     from ugafl.common.model import pick_device
     from ugafl.common.uncertainty_methods import load_method
@@ -92,8 +92,9 @@ def select_cmd(workspace: Path, slides_dir: Path, models: tuple[Path, ...], meth
     dev = pick_device(device)
     version = model_version or _model_version(paths)
     method_obj = load_method(method, paths, dev, passes)
-    ids = fill_queue(workspace, slides_dir, method_obj, method, selection, budget, seed, version, round_, measure,
-                     max_per_slide, batches=batches, slide_mpp=mpp, device=dev)
+    request = FillRequest(selection, budget, seed, version, round_, measure=measure, batches=batches,
+                          max_per_slide=max_per_slide)
+    ids = fill_queue(workspace, slides_dir, method_obj, method, request, slide_mpp=mpp, device=dev)
     if not ids:
         click.echo("no patches queued: every scored patch is already queued or has no score")
         return

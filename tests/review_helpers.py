@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ugafl.client.queue.new_item import NewItem, PatchOrigin, PatchPixels, PatchReason
 from ugafl.client.queue.store import CorrectionQueue
 
 SIZE = 128  # patch pixels (square); the page shows it at 512 CSS px, 4 screen px per patch px
@@ -43,5 +44,7 @@ def make_review_workspace(ws: Path, scores: list[float], slide: str = "RST_001.t
     """Queue one patch per score (item i at level-0 x = 512 i); returns the item ids in order."""
     mask = ring_mask()
     with CorrectionQueue(ws) as queue:
-        return [queue.add(slide, (512 * i, 1024, 256, 256), 2.0, score, "entropy", "stochastic-batch", "ec376ad29d8a",
-                          1, he_patch(i), mask, edge_uncertainty(mask)) for i, score in enumerate(scores)]
+        return [queue.add(NewItem(PatchOrigin(slide, (512 * i, 1024, 256, 256), 2.0),
+                                  PatchReason(score, "entropy", "stochastic-batch", "ec376ad29d8a", 1),
+                                  PatchPixels(he_patch(i), mask, edge_uncertainty(mask))))
+                for i, score in enumerate(scores)]

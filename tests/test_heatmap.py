@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 
 import ugafl.common.heatmap as heatmap
-from ugafl.common.heatmap import render_heatmap, resample_to_grid, slide_heatmap, summary_numbers
+from ugafl.common.heatmap import (HeatmapLayers, HeatmapStyle, render_heatmap, resample_to_grid, slide_heatmap,
+                                  summary_numbers)
 
 THUMB_MPP, MAP_MPP = 8.0, 2.0
 S = int(THUMB_MPP / MAP_MPP)  # map pixels per thumbnail pixel
@@ -47,12 +48,15 @@ def make_case(shape_delta: tuple[int, int] = (0, 0), hot: float = 1.0) -> Case:
     return Case(thumbnail, uncertainty, tissue, prediction)
 
 
+def layers(case: Case, prediction: np.ndarray | None, tissue_mpp: float = THUMB_MPP) -> HeatmapLayers:
+    return HeatmapLayers(case.thumbnail, THUMB_MPP, case.uncertainty, MAP_MPP, case.tissue, tissue_mpp, prediction)
+
+
 def render(case: Case, **options) -> heatmap.HeatmapRender:
     kwargs = dict(measure="mutual information (nats)", title="test slide", summary={"patches": "12"})
     kwargs.update(options)
     prediction = kwargs.pop("prediction", case.prediction)
-    return render_heatmap(case.thumbnail, THUMB_MPP, case.uncertainty, MAP_MPP, case.tissue, THUMB_MPP,
-                          prediction, **kwargs)
+    return render_heatmap(layers(case, prediction), HeatmapStyle(**kwargs))
 
 
 def at(result: heatmap.HeatmapRender, panel: str, point: tuple[float, float]) -> np.ndarray:
@@ -140,8 +144,8 @@ def test_slide_heatmap_writes_one_png_atomically(tmp_path: Path):
     case = make_case()
     out = tmp_path / "slide.png"
     out.write_bytes(b"stale")  # replaced, not appended to
-    returned = slide_heatmap(out, case.thumbnail, THUMB_MPP, case.uncertainty, MAP_MPP, case.tissue, THUMB_MPP,
-                             case.prediction, "entropy (nats)", "slide", {"mean": "0.1"}, vmax=2.0)
+    returned = slide_heatmap(out, layers(case, case.prediction),
+                             HeatmapStyle("entropy (nats)", "slide", {"mean": "0.1"}, vmax=2.0))
     assert returned == out
     assert [p.name for p in tmp_path.iterdir()] == ["slide.png"]
     with Image.open(out) as png:
@@ -158,16 +162,16 @@ def test_failed_write_leaves_nothing(tmp_path: Path, monkeypatch):
 
     monkeypatch.setattr(Image.Image, "save", broken_save)
     with pytest.raises(OSError, match="disk full"):
-        slide_heatmap(tmp_path / "slide.png", case.thumbnail, THUMB_MPP, case.uncertainty, MAP_MPP, case.tissue,
-                      THUMB_MPP, None, "entropy", "slide", show_slide=False)
+        slide_heatmap(tmp_path / "slide.png", layers(case, None), HeatmapStyle("entropy", "slide", show_slide=False))
     assert list(tmp_path.iterdir()) == []
 
 
 def test_tissue_on_a_coarser_grid_and_no_slide_panel():
     case = make_case()
     coarse = case.tissue.reshape(H // 2, 2, W // 2, 2).mean(axis=(1, 3)) >= 0.5  # 16 µm/px
-    result = render_heatmap(case.thumbnail, THUMB_MPP, case.uncertainty, MAP_MPP, coarse, 2 * THUMB_MPP, None,
-                            "entropy", "slide", show_slide=False)
+    coarse_case = Case(case.thumbnail, case.uncertainty, coarse, case.prediction)
+    result = render_heatmap(layers(coarse_case, None, tissue_mpp=2 * THUMB_MPP),
+                            HeatmapStyle("entropy", "slide", show_slide=False))
     assert set(result.panels) == {"overlay"}
     assert at(result, "overlay", HOT).mean() > 150
     assert np.allclose(at(result, "overlay", GLASS), BACKGROUND, atol=2)
@@ -183,7 +187,8 @@ def test_large_thumbnail_is_drawn_from_a_shrunk_copy():
     uncertainty[200:650, 1300:2300] = 1.0
     prediction = np.zeros((h, w), bool)
     prediction[700:1000, 500:900] = True
-    result = render_heatmap(thumbnail, THUMB_MPP, uncertainty, THUMB_MPP, tissue, THUMB_MPP, prediction, "m", "t")
+    result = render_heatmap(HeatmapLayers(thumbnail, THUMB_MPP, uncertainty, THUMB_MPP, tissue, THUMB_MPP, prediction),
+                            HeatmapStyle("m", "t"))
     assert result.image.shape[1] <= 2000
     assert result.panels["slide"].bbox[0] > result.panels["overlay"].bbox[2]  # stacked
     top, left, bottom, right = result.panels["overlay"].bbox
@@ -204,7 +209,9 @@ def test_bad_inputs_are_refused():
     with pytest.raises(ValueError, match="vmax"):
         render(case, vmax=0.0)
     with pytest.raises(ValueError, match="map_mpp"):
-        render_heatmap(case.thumbnail, THUMB_MPP, case.uncertainty, 0.0, case.tissue, THUMB_MPP, None, "m", "t")
+        HeatmapLayers(case.thumbnail, THUMB_MPP, case.uncertainty, 0.0, case.tissue, THUMB_MPP)
+    with pytest.raises(ValueError, match="uncertainty must be a non-empty 2-D array"):
+        HeatmapLayers(case.thumbnail, THUMB_MPP, case.uncertainty[0], MAP_MPP, case.tissue, THUMB_MPP)
 
 
 def test_summary_numbers_by_hand():

@@ -17,6 +17,7 @@ from PIL import Image
 from sigkill import kill_after_acks
 from ugafl.client.annotations import asap_xml, qupath_geojson
 from ugafl.client.annotations.geometry import ExportPatch, polygons_to_mask
+from ugafl.client.queue.new_item import NewItem, PatchOrigin, PatchPixels, PatchReason
 from ugafl.client.queue.store import CorrectionQueue
 
 SIZE = 32  # patch pixels; boxes are 128 level-0 px at 4x
@@ -49,9 +50,10 @@ def build(ws: Path, files_dir: Path, n_items: int) -> tuple[list[tuple[str, Path
     with CorrectionQueue(ws) as q:
         for i in range(n_items):
             box = (256 * (i % 20), 256 * (i // 20), 128, 128)
-            item_id = q.add("s1.tif", box, 2.0, 1.0 - i / n_items, "uga", "top-k", "v1", 0,
-                            rng.integers(0, 255, (SIZE, SIZE, 3), dtype=np.uint8), rng.random((SIZE, SIZE)) < 0.3,
-                            rng.random((SIZE, SIZE)).astype(np.float32))
+            pixels = PatchPixels(rng.integers(0, 255, (SIZE, SIZE, 3), dtype=np.uint8), rng.random((SIZE, SIZE)) < 0.3,
+                                 rng.random((SIZE, SIZE)).astype(np.float32))
+            reason = PatchReason(1.0 - i / n_items, "uga", "top-k", "v1", 0)
+            item_id = q.add(NewItem(PatchOrigin("s1.tif", box, 2.0), reason, pixels))
             boxes[item_id] = box
     files, expected, ids, k = [], {}, sorted(boxes), 0
     shapes = {i: (SIZE, SIZE) for i in ids}

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from ugafl.client.queue.new_item import NewItem, PatchOrigin, PatchPixels, PatchReason
 from ugafl.client.queue.store import CorrectionQueue
 
 UGAFL = Path(sys.executable).with_name("ugafl")
@@ -40,8 +41,10 @@ def workspace(tmp_path):
     rng = np.random.default_rng(0)
     with CorrectionQueue(ws) as q:
         for k, mask in enumerate((donut(), blob())):
-            q.add("s1", (1000 + 512 * k, 2000, 256, 256), 2.0, 0.5 - 0.1 * k, "uga", "top-k", "v1", 0,
-                  rng.integers(0, 255, (SIZE, SIZE, 3), dtype=np.uint8), mask, rng.random((SIZE, SIZE)).astype(np.float32))
+            pixels = PatchPixels(rng.integers(0, 255, (SIZE, SIZE, 3), dtype=np.uint8), mask,
+                                 rng.random((SIZE, SIZE)).astype(np.float32))
+            q.add(NewItem(PatchOrigin("s1", (1000 + 512 * k, 2000, 256, 256), 2.0),
+                          PatchReason(0.5 - 0.1 * k, "uga", "top-k", "v1", 0), pixels))
     return ws
 
 

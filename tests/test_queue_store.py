@@ -18,6 +18,7 @@ import pytest
 
 from sigkill import kill_after_acks
 
+from ugafl.client.queue.new_item import NewItem, PatchOrigin, PatchPixels, PatchReason
 from ugafl.client.queue.store import CorrectionQueue, QueueError
 
 PATCH = (24, 32)  # (H, W) of the stored patches: deliberately not square
@@ -42,9 +43,9 @@ def patch_arrays(seed: int, shape: tuple[int, int] = PATCH) -> tuple[np.ndarray,
 
 def add_item(queue: CorrectionQueue, i: int, *, score: float | None = None, slide: str = "s1.svs",
              model_version: str = "m1") -> int:
-    image, mask, unc = patch_arrays(i)
-    return queue.add(slide, (i * 64, 128, 64, 48), 0.5, float(i) if score is None else score, "uga", "top_k",
-                     model_version, 0, image, mask, unc)
+    origin = PatchOrigin(slide, (i * 64, 128, 64, 48), 0.5)
+    reason = PatchReason(float(i) if score is None else score, "uga", "top_k", model_version, 0)
+    return queue.add(NewItem(origin, reason, PatchPixels(*patch_arrays(i))))
 
 
 def snapshot(ws: Path) -> tuple:
@@ -169,20 +170,32 @@ def test_refusal_changes_nothing(ws: Path, name, prepare, call, message) -> None
 def test_add_refusals_name_the_field(ws: Path) -> None:
     with CorrectionQueue(ws) as q:
         image, mask, unc = patch_arrays(0)
-        args = ("s", (0, 0, 64, 48), 0.5, 1.0, "uga", "top_k", "m1", 0)
+        origin, reason = PatchOrigin("s", (0, 0, 64, 48), 0.5), PatchReason(1.0, "uga", "top_k", "m1", 0)
+
+        def add(*pixels: np.ndarray) -> int:
+            return q.add(NewItem(origin, reason, PatchPixels(*pixels)))
+
         before = snapshot(ws)
         with pytest.raises(QueueError, match="model_mask is 31x24, image is 32x24"):
-            q.add(*args, image, mask[:, :31], unc)
+            add(image, mask[:, :31], unc)
         with pytest.raises(QueueError, match="uncertainty is 32x23, image is 32x24"):
-            q.add(*args, image, mask, unc[:23])
+            add(image, mask, unc[:23])
         with pytest.raises(QueueError, match="image must be uint8"):
-            q.add(*args, image.astype(np.float32), mask, unc)
+            add(image.astype(np.float32), mask, unc)
         with pytest.raises(QueueError, match="uncertainty has NaN"):
-            q.add(*args, image, mask, np.full(PATCH, np.nan))
+            add(image, mask, np.full(PATCH, np.nan))
+        for bad_origin, message in ((PatchOrigin("s", (0, 0, 0, 48), 0.5), "width, height > 0"),
+                                    (PatchOrigin("s", (0, 0, 64.5, 48), 0.5), "box must be four integers"),
+                                    (PatchOrigin("", (0, 0, 64, 48), 0.5), "slide must be a non-empty string"),
+                                    (PatchOrigin("s", (0, 0, 64, 48), 0.0), "mpp must be a positive number")):
+            with pytest.raises(QueueError, match=message):
+                q.add(NewItem(bad_origin, reason, PatchPixels(image, mask, unc)))
+        with pytest.raises(QueueError, match="selection must be a non-empty string"):
+            q.add(NewItem(origin, PatchReason(1.0, "uga", " ", "m1", 0), PatchPixels(image, mask, unc)))
         assert snapshot(ws) == before
         # same box, another model version: allowed
-        q.add(*args, image, mask, unc)
-        q.add("s", (0, 0, 64, 48), 0.5, 1.0, "uga", "top_k", "m2", 1, image, mask, unc)
+        add(image, mask, unc)
+        q.add(NewItem(origin, PatchReason(1.0, "uga", "top_k", "m2", 1), PatchPixels(image, mask, unc)))
         assert q.taken_boxes() == [("s", 0, 0, 64, 48)]
 
 

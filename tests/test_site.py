@@ -13,6 +13,7 @@ from review_helpers import he_patch, ring_mask
 from ugafl.client.round.local_evaluation import evaluate
 from ugafl.client.round.local_training import train
 from ugafl.client.site_config import SiteConfig
+from ugafl.client.queue.new_item import NewItem, PatchOrigin, PatchPixels, PatchReason
 from ugafl.client.queue.store import CorrectionQueue
 from ugafl.common.errors import ConfigError
 from ugafl.common.model import ModelConfig, build_model
@@ -54,8 +55,9 @@ def test_train_only_when_there_are_new_corrections_and_evaluate_on_them(tmp_path
     mask = ring_mask()
     with CorrectionQueue(site.workspace) as q:
         for i in range(3):
-            item = q.add("s.tif", (256 * i, 0, 256, 256), 2.0, 0.5, "uga", "random", "v", 1, he_patch(i), mask,
-                         np.zeros(mask.shape, np.float32))
+            item = q.add(NewItem(PatchOrigin("s.tif", (256 * i, 0, 256, 256), 2.0),
+                                 PatchReason(0.5, "uga", "random", "v", 1),
+                                 PatchPixels(he_patch(i), mask, np.zeros(mask.shape, np.float32))))
             q.submit_correction(item, mask, "dr")
     before = {k: v.clone() for k, v in model.state_dict().items()}
     state, ids, metrics = train(site, model, CFG, steps=2, proximal_mu=0.01, lr=1e-3, seed=0)

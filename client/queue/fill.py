@@ -4,20 +4,24 @@ skip every box that overlaps one already queued (any state, any model version), 
 chosen patch with its image, the model's mask and the per-pixel uncertainty map, so a
 pathologist (or the simulated annotator) can correct it.
 
-Everything a patch needs is computed and every slide is found before the first item is added:
-a missing slide or an unreadable patch leaves the queue unchanged.
+Three steps: `plan` (candidates, exclusion of taken boxes, selection, each box's mpp; no pixel
+read), `prepare` (find every slide, compute every patch's image, model mask and uncertainty;
+nothing written), `commit` (add them all). `fill_queue` runs them in turn, so everything a patch
+needs is computed and every slide is found before the first item is added: a missing slide or an
+unreadable patch leaves the queue unchanged.
 """
 
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
+from ugafl.client.queue.new_item import NewItem, PatchOrigin, PatchPixels, PatchReason
 from ugafl.client.queue.store import CorrectionQueue
 from ugafl.common.selection import SELECTION_NAMES, Candidates, exclude, load_candidates, select, slide_name
 from ugafl.common.errors import ConfigError, DataError
@@ -39,10 +43,27 @@ def default_measure(method_name: str) -> str:
 
 
 @dataclass(frozen=True)
-class _Chosen:
-    slide: str
-    box: tuple[int, int, int, int]
-    mpp: float
+class FillRequest:
+    """What to queue. Which: `budget` patches chosen by the `selection` strategy with `seed`,
+    ranked by `measure` (None: `default_measure` of the method), comparing at most `batches`
+    batches (stochastic-batch; None: all) and taking at most `max_per_slide` per slide (None: no
+    limit). For whom: the model `model_version` in annotation round `round`."""
+
+    selection: str
+    budget: int
+    seed: int
+    model_version: str
+    round: int = 0
+    measure: str | None = None
+    batches: int | None = None
+    max_per_slide: int | None = None
+
+
+@dataclass(frozen=True)
+class PlannedPatch:
+    """A chosen patch before its pixels are read: where it is and its score."""
+
+    origin: PatchOrigin
     score: float
 
 
@@ -107,30 +128,100 @@ def patch_outputs(method: UncertaintyMethod, image: np.ndarray, measure: str,
     return prob >= 0.5, unc.astype(np.float32)
 
 
-def fill_queue(workspace: str | Path, slides_dir: str | Path, method: UncertaintyMethod, method_name: str,
-               strategy: str, budget: int, seed: int, model_version: str, round: int = 0, measure: str | None = None,
-               max_per_slide: int | None = None, batches: int | None = None, slide_mpp: float | None = None,
-               device: torch.device | str = "cpu") -> list[int]:
-    """Select `budget` patches and queue them; returns the new item ids in selection order.
-
-    Candidates are the rows of WS/patch_scores/*.<method_name>.csv scored by `measure` (default:
-    variance for edue, else uga); boxes overlapping an already queued item are dropped first.
-    Each chosen patch is read from `<stem>.*` in `slides_dir` at its row's mpp (`slide_mpp`
-    overrides the slides' level-0 resolution, like --mpp of `ugafl uncertainty`) and run through
-    `method` for the model's mask (p̄ >= 0.5) and the `measure` map. Deterministic for a seed.
-    """
-    workspace, slides_dir = Path(workspace), Path(slides_dir)
-    measure = measure or default_measure(method_name)
-    if strategy not in SELECTION_NAMES:
-        raise ConfigError(f"unknown selection strategy {strategy!r}; choose one of {', '.join(SELECTION_NAMES)}")
+def check_request(request: FillRequest, method_name: str) -> FillRequest:
+    """`request` with its measure filled in (default_measure of `method_name`); ConfigError naming
+    what is wrong."""
+    measure = request.measure or default_measure(method_name)
+    if request.selection not in SELECTION_NAMES:
+        raise ConfigError(f"unknown selection strategy {request.selection!r}; "
+                          f"choose one of {', '.join(SELECTION_NAMES)}")
     if measure not in PIXEL_MEASURES:
         raise ConfigError(f"unknown measure {measure!r}; choose one of {', '.join(PIXEL_MEASURES)}")
+    budget = request.budget
     if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)) or budget < 1:
         raise ConfigError(f"budget must be a positive number of patches, got {budget!r}")
-    if max_per_slide is not None and max_per_slide < 1:
-        raise ConfigError(f"max_per_slide must be >= 1, got {max_per_slide}")
-    if batches is not None and batches < 1:
-        raise ConfigError(f"batches must be >= 1, got {batches}")
+    if request.max_per_slide is not None and request.max_per_slide < 1:
+        raise ConfigError(f"max_per_slide must be >= 1, got {request.max_per_slide}")
+    if request.batches is not None and request.batches < 1:
+        raise ConfigError(f"batches must be >= 1, got {request.batches}")
+    return replace(request, measure=measure)
+
+
+def plan(tables: list[Path], taken: list[tuple[str, int, int, int, int]], request: FillRequest,
+         default_mpp: float) -> list[PlannedPatch]:
+    """The patches to queue, in selection order, without reading a pixel: candidates from the
+    patch-score `tables` ranked by the request's measure (`check_request` fills it in), minus the
+    ones overlapping a `taken` (slide, x, y, w, h) box, chosen by the request's selection. Each
+    box's mpp is its row's (`default_mpp` µm/px if the row has none)."""
+    cand, names = load_candidates(tables, _measure(request))
+    index = {name: i for i, name in enumerate(names)}
+    taken = [t for t in taken if t[0] in index]
+    if taken:
+        arr = np.array([t[1:] for t in taken], np.int64)
+        taken_c = Candidates(np.array([index[t[0]] for t in taken], np.int64), arr[:, 0], arr[:, 1], arr[:, 2],
+                             arr[:, 3], np.zeros(len(taken)))
+        before = len(cand)
+        cand = exclude(cand, taken_c)
+        log.info("%d of %d candidates overlap %d queued boxes and are skipped", before - len(cand), before, len(taken))
+    chosen_idx = select(cand, request.selection, int(request.budget), int(request.seed), batches=request.batches,
+                        max_per_slide=request.max_per_slide)
+    chosen = [(names[int(cand.slide[i])], (int(cand.x[i]), int(cand.y[i]), int(cand.width[i]), int(cand.height[i])),
+               float(cand.score[i])) for i in chosen_idx]
+    row_mpp = _row_mpps(tables, chosen)
+    return [PlannedPatch(PatchOrigin(stem, box, row_mpp.get(stem, {}).get(box, default_mpp)), score)
+            for stem, box, score in chosen]
+
+
+def _row_mpps(tables: list[Path], chosen: list[tuple[str, tuple[int, int, int, int], float]]) -> dict[str, dict]:
+    """slide -> box -> mpp of each chosen box, from its own slide's table(s) (the first row wins)."""
+    by_slide: dict[str, set] = {}
+    for stem, box, _ in chosen:
+        by_slide.setdefault(stem, set()).add(box)
+    row_mpp: dict[str, dict] = {}
+    for path in tables:
+        stem = slide_name(path)
+        if stem in by_slide:
+            known = row_mpp.setdefault(stem, {})
+            for box, mpp in _read_row_mpp(path, by_slide[stem]).items():
+                known.setdefault(box, mpp)
+    return row_mpp
+
+
+def prepare(planned: list[PlannedPatch], slides_dir: Path, method: UncertaintyMethod, request: FillRequest, *,
+            slide_mpp: float | None = None, device: torch.device | str = "cpu") -> list[NewItem]:
+    """Every planned patch with its pixels, in plan order, writing nothing: finds every slide
+    (`<stem>.*` in `slides_dir`) first, then reads each box at its mpp (`slide_mpp` overrides the
+    slides' level-0 µm/px) and runs `method` for the model's mask (p̄ >= 0.5) and the measure map.
+    Raises (DataError) on a missing slide or an unreadable patch."""
+    measure = _measure(request)
+    files = {stem: find_slide(slides_dir, stem) for stem in dict.fromkeys(p.origin.slide for p in planned)}
+    pixels: dict[int, PatchPixels] = {}
+    for stem, path in files.items():
+        with open_slide(path, slide_mpp) as slide:
+            for k, p in enumerate(planned):
+                if p.origin.slide == stem:
+                    image = _read_patch(slide, p.origin.box, p.origin.mpp, method.cfg.patch_size)
+                    mask, unc = patch_outputs(method, image, measure, device)
+                    pixels[k] = PatchPixels(image, mask, unc)
+    return [NewItem(p.origin, PatchReason(p.score, measure, request.selection, request.model_version,
+                                          int(request.round)), pixels[k])
+            for k, p in enumerate(planned)]
+
+
+def commit(queue: CorrectionQueue, items: list[NewItem]) -> list[int]:
+    """Add the prepared items to `queue` in order; their new ids."""
+    return [queue.add(item) for item in items]
+
+
+def fill_queue(workspace: str | Path, slides_dir: str | Path, method: UncertaintyMethod, method_name: str,
+               request: FillRequest, *, slide_mpp: float | None = None,
+               device: torch.device | str = "cpu") -> list[int]:
+    """Select the request's budget of patches from WS/patch_scores/*.<method_name>.csv and queue
+    them; returns the new item ids in selection order (none when every candidate is taken).
+    `plan`, then `prepare`, then `commit`: nothing is added before every patch is ready, so a
+    missing slide or an unreadable patch leaves the queue unchanged. Deterministic for a seed."""
+    workspace, slides_dir = Path(workspace), Path(slides_dir)
+    request = check_request(request, method_name)
     if not slides_dir.is_dir():
         raise DataError(f"{slides_dir}: slides folder not found")
     tables = score_tables(workspace, method_name)
@@ -138,59 +229,18 @@ def fill_queue(workspace: str | Path, slides_dir: str | Path, method: Uncertaint
         raise DataError(f"{workspace / 'patch_scores'}: no patch-score tables for method {method_name} "
                         f"(*.{method_name}.csv); run `ugafl uncertainty SLIDES --method {method_name} "
                         f"--workspace {workspace} ...` first")
-
-    queue = CorrectionQueue(workspace)
-    try:
-        cand, names = load_candidates(tables, measure)
-        index = {name: i for i, name in enumerate(names)}
-        taken = [t for t in queue.taken_boxes() if t[0] in index]
-        if taken:
-            arr = np.array([t[1:] for t in taken], np.int64)
-            taken_c = Candidates(np.array([index[t[0]] for t in taken], np.int64), arr[:, 0], arr[:, 1], arr[:, 2],
-                                 arr[:, 3], np.zeros(len(taken)))
-            before = len(cand)
-            cand = exclude(cand, taken_c)
-            log.info("%d of %d candidates overlap %d queued boxes and are skipped", before - len(cand), before,
-                     len(taken))
-        chosen_idx = select(cand, strategy, int(budget), int(seed), batches=batches, max_per_slide=max_per_slide)
-        if chosen_idx.size == 0:
+    with CorrectionQueue(workspace) as queue:
+        planned = plan(tables, queue.taken_boxes(), request, method.cfg.mpp)
+        if not planned:
             log.warning("no candidate patch left to queue (all scored patches are queued or have no score)")
             return []
+        ids = commit(queue, prepare(planned, slides_dir, method, request, slide_mpp=slide_mpp, device=device))
+    log.info("queued %d patches (%s by %s, model %s, round %d)", len(ids), request.selection, request.measure,
+             request.model_version, request.round)
+    return ids
 
-        # The row mpp of each chosen box, from its own slide's table(s).
-        by_slide: dict[str, set] = {}
-        for i in chosen_idx:
-            box = (int(cand.x[i]), int(cand.y[i]), int(cand.width[i]), int(cand.height[i]))
-            by_slide.setdefault(names[int(cand.slide[i])], set()).add(box)
-        row_mpp: dict[str, dict] = {}
-        for path in tables:
-            stem = slide_name(path)
-            if stem in by_slide:
-                known = row_mpp.setdefault(stem, {})
-                for box, mpp in _read_row_mpp(path, by_slide[stem]).items():
-                    known.setdefault(box, mpp)
-        chosen = []
-        for i in chosen_idx:
-            stem = names[int(cand.slide[i])]
-            box = (int(cand.x[i]), int(cand.y[i]), int(cand.width[i]), int(cand.height[i]))
-            mpp = row_mpp.get(stem, {}).get(box, method.cfg.mpp)
-            chosen.append(_Chosen(stem, box, mpp, float(cand.score[i])))
 
-        # Find every slide before reading anything, and compute every patch before adding anything.
-        files = {stem: find_slide(slides_dir, stem) for stem in dict.fromkeys(c.slide for c in chosen)}
-        prepared = []
-        for stem, path in files.items():
-            with open_slide(path, slide_mpp) as slide:
-                for c in (c for c in chosen if c.slide == stem):
-                    image = _read_patch(slide, c.box, c.mpp, method.cfg.patch_size)
-                    mask, unc = patch_outputs(method, image, measure, device)
-                    prepared.append((c, image, mask, unc))
-        order = {id(c): k for k, c in enumerate(chosen)}
-        prepared.sort(key=lambda t: order[id(t[0])])
-
-        ids = [queue.add(c.slide, c.box, c.mpp, c.score, measure, strategy, model_version, int(round), image, mask, unc)
-               for c, image, mask, unc in prepared]
-        log.info("queued %d patches (%s by %s, model %s, round %d)", len(ids), strategy, measure, model_version, round)
-        return ids
-    finally:
-        queue.close()
+def _measure(request: FillRequest) -> str:
+    if request.measure is None:
+        raise ConfigError("the fill request has no measure: pass it through check_request first")
+    return request.measure

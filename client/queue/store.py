@@ -1,5 +1,6 @@
-"""The site's persistent correction queue: WS/queue.db (SQLite) plus one folder of files per item,
-WS/queue/<item id>/ (image.png, model_mask.png, uncertainty.npy, later correction.png).
+"""The site's persistent correction queue: WS/queue.db (SQLite, tables in `schema`) plus one folder
+of files per item, WS/queue/<item id>/ (written by `files`). What goes in is a `NewItem`
+(`new_item`), what comes out an `Item` or `AuditEntry` (`items`).
 
 Durability rules (a pathologist's acknowledged correction is never lost):
 - queue.db runs in WAL mode with synchronous=FULL and foreign keys on; every change is one
@@ -16,165 +17,48 @@ Durability rules (a pathologist's acknowledged correction is never lost):
 from __future__ import annotations
 
 import json
-import math
 import os
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from ugafl.common.atomic import atomic_write, fsync_dir
-from ugafl.common.errors import UgaflError
+from ugafl.client.queue.files import (
+    CORRECTION_NAME,
+    FILES_DIR,
+    IMAGE_NAME,
+    MODEL_MASK_NAME,
+    UNCERTAINTY_NAME,
+    write_npy,
+    write_png,
+)
+from ugafl.client.queue.items import (
+    STATES,
+    AuditEntry,
+    Item,
+    QueueError,
+    check_binary_mask,
+    check_open,
+    need_str,
+    need_who,
+    size_text,
+)
+from ugafl.client.queue.new_item import NewItem, PatchOrigin, PatchPixels, PatchReason, check_new_item
+from ugafl.client.queue.schema import DB_NAME, SCHEMA_VERSION, init_schema
+from ugafl.common.atomic import fsync_dir
 from ugafl.common.clock import utc_now
 from ugafl.common.log import get_logger
 
+__all__ = ["CORRECTION_NAME", "DB_NAME", "FILES_DIR", "IMAGE_NAME", "MODEL_MASK_NAME", "SCHEMA_VERSION", "STATES",
+           "UNCERTAINTY_NAME", "AuditEntry", "CorrectionQueue", "Item", "NewItem", "PatchOrigin", "PatchPixels",
+           "PatchReason", "QueueError"]
+
 log = get_logger("queue")
-
-SCHEMA_VERSION = 1
-DB_NAME = "queue.db"
-FILES_DIR = "queue"
-STATES = ("pending", "in_review", "corrected", "rejected")
-IMAGE_NAME, MODEL_MASK_NAME, UNCERTAINTY_NAME, CORRECTION_NAME = (
-    "image.png", "model_mask.png", "uncertainty.npy", "correction.png")
-
-_SCHEMA = """
-CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE items (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    slide TEXT NOT NULL,
-    x INTEGER NOT NULL, y INTEGER NOT NULL, width INTEGER NOT NULL, height INTEGER NOT NULL,
-    mpp REAL NOT NULL,
-    score REAL NOT NULL,
-    measure TEXT NOT NULL,
-    strategy TEXT NOT NULL,
-    model_version TEXT NOT NULL,
-    round INTEGER NOT NULL,
-    state TEXT NOT NULL CHECK (state IN ('pending', 'in_review', 'corrected', 'rejected')),
-    reviewer TEXT NULL,
-    created_at TEXT NOT NULL,
-    updated_at TEXT NOT NULL,
-    image_path TEXT NOT NULL,
-    model_mask_path TEXT NOT NULL,
-    uncertainty_path TEXT NOT NULL,
-    correction_path TEXT NULL,
-    CHECK ((state = 'corrected') = (correction_path IS NOT NULL)),
-    UNIQUE (slide, x, y, width, height, model_version)
-);
-CREATE INDEX items_state_score ON items (state, score DESC);
-CREATE TABLE audit (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    item_id INTEGER NOT NULL REFERENCES items (id),
-    at TEXT NOT NULL,
-    who TEXT NOT NULL,
-    action TEXT NOT NULL,
-    from_state TEXT NULL,
-    to_state TEXT NOT NULL,
-    detail TEXT NOT NULL
-);
-CREATE INDEX audit_item ON audit (item_id, id);
-"""
-
-
-class QueueError(UgaflError):
-    """A queue request that was refused; nothing was changed."""
-
-
-@dataclass(frozen=True)
-class Item:
-    """One queue row; the *_path fields are absolute (correction_path None until corrected)."""
-
-    id: int
-    slide: str
-    x: int
-    y: int
-    width: int
-    height: int
-    mpp: float
-    score: float
-    measure: str
-    strategy: str
-    model_version: str
-    round: int
-    state: str
-    reviewer: str | None
-    created_at: str
-    updated_at: str
-    image_path: Path
-    model_mask_path: Path
-    uncertainty_path: Path
-    correction_path: Path | None
-
-    @property
-    def box(self) -> tuple[int, int, int, int]:
-        """Level-0 (x, y, width, height)."""
-        return (self.x, self.y, self.width, self.height)
-
-
-@dataclass(frozen=True)
-class AuditEntry:
-    id: int
-    item_id: int
-    at: str  # UTC ISO 8601 with microseconds
-    who: str
-    action: str  # add, claim, correct, reject, release, reset_stale
-    from_state: str | None
-    to_state: str
-    detail: dict
-
-
-def _png_writer(array: np.ndarray) -> Any:
-    return lambda tmp: Image.fromarray(array).save(tmp, format="PNG")
-
-
-def _npy_writer(array: np.ndarray) -> Any:
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as handle:  # np.save on a path would append ".npy" to the temp name
-            np.save(handle, array, allow_pickle=False)
-
-    return write
-
-
-def _atomic_write(path: Path, write: Any) -> None:
-    """Durable: the file, its rename and the folder entry all reach the disk before a row refers to it."""
-    atomic_write(path, write, sync_dir=True)
-
-
-def _need_str(field: str, value: Any) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise QueueError(f"{field} must be a non-empty string, got {value!r}")
-    return value
-
-
-def _need_who(who: Any) -> str:
-    return _need_str("who", who)
-
-
-def _check_binary_mask(field: str, mask: Any) -> np.ndarray:
-    """A bool (H, W) array from a bool mask or an integer one holding only {0,1} or {0,255}."""
-    mask = np.asarray(mask)
-    if mask.ndim != 2:
-        raise QueueError(f"{field} must be 2-D (height, width), got shape {mask.shape}")
-    if mask.dtype == np.bool_:
-        return mask
-    if not np.issubdtype(mask.dtype, np.integer):
-        raise QueueError(f"{field} must be bool or uint8 (0/1 or 0/255), got dtype {mask.dtype}")
-    values = set(np.unique(mask).tolist())
-    if not (values <= {0, 1} or values <= {0, 255}):
-        bad = sorted(values - {0, 1, 255}) or sorted(values)
-        shown = ", ".join(str(v) for v in bad[:10]) + (" ..." if len(bad) > 10 else "")
-        raise QueueError(f"{field} has values {shown}; expected only 0/1 or 0/255")
-    return mask > 0
-
-
-def _size(shape: tuple[int, ...]) -> str:
-    return f"{shape[1]}x{shape[0]}"
 
 
 class CorrectionQueue:
@@ -230,29 +114,7 @@ class CorrectionQueue:
 
     def _init_schema(self) -> None:
         with self._write() as db:
-            has_meta = db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'").fetchone()
-            if not has_meta:
-                if db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='items'").fetchone():
-                    raise QueueError(f"{self.db_path}: has an items table but no schema version; not a queue this ugafl wrote")
-                for statement in _SCHEMA.split(";"):  # not executescript: it would COMMIT our transaction
-                    if statement.strip():
-                        db.execute(statement)
-                db.execute("INSERT INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-                db.execute("INSERT INTO meta (key, value) VALUES ('created_at', ?)", (utc_now(),))
-                return
-            row = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-            try:
-                version = int(row[0]) if row else None
-            except ValueError:
-                version = None
-            if version is None:
-                raise QueueError(f"{self.db_path}: meta table has no valid schema_version")
-            if version > SCHEMA_VERSION:
-                raise QueueError(
-                    f"{self.db_path}: queue schema version {version} is newer than this ugafl supports "
-                    f"({SCHEMA_VERSION}); upgrade ugafl to open it (the file was left untouched)")
-            if version < SCHEMA_VERSION:  # pragma: no cover - no older version exists yet
-                raise QueueError(f"{self.db_path}: queue schema version {version} is older than {SCHEMA_VERSION}; no migration exists")
+            init_schema(db, self.db_path)
 
     @staticmethod
     def _audit(db: sqlite3.Connection, item_id: int, at: str, who: str, action: str,
@@ -281,54 +143,20 @@ class CorrectionQueue:
 
     # ------------------------------------------------------------------ adding
 
-    def add(self, slide: str, box: tuple[int, int, int, int], mpp: float, score: float, measure: str,
-            strategy: str, model_version: str, round: int, image: np.ndarray, model_mask: np.ndarray,
-            uncertainty: np.ndarray, who: str = "selection") -> int:
-        """Queue one proposed patch; returns its id. Refuses a box already queued for this model version."""
-        _need_str("slide", slide)
-        for name, value in (("measure", measure), ("strategy", strategy), ("model_version", model_version)):
-            _need_str(name, value)
-        who = _need_who(who)
-        try:
-            x, y, w, h = (int(v) for v in box)
-            if any(int(v) != v for v in box):
-                raise ValueError
-        except (TypeError, ValueError):
-            raise QueueError(f"box must be four integers (x, y, width, height), got {box!r}") from None
-        if w <= 0 or h <= 0 or x < 0 or y < 0:
-            raise QueueError(f"box {box!r}: x, y must be >= 0 and width, height > 0")
-        if not (isinstance(mpp, (int, float)) and math.isfinite(mpp) and mpp > 0):
-            raise QueueError(f"mpp must be a positive number, got {mpp!r}")
-        if not (isinstance(score, (int, float, np.floating)) and math.isfinite(float(score))):
-            raise QueueError(f"score must be a finite number, got {score!r}")
-        if isinstance(round, bool) or not isinstance(round, (int, np.integer)) or round < 0:
-            raise QueueError(f"round must be a non-negative integer, got {round!r}")
-        image = np.asarray(image)
-        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3 or 0 in image.shape:
-            raise QueueError(f"image must be uint8 (height, width, 3) RGB, got {image.dtype} {image.shape}")
-        hw = image.shape[:2]
-        model_mask = np.asarray(model_mask)
-        if model_mask.shape != hw:
-            raise QueueError(f"model_mask is {_size(model_mask.shape) if model_mask.ndim == 2 else model_mask.shape}, "
-                             f"image is {_size(hw)}")
-        mask = _check_binary_mask("model_mask", model_mask)
-        uncertainty = np.asarray(uncertainty)
-        if uncertainty.shape != hw:
-            raise QueueError(f"uncertainty is {_size(uncertainty.shape) if uncertainty.ndim == 2 else uncertainty.shape}, "
-                             f"image is {_size(hw)}")
-        if not np.issubdtype(uncertainty.dtype, np.number) or np.issubdtype(uncertainty.dtype, np.complexfloating):
-            raise QueueError(f"uncertainty must be a real-valued array, got dtype {uncertainty.dtype}")
-        unc = uncertainty.astype(np.float32)
-        if not np.isfinite(unc).all():
-            raise QueueError("uncertainty has NaN or infinite values")
-
+    def add(self, item: NewItem, who: str = "selection") -> int:
+        """Queue one proposed patch; returns its id. Refuses (QueueError, nothing written) a malformed
+        item and a box already queued for this model version."""
+        checked = check_new_item(item)
+        who = need_who(who)
+        slide, reason = item.origin.slide, item.reason
+        x, y, w, h = checked.box
         now = utc_now()
         with self._write() as db:
             dup = db.execute(
                 "SELECT id, state FROM items WHERE slide=? AND x=? AND y=? AND width=? AND height=? AND model_version=?",
-                (slide, x, y, w, h, model_version)).fetchone()
+                (slide, x, y, w, h, reason.model_version)).fetchone()
             if dup is not None:
-                raise QueueError(f"{slide} box ({x}, {y}, {w}, {h}) is already queued for model {model_version} "
+                raise QueueError(f"{slide} box ({x}, {y}, {w}, {h}) is already queued for model {reason.model_version} "
                                  f"as item {dup['id']} ({dup['state']})")
             item_id = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM sqlite_sequence WHERE name='items'").fetchone()[0]
             item_dir = self._item_dir(item_id)
@@ -336,21 +164,21 @@ class CorrectionQueue:
             # Files first (the write lock is held, so no other writer or sweep runs meanwhile) ...
             item_dir.mkdir(parents=True, exist_ok=True)
             fsync_dir(self.files_dir)
-            _atomic_write(paths[IMAGE_NAME], _png_writer(image))
-            _atomic_write(paths[MODEL_MASK_NAME], _png_writer(mask.astype(np.uint8)))
-            _atomic_write(paths[UNCERTAINTY_NAME], _npy_writer(unc))
+            write_png(paths[IMAGE_NAME], checked.image)
+            write_png(paths[MODEL_MASK_NAME], checked.model_mask.astype(np.uint8))
+            write_npy(paths[UNCERTAINTY_NAME], checked.uncertainty)
             # ... then the row that references them.
             db.execute(
                 "INSERT INTO items (id, slide, x, y, width, height, mpp, score, measure, strategy, model_version, round,"
                 " state, reviewer, created_at, updated_at, image_path, model_mask_path, uncertainty_path, correction_path)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', NULL, ?, ?, ?, ?, ?, NULL)",
-                (item_id, slide, x, y, w, h, float(mpp), float(score), measure, strategy, model_version, int(round),
-                 now, now, self._rel(paths[IMAGE_NAME]), self._rel(paths[MODEL_MASK_NAME]),
-                 self._rel(paths[UNCERTAINTY_NAME])))
+                (item_id, slide, x, y, w, h, float(item.origin.mpp), float(reason.score), reason.measure,
+                 reason.selection, reason.model_version, int(reason.round), now, now,
+                 self._rel(paths[IMAGE_NAME]), self._rel(paths[MODEL_MASK_NAME]), self._rel(paths[UNCERTAINTY_NAME])))
             self._audit(db, item_id, now, who, "add", None, "pending",
-                        {"score": float(score), "measure": measure, "strategy": strategy,
-                         "model_version": model_version, "round": int(round)})
-        log.debug("queued item %d: %s %s score %.4g", item_id, slide, (x, y, w, h), score)
+                        {"score": float(reason.score), "measure": reason.measure, "strategy": reason.selection,
+                         "model_version": reason.model_version, "round": int(reason.round)})
+        log.debug("queued item %d: %s %s score %.4g", item_id, slide, (x, y, w, h), reason.score)
         return int(item_id)
 
     # ------------------------------------------------------------------ reviewing
@@ -358,7 +186,7 @@ class CorrectionQueue:
     def next_pending(self, who: str, skip: Iterable[int] = ()) -> Item | None:
         """Claim the highest-score pending item for `who` (pending -> in_review), passing over the ids
         in `skip` (items this reviewer skipped); None when none is left."""
-        who = _need_who(who)
+        who = need_who(who)
         skip_ids = sorted({int(i) for i in skip})
         not_in = f" AND id NOT IN ({', '.join('?' * len(skip_ids))})" if skip_ids else ""
         with self._write() as db:
@@ -380,7 +208,7 @@ class CorrectionQueue:
     def submit_corrections(self, masks: dict[int, np.ndarray], who: str) -> None:
         """`submit_correction` for several items in one transaction: all are stored or none (one
         imported file never lands half). Every mask is checked before anything is written."""
-        who = _need_who(who)
+        who = need_who(who)
         if not masks:
             raise QueueError("no corrections to submit")
         with self._lock:
@@ -388,20 +216,20 @@ class CorrectionQueue:
             for item_id, mask in masks.items():  # validate everything before writing anything
                 mask = np.asarray(mask)
                 item = self.get(item_id)
-                self._check_open(item, "correct")
+                check_open(item, "correct")
                 with Image.open(item.image_path) as im:
                     patch_w, patch_h = im.size
                 if mask.ndim != 2 or mask.shape != (patch_h, patch_w):
-                    got = _size(mask.shape) if mask.ndim == 2 else f"shape {mask.shape}"
+                    got = size_text(mask.shape) if mask.ndim == 2 else f"shape {mask.shape}"
                     raise QueueError(f"mask is {got}, patch is {patch_w}x{patch_h} (width x height) for item {item_id}")
-                checked[item.id] = _check_binary_mask("mask", mask)
+                checked[item.id] = check_binary_mask("mask", mask)
             with self._write() as db:
                 now = utc_now()
                 for item_id, binary in checked.items():
                     current = self._item(self._row(db, item_id))  # re-read under the write lock
-                    self._check_open(current, "correct")
+                    check_open(current, "correct")
                     path = self._item_dir(item_id) / CORRECTION_NAME
-                    _atomic_write(path, _png_writer(binary.astype(np.uint8)))
+                    write_png(path, binary.astype(np.uint8))
                     db.execute("UPDATE items SET state='corrected', reviewer=?, updated_at=?, correction_path=? WHERE id=?",
                                (who, now, self._rel(path), item_id))
                     self._audit(db, item_id, now, who, "correct", current.state, "corrected",
@@ -410,11 +238,11 @@ class CorrectionQueue:
 
     def reject(self, item_id: int, who: str, reason: str) -> None:
         """`who` declines to annotate the item (pending/in_review -> rejected), with a reason."""
-        who = _need_who(who)
-        reason = _need_str("reason", reason)
+        who = need_who(who)
+        reason = need_str("reason", reason)
         with self._write() as db:
             item = self._item(self._row(db, item_id))
-            self._check_open(item, "reject")
+            check_open(item, "reject")
             now = utc_now()
             db.execute("UPDATE items SET state='rejected', reviewer=?, updated_at=? WHERE id=?", (who, now, item.id))
             self._audit(db, item.id, now, who, "reject", item.state, "rejected",
@@ -422,7 +250,7 @@ class CorrectionQueue:
 
     def release(self, item_id: int, who: str) -> None:
         """Give a claimed item back (in_review -> pending)."""
-        who = _need_who(who)
+        who = need_who(who)
         with self._write() as db:
             item = self._item(self._row(db, item_id))
             if item.state != "in_review":
@@ -433,7 +261,7 @@ class CorrectionQueue:
 
     def reset_stale(self, older_than_s: float, who: str) -> int:
         """Return in_review items untouched for more than `older_than_s` seconds to pending; the count."""
-        who = _need_who(who)
+        who = need_who(who)
         if not (isinstance(older_than_s, (int, float)) and older_than_s >= 0):
             raise QueueError(f"older_than_s must be a non-negative number, got {older_than_s!r}")
         with self._write() as db:
@@ -450,12 +278,6 @@ class CorrectionQueue:
         if rows:
             log.info("returned %d stale in_review item(s) to pending", len(rows))
         return len(rows)
-
-    @staticmethod
-    def _check_open(item: Item, verb: str) -> None:
-        if item.state not in ("pending", "in_review"):
-            by = f" by {item.reviewer}" if item.reviewer else ""
-            raise QueueError(f"item {item.id} is already {item.state}{by}; cannot {verb} it")
 
     # ------------------------------------------------------------------ reading
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ugafl.client.queue.fill import fill_queue
+from ugafl.client.queue.fill import FillRequest, fill_queue
 from ugafl.client.queue.store import CorrectionQueue
 from ugafl.client.round.annotators import get_annotator
 from ugafl.client.round.scoring import run_uncertainty
@@ -35,8 +35,9 @@ def query(site: SiteConfig, model: torch.nn.Module, cfg: ModelConfig, model_vers
         stale.unlink()
     results = run_uncertainty(site.slides, method_obj, uncertainty_dir(site.workspace, model_version, method, passes),
                               workspace=site.workspace, device=device, progress=False, reuse=True)
-    ids = fill_queue(site.workspace, site.slides, method_obj, method, selection, budget, seed + round_, model_version,
-                     round_, device=device) if any(r.error is None and r.patches for r in results) else []
+    request = FillRequest(selection, budget, seed + round_, model_version, round_)
+    ids = fill_queue(site.workspace, site.slides, method_obj, method, request,
+                     device=device) if any(r.error is None and r.patches for r in results) else []
     with CorrectionQueue(site.workspace) as queue:
         chosen = [queue.get(i).score for i in ids]
     corrected_now = get_annotator(site.annotator)(site.workspace, site.annotator_data, seed + round_) if ids else 0

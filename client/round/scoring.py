@@ -16,7 +16,7 @@ import torch
 
 from ugafl.common.atomic import atomic_write_text
 from ugafl.common.errors import SlideError
-from ugafl.common.heatmap import resample_to_grid, slide_heatmap, summary_numbers
+from ugafl.common.heatmap import HeatmapLayers, HeatmapStyle, resample_to_grid, slide_heatmap, summary_numbers
 from ugafl.common.log import get_logger
 from ugafl.common.masks import write_mask
 from ugafl.common.slide import open_slide
@@ -78,9 +78,10 @@ def slide_outputs(result: SlideUncertainty, slide_path: Path, thumbnail: np.ndar
              "mean uncertainty on tissue": f"{numbers['mean_uncertainty']:.4f}",
              "90th percentile on tissue": f"{numbers['p90_uncertainty']:.4f}",
              "predicted tumour": f"{numbers['tumour_mm2']:.2f} mm² ({100 * np.nan_to_num(numbers['tumour_share_of_tissue']):.1f}% of tissue)"}
-    slide_heatmap(out_dir / "heatmap.png", thumbnail, thumb_mpp, uncertainty, result.map_mpp,
-                  result.tissue.mask, result.tissue.mpp, result.prediction, MEASURE_LABELS.get(measure, measure),
-                  f"{slide_path.name} · {result.method}", summary=shown)
+    layers = HeatmapLayers(thumbnail, thumb_mpp, uncertainty, result.map_mpp, result.tissue.mask, result.tissue.mpp,
+                           result.prediction)
+    style = HeatmapStyle(MEASURE_LABELS.get(measure, measure), f"{slide_path.name} · {result.method}", summary=shown)
+    slide_heatmap(out_dir / "heatmap.png", layers, style)
     write_mask(out_dir / "predicted_mask.tif", result.prediction, result.map_mpp)
     _write_csv(out_dir / "patches.csv", result.rows())
     _write_json(out_dir / "summary.json", summary)
