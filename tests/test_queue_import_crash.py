@@ -87,7 +87,9 @@ def test_acknowledged_imports_survive_sigkill(tmp_path: Path, seed: int) -> None
     listing = tmp_path / "files.tsv"
     listing.write_text("".join(f"{fmt}\t{path}\t{group[0] if fmt == 'png' else ''}\n" for fmt, path, group in files))
 
-    rng = random.Random(seed * 104729 + int(time.time()))
+    rng_seed = seed * 104729 + int(time.time())  # another kill point each run (not a timing)...
+    print(f"kill-point seed {rng_seed}")  # ...shown on failure, so that run can be replayed
+    rng = random.Random(rng_seed)
     kill_after = rng.randint(8, len(files) - 8)
     acked = kill_after_acks([sys.executable, "-c", CHILD, str(ws), str(listing)], kill_after, rng, 0.02)
     acked_ids = {int(x) for line in acked for x in line.split()[1:]}

@@ -10,7 +10,7 @@ import sys
 import textwrap
 import threading
 import time
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
@@ -243,20 +243,24 @@ def test_threads_never_claim_the_same_item(ws: Path, shared: bool) -> None:
             assert all(q.get(i).reviewer == name for i in c)
 
 
-def test_reset_stale_returns_old_claims(ws: Path) -> None:
+def test_reset_stale_returns_old_claims(ws: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import ugafl.client.queue.store as store
+
+    two_hours_ago = (datetime.now(timezone.utc) - timedelta(hours=2)).isoformat(timespec="microseconds")
     with CorrectionQueue(ws) as q:
         for i in range(3):
             add_item(q, i)
-        first = q.next_pending("dr_a")
-        time.sleep(0.05)
-        second = q.next_pending("dr_b")
-        assert q.reset_stale(3600, "janitor") == 0
-        assert q.reset_stale(0.03, "janitor") == 1  # only the older claim
+        with monkeypatch.context() as m:  # the first claim is stamped two hours ago, not slept for
+            m.setattr(store, "utc_now", lambda: two_hours_ago)
+            first = q.next_pending("dr_a")
+        second = q.next_pending("dr_b")  # claimed now
+        assert q.reset_stale(3 * 3600, "janitor") == 0
+        assert q.reset_stale(3600, "janitor") == 1  # only the older claim
         assert q.get(first.id).state == "pending" and q.get(first.id).reviewer is None
         assert q.get(second.id).state == "in_review"
         last = q.history(first.id)[-1]
         assert (last.action, last.from_state, last.to_state, last.who) == ("reset_stale", "in_review", "pending", "janitor")
-        assert last.detail["previous_reviewer"] == "dr_a"
+        assert last.detail["previous_reviewer"] == "dr_a" and last.detail["claimed_at"] == two_hours_ago
         assert q.reset_stale(0, "janitor") == 1
         assert q.counts()["pending"] == 3
 
@@ -303,7 +307,9 @@ CHILD = textwrap.dedent("""
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_acknowledged_corrections_survive_sigkill(ws: Path, seed: int) -> None:
-    rng = random.Random(seed * 7919 + int(time.time()))
+    rng_seed = seed * 7919 + int(time.time())  # another kill point each run (not a timing)...
+    print(f"kill-point seed {rng_seed}")  # ...shown on failure, so that run can be replayed
+    rng = random.Random(rng_seed)
     n_items = 150
     with CorrectionQueue(ws) as q:
         for i in range(n_items):
