@@ -81,9 +81,17 @@ def test_dynunet_is_the_nnunet_like_configuration():
     cfg = ModelConfig(arch="dynunet")
     model = build_model(cfg)
     n_params = sum(p.numel() for p in model.parameters())
-    assert 25e6 < n_params < 40e6  # the 7-stage, 32-512 filter network (33.5 M)
+    assert 25e6 < n_params < 40e6  # (34.1 M)
+    # The 7-stage, 32-512 filter network, seen in what each stage makes of a 128 px patch:
+    # full resolution with 32 filters, then six halvings to 2 px with 64..512 filters.
+    shapes = {}
+    stages = [model.input_block, *model.downsamples, model.bottleneck]
+    for k, stage in enumerate(stages):
+        stage.register_forward_hook(lambda module, args, out, k=k: shapes.__setitem__(k, tuple(out.shape[1:])))
     with torch.no_grad():
         assert model.eval()(torch.rand(1, 3, 128, 128)).shape == (1, 2, 128, 128)
+    assert [shapes[k] for k in range(len(stages))] == [
+        (32, 128, 128), (64, 64, 64), (128, 32, 32), (256, 16, 16), (512, 8, 8), (512, 4, 4), (512, 2, 2)]
 
 
 def test_unet_default_is_small():
