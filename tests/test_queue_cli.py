@@ -14,12 +14,16 @@ import pytest
 import torch
 
 from ugafl.cli.queue_cmd import format_table
+from ugafl.client.queue.fill import find_slide
 from ugafl.client.queue.store import CorrectionQueue
 from ugafl.simulations.annotator import fit_mask, perturb_boundary
 from ugafl.common.checkpoint import load_checkpoint, save_checkpoint
 from ugafl.common.manifest import load_manifest
 from ugafl.common.masks import load_mask
-from ugafl.common.model import ModelConfig, build_model
+from ugafl.common.model import ModelConfig, build_model, to_input
+from ugafl.common.slide import open_slide
+from ugafl.common.uncertainty_measures import compute_measures
+from ugafl.common.uncertainty_methods import load_method
 from ugafl.simulations.synth import SynthConfig, generate_dataset
 
 UGAFL = Path(sys.executable).with_name("ugafl")
@@ -85,6 +89,7 @@ def test_select_list_annotate_show(scored):
     assert result.returncode == 0, result.stderr
     assert "queued 3 patch(es)" in result.stdout
     version = load_checkpoint(scored["ckpt"]).content_hash[:12]
+    method = load_method("tta", [scored["ckpt"]], passes=2)  # as `select` was told
     with CorrectionQueue(ws) as q:
         first = q.list()
         assert len(first) == 3 and all(it.state == "pending" for it in first)
@@ -96,9 +101,16 @@ def test_select_list_annotate_show(scored):
             assert it.score == pytest.approx(float(row["uga"]), abs=1e-9) and it.mpp == float(row["mpp"])
             image = q.load_image(it.id)
             assert image.shape == (TINY.patch_size, TINY.patch_size, 3) and image.dtype == np.uint8
-            assert q.load_model_mask(it.id).shape == image.shape[:2]
-            unc = q.load_uncertainty(it.id)
-            assert unc.shape == image.shape[:2] and np.isfinite(unc).all() and unc.min() >= 0
+            # the box's pixels, read from the slide at the item's resolution
+            with open_slide(find_slide(scored["slides"], it.slide)) as slide:
+                np.testing.assert_array_equal(image, slide.read_region((it.x, it.y), (it.width, it.height), it.mpp))
+            # the method's own view of them: p̄ >= 0.5 as the model's mask and the UGA map as uncertainty
+            out = method(to_input(image[None].copy()))
+            prob = out.probs.mean(dim=0)[0, 1].numpy()
+            model_mask = q.load_model_mask(it.id)
+            assert ((model_mask == (prob >= 0.5)) | (np.abs(prob - 0.5) < 1e-5)).all()  # ties: float noise
+            np.testing.assert_allclose(q.load_uncertainty(it.id), compute_measures(out.probs)["uga"][0].numpy(),
+                                       rtol=0, atol=1e-5)
         assert_disjoint(boxes(first))
 
     # A second selection adds 3 more, overlapping neither each other nor the first 3.
