@@ -1,1 +1,2 @@
-"""What both sides need: slide reading and tiling, the model factory, metrics, config loading."""
+"""What both sides need: slides and tiling, the model and its wire format and signatures,
+uncertainty, selection, training and its losses, the central bank, metrics, typed configs."""

@@ -1,1 +1,1 @@
-"""daemon"""
+"""The hospital's long-running daemon and its inbox watcher."""
