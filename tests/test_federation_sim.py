@@ -177,8 +177,16 @@ def test_bad_updates_and_a_tampered_model_are_refused_and_the_round_completes(da
     assert got["updates-refused"] == "2" and got["updates-aggregated"] == "1", got
     assert "NaN or infinite value(s)" in caplog.text and "wrong shape for" in caplog.text
     assert "global model of round 1: the weights differ from the ones the coordinator signed (tampered)" in caplog.text
-    # The new global model is the good site's update alone, and finite.
-    state = load_checkpoint(out / "round-0001.pt").model.state_dict()
+    # The new global model is the good site's update alone: the very weights RUMC sent (its outbox
+    # holds their digest; FedAvg of one update multiplies by 1.0, which is exact).
+    from ugafl.common.signing import model_digest
+    from ugafl.common.wire import unique_state
+
+    sent = [json.loads(line) for line in (run_dir / "sites" / "0" / "ws" / "federation" / "outbox.jsonl")
+            .read_text().splitlines()]
+    [update] = [e["records"]["arrays"]["sha256"] for e in sent if e["type"] == "train" and "arrays" in e["records"]]
+    state = unique_state(load_checkpoint(out / "round-0001.pt").model)
+    assert model_digest(state) == update
     assert all(np.isfinite(v.numpy()).all() for v in state.values() if v.is_floating_point())
     rst_outbox = run_dir / "sites" / "3" / "ws" / "federation" / "outbox.jsonl"
     assert not rst_outbox.exists(), "the site that got a tampered model must not have replied with anything"
