@@ -215,7 +215,11 @@ def test_two_tabs_never_touch_each_others_items(tmp_path: Path) -> None:
         wait_for(driver, "done")  # item 3 is tab B's: tab A has nothing left
 
     model = ring_mask()
-    assert not (mask_a == model).all() and not (mask_b == model).all()
+    # Each tab's stroke, where it was drawn (brush 6 px): tab A erased the ring along y = 40,
+    # tab B painted tumour on the glass along y = 5; neither leaked into the other's mask.
+    assert model[38:43, 22:109].any() and not mask_a[38:43, 22:109].any()
+    assert not model[4:7, 7:39].any() and mask_b[4:7, 7:39].all()
+    assert (mask_a[:20] == model[:20]).all() and (mask_b[30:] == model[30:]).all()
     with CorrectionQueue(ws) as queue:
         assert (queue.load_correction(1) == mask_a).all()
         assert (queue.load_correction(2) == mask_b).all()
