@@ -127,15 +127,22 @@ def test_read_region_pads_white_outside_the_slide(synthetic_tiff):
     with open_slide(synthetic_tiff.path) as slide:
         region = slide.read_region((1900, 1400), (512, 512), 1.0)
     assert region.shape == (256, 256, 3)
-    assert (region[:, 80:] == 255).all() and (region[80:, :] == 255).all()  # past x=2060, y=1560
-    assert region[:60, :60].mean() < 250  # the slide itself (near-white glass with noise)
+    # Level 1 (1 µm/px) is 1024 x 768 px: the slide ends 74 px across and 68 px down the region.
+    assert (region[:, 74:] == 255).all() and (region[68:, :] == 255).all()  # white past x=2048, y=1536
+    with openslide.OpenSlide(str(synthetic_tiff.path)) as raw:  # before that, the slide's own pixels
+        np.testing.assert_array_equal(region[:68, :74], np.asarray(raw.read_region((1900, 1400), 1, (74, 68)))[..., :3])
 
 
 def test_read_region_finer_than_level_zero_upsamples(synthetic_tiff):
     with open_slide(synthetic_tiff.path) as slide:
         assert slide.best_level_for(0.25).index == 0
         region = slide.read_region((1000, 700), (100, 50), 0.25)
+        level0 = slide.read_region((1000, 700), (100, 50), 0.5)
     assert region.shape == (100, 200, 3)
+    # the same place, each level-0 pixel about 2 x 2 output pixels (the box crosses the hole's
+    # edge; 1.5 grey levels off on average, 3 or more if it were read one level-0 px off)
+    doubled = level0.repeat(2, axis=0).repeat(2, axis=1).astype(int)
+    assert np.abs(region.astype(int) - doubled).mean() < 2.5
 
 
 def test_thumbnail_size_and_actual_resolution(synthetic_tiff):
