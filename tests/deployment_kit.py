@@ -104,6 +104,9 @@ class Kit:
 
 
 def wait_for(what: str, check: Callable[[], object], timeout_s: float, every_s: float = 1.0):
+    """The tests' wait on a condition (never a fixed sleep): call `check` every `every_s` until it
+    returns something truthy, and return that; a check that raises (file not there yet, a status
+    not yet JSON) counts as not yet. After `timeout_s`, fail naming `what` was waited for."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
