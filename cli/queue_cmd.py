@@ -47,7 +47,7 @@ def _stamp(iso: str) -> str:
 def format_table(items) -> str:
     """A fixed-width table of queue items, one line each, under a header."""
     header = ("ID", "STATE", "SLIDE", "BOX (level 0)", "SCORE", "SELECTION", "MODEL", "REVIEWER", "UPDATED")
-    rows = [(str(it.id), it.state, it.slide, _box(it), f"{it.score:.4f}", it.strategy, it.model_version,
+    rows = [(str(it.id), it.state, it.slide, _box(it), f"{it.score:.4f}", it.selection, it.model_version,
              it.reviewer or "-", _stamp(it.updated_at)) for it in items]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     right = {0, 4}
@@ -132,7 +132,7 @@ def show_cmd(workspace: Path, item_id: int) -> None:
         history = q.history(item_id)
     fields = [("id", item.id), ("state", item.state), ("slide", item.slide), ("box (level 0)", _box(item)),
               ("mpp", f"{item.mpp:g}"), ("score", f"{item.score:.6g}"), ("measure", item.measure),
-              ("selection", item.strategy), ("model version", item.model_version), ("round", item.round),
+              ("selection", item.selection), ("model version", item.model_version), ("round", item.round),
               ("reviewer", item.reviewer or "-"), ("created", item.created_at), ("updated", item.updated_at),
               ("image", item.image_path), ("model mask", item.model_mask_path), ("uncertainty", item.uncertainty_path),
               ("correction", item.correction_path or "-")]

@@ -1,4 +1,4 @@
-"""`ugafl site`: the hospital's daemon and its status (thin wrappers over client/site_daemon.py)."""
+"""`ugafl site`: the hospital's daemon and its status (thin wrappers over client/daemon/site_daemon.py)."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ def status_cmd(config: Path, as_json: bool) -> None:
     lines = [("site", s["site"]), ("daemon", f"running (pid {s['pid']})" if s["running"] else "not running"),
              ("coordinator", f"{s['coordinator']}: {conn['state']}" + (f" ({conn['detail']})" if conn.get("detail") else "")),
              ("model", f"{s['model_version']} (after round {s['model_round']})" if s["model_version"] else "none yet"),
-             ("queue", ", ".join(f"{k} {v}" for k, v in s["queue"].items())),
+             ("queue", ", ".join(f"{k} {v}" for k, v in s["queue"].items()) or "none yet (no queue.db in the workspace)"),
              ("last round", f"run {last['run']} round {last['round']} ({', '.join(last['messages'])}; "
                             f"update sent: {'yes' if last['update_sent'] else 'no'}) at {last['at'][:19]}" if last else "none"),
              ("rounds taken part", str(s["rounds_taken_part"])), ("training", "yes" if s["train"] else "no (query only)"),

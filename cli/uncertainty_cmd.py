@@ -24,7 +24,7 @@ METHOD_CHOICE = click.Choice(["ensemble", "mc_dropout", "tta", "edue"])
 def uncertainty(target: Path, models: tuple[Path, ...], method: str, out: Path, workspace: Path | None, passes: int,
                 mpp: float | None, batch_size: int, device: str) -> None:
     """Per-pixel uncertainty, patch scores and a heatmap for a slide or every slide in a folder."""
-    from ugafl.client.round.scoring import run_uncertainty
+    from ugafl.client.round.slide_uncertainty import run_uncertainty
     from ugafl.common.model import pick_device
     from ugafl.common.uncertainty_methods import load_method
 

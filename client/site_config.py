@@ -12,7 +12,7 @@ from typing import Annotated
 
 from pydantic import AfterValidator, Field
 
-from ugafl.client.round.annotators import annotator_names
+from ugafl.client.round.annotators import annotator_names, needs_data
 from ugafl.common.config import (ConfigModel, FieldProblem, HostPort, NonEmpty, Port, one_of, read_sections,
                                  validate, where)
 
@@ -46,8 +46,8 @@ class SiteSection(ConfigModel):
     def check(self) -> None:
         if self.role == "central" and self.central_data is None:
             raise FieldProblem("central_data", "role 'central' needs central_data (a dataset folder)")
-        if self.annotator == "simulated" and self.annotator_data is None:
-            raise FieldProblem("annotator_data", "annotator 'simulated' needs annotator_data (a dataset folder)")
+        if needs_data(self.annotator) and self.annotator_data is None:
+            raise FieldProblem("annotator_data", f"annotator '{self.annotator}' needs annotator_data (a folder it reads)")
 
 
 class CoordinatorSection(ConfigModel):

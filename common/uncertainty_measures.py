@@ -20,6 +20,12 @@ log = get_logger("uncertainty_measures")
 
 EPS = 1e-8
 MEASURES = ("entropy", "mutual_information", "uga")
+PIXEL_MEASURES = (*MEASURES, "variance")  # variance: EDUE's predicted raters' variance (its own head)
+
+
+def default_measure(method_name: str) -> str:
+    """The measure shown and ranked by when none is given: EDUE's variance, else the UGA score."""
+    return "variance" if method_name == "edue" else "uga"
 
 
 def _checked(probs: torch.Tensor) -> torch.Tensor:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -19,7 +20,6 @@ from torch import nn
 from ugafl.common.errors import ConfigError
 from ugafl.common.model import ModelConfig
 
-METHODS = ("ensemble", "mc_dropout", "tta", "edue")
 # Forward passes are cut into sub-batches of at most this many patches. On a CPU small batches
 # stay in cache (UNet, 256 px, 2 threads: 50 patches/s at 4, 39 at 16, 14 at 64); a GPU wants more.
 CPU_MAX_BATCH, GPU_MAX_BATCH = 8, 64
@@ -216,11 +216,14 @@ def method_from_models(name: str, models: list[nn.Module], cfg: ModelConfig, dev
     if name != "ensemble" and len(models) != 1:
         raise ConfigError(f"{name} takes one model, got {len(models)} (only ensemble takes several)")
     max_batch = GPU_MAX_BATCH if torch.device(device).type == "cuda" else CPU_MAX_BATCH
-    if name == "ensemble":
-        return Ensemble(models, cfg, max_batch)
-    model = models[0]
-    if name == "mc_dropout":
-        return McDropout(model, cfg, passes, max_batch)
-    if name == "tta":
-        return Tta(model, cfg, passes, max_batch)
-    return Edue(model, cfg, max_batch)
+    return _BUILDERS[name](models, cfg, passes, max_batch)
+
+
+# The methods by name, the one place their names live: each builds its method from the loaded models.
+_BUILDERS: dict[str, Callable[[list[nn.Module], ModelConfig, int, int], UncertaintyMethod]] = {
+    "ensemble": lambda models, cfg, passes, max_batch: Ensemble(models, cfg, max_batch),
+    "mc_dropout": lambda models, cfg, passes, max_batch: McDropout(models[0], cfg, passes, max_batch),
+    "tta": lambda models, cfg, passes, max_batch: Tta(models[0], cfg, passes, max_batch),
+    "edue": lambda models, cfg, passes, max_batch: Edue(models[0], cfg, max_batch),
+}
+METHODS: tuple[str, ...] = tuple(_BUILDERS)

@@ -5,7 +5,7 @@ app, and the app bundle's hash that hospitals approve.
 
 Files, under the config's state folder: superlink.db (Flower's state: enrolled keys, nodes,
 runs), flwr-home/ (the `flwr` CLI's connection to this SuperLink), sites.json (the names given at
-enrolment), checkpoints/ (the signed global model of every round, see federation.RoundStore),
+enrolment), checkpoints/ (the signed global model of every round, see federation.checkpoints.RoundStore),
 logs/coordinator.log, status.json (the daemon).
 """
 
@@ -264,7 +264,7 @@ def run_status(cfg: CoordinatorConfig, run_id: int) -> dict:
 
 def checkpoints(cfg: CoordinatorConfig) -> list[dict]:
     """The signed global checkpoints kept, newest last, each with whether its signature verifies."""
-    from ugafl.server.federation.store import RoundStore
+    from ugafl.server.federation.checkpoints import RoundStore
 
     settings = cfg.run_settings(central_checkpoint=cfg.federation.get("central_checkpoint") or "-")
     store = RoundStore(settings)

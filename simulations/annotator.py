@@ -123,3 +123,6 @@ def simulated_annotator(workspace: Path, data: Path | None, seed: int) -> int:
     if data is None:
         raise ConfigError("the simulated annotator needs annotator_data (a dataset folder) in the site config")
     return annotate(workspace, data, who="simulated-annotator", seed=seed)
+
+
+simulated_annotator.needs_data = True  # the dataset folder with the truth masks

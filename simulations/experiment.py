@@ -107,7 +107,7 @@ def pooled_reference(cfg: RunConfig, central: Path, data: Path, workspaces: list
 def run_arm(cfg: RunConfig, exp: ExperimentConfig, arm_dir: Path, central: Path, data: Path, method: str,
             strategy: str, seed: int) -> dict:
     """One arm (resumable: a complete arm has result.json)."""
-    from ugafl.server.federation.store import round_path
+    from ugafl.server.federation.checkpoints import round_path
     from ugafl.simulations.federated import federation_settings, run_federated
 
     done = arm_dir / "result.json"

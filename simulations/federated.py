@@ -41,6 +41,7 @@ class SimulationOptions:
 
 SIM_ONLY = {f.name for f in fields(SimulationOptions)}
 RUN_PATHS = ("central_checkpoint", "out_dir", "signing_key")  # set by the simulation for each run
+SET_BY_SIMULATION = (*RUN_PATHS, "eval_data", "eval_centres", "min_nodes")  # a file may not set these
 
 
 def federation_settings(cfg: RunConfig, **given: Any) -> tuple[FederationSettings, SimulationOptions]:
@@ -49,6 +50,10 @@ def federation_settings(cfg: RunConfig, **given: Any) -> tuple[FederationSetting
     it can be checked before the run's folders exist."""
     at = cfg.where("federation")
     section = dict(cfg.federation)
+    for key in SET_BY_SIMULATION:
+        if key in section or key.replace("_", "-") in section:
+            raise ConfigError(f"{at} {key}: set by the simulation itself (the run folder, the dataset, one site "
+                              "per centre); leave it out of the file")
     options = build_section(SimulationOptions, {k: section.pop(k) for k in SIM_ONLY if k in section}, at)
     placeholders = {k: "-" for k in RUN_PATHS if k not in given}
     return FederationSettings.from_section(section, at, **placeholders, **given), options

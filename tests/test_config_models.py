@@ -279,3 +279,14 @@ def test_the_cli_prints_one_line_and_exits_2(tmp_path: Path) -> None:
         result = CliRunner().invoke(cli, args)
         assert result.exit_code == 2, result.output
         assert result.stderr == f"error: {message}\n"
+
+
+@pytest.mark.parametrize("key", ["out_dir", "min_nodes", "central_checkpoint"])
+def test_a_simulation_refuses_federation_keys_it_sets_itself(tmp_path, key):
+    from ugafl.common.config import load_config
+    from ugafl.simulations.federated import federation_settings
+
+    path = tmp_path / "sim.toml"
+    path.write_text(f'[federation]\nnum_rounds = 1\n{key} = {"2" if key == "min_nodes" else chr(34) + "x" + chr(34)}\n')
+    with pytest.raises(ConfigError, match=rf"sim.toml \[federation\] {key}: set by the simulation itself"):
+        federation_settings(load_config(path))

@@ -98,7 +98,7 @@ def test_the_quick_config_runs_and_resumes(tmp_path: Path) -> None:
     for arm in results["arms"]:
         with CorrectionQueue(out / "arms" / arm["arm"] / "sites" / "1" / "ws") as queue:
             items = [i for state in ("pending", "corrected") for i in queue.list(state)]
-        assert len(items) == 4 and {i.strategy for i in items} == {arm["selection"]}, items
+        assert len(items) == 4 and {i.selection for i in items} == {arm["selection"]}, items
         chosen[arm["selection"]] = {(i.slide, i.x, i.y) for i in items}
     assert chosen["random"] != chosen["top-k"]
     for arm in results["arms"]:  # two external sites, two patches each per round

@@ -81,7 +81,7 @@ def test_a_clean_run_resumes_and_sends_only_weights_and_scalar_metrics(dataset, 
     from ugafl.client.queue.store import CorrectionQueue
     from ugafl.common.checkpoint import load_checkpoint
     from ugafl.common.signing import load_public_key, read_signature, verify_model
-    from ugafl.server.federation.store import round_path
+    from ugafl.server.federation.checkpoints import round_path
     from ugafl.common.wire import unique_state
     from ugafl.simulations.federated import run_federated
 

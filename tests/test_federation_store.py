@@ -13,7 +13,7 @@ from ugafl.common.errors import ConfigError
 from ugafl.common.model import ModelConfig, build_model
 from ugafl.common.signing import generate_signing_key, read_signature
 from ugafl.server.federation.settings import FederationSettings
-from ugafl.server.federation.store import RoundStore, round_path
+from ugafl.server.federation.checkpoints import RoundStore, round_path
 
 CFG = ModelConfig(channels=(4, 8))
 

@@ -94,7 +94,7 @@ def test_select_list_annotate_show(scored):
         first = q.list()
         assert len(first) == 3 and all(it.state == "pending" for it in first)
         for it in first:
-            assert it.strategy == "stochastic-batch" and it.measure == "uga" and it.model_version == version
+            assert it.selection == "stochastic-batch" and it.measure == "uga" and it.model_version == version
             assert it.round == 0
             table = {(int(r["x"]), int(r["y"]), int(r["width"]), int(r["height"])): r for r in scored["rows"][it.slide]}
             row = table[it.box]  # the box comes from the slide's patch table
@@ -179,7 +179,7 @@ def test_reset_stale_and_noisy_annotation(scored):
     with CorrectionQueue(ws) as q:
         claimed = [q.next_pending("alice"), q.next_pending("bob")]
         assert all(it.state == "in_review" for it in claimed)
-        assert all(it.model_version == "v7" and it.round == 2 and it.strategy == "top-k" for it in q.list())
+        assert all(it.model_version == "v7" and it.round == 2 and it.selection == "top-k" for it in q.list())
     # Claims younger than an hour stay.
     kept = ugafl("queue", "reset-stale", "--workspace", ws, "--older-than", 3600)
     assert kept.returncode == 0 and "returned 0 stale" in kept.stdout
@@ -254,7 +254,7 @@ def test_format_table_is_fixed_width():
     from types import SimpleNamespace
 
     items = [SimpleNamespace(id=i, state=s, slide=f"slide_{i}", x=256 * i, y=0, width=256, height=256, score=0.5 / i,
-                             strategy="top-k", model_version="abc", reviewer=r, updated_at="2026-01-02T03:04:05.000001+00:00")
+                             selection="top-k", model_version="abc", reviewer=r, updated_at="2026-01-02T03:04:05.000001+00:00")
              for i, s, r in [(1, "pending", None), (12, "in_review", "alice")]]
     lines = format_table(items).splitlines()
     assert len(lines) == 3

@@ -125,7 +125,7 @@ def test_commit_adds_in_order(ws: Path):
     with CorrectionQueue(ws) as queue:
         ids = commit(queue, items)
         assert [queue.get(i).box for i in ids] == [(0, 0, 32, 32), (64, 0, 32, 32)]
-        assert [queue.get(i).strategy for i in ids] == ["random", "random"]
+        assert [queue.get(i).selection for i in ids] == ["random", "random"]
 
 
 def test_fill_queue_queues_the_plan_and_is_all_or_nothing(ws: Path, slides: Path, stand_ins: dict):
@@ -144,7 +144,7 @@ def test_fill_queue_queues_the_plan_and_is_all_or_nothing(ws: Path, slides: Path
     ids = fill_queue(ws, slides, METHOD, "tta", FillRequest("top-k", 2, 0, "v1", 2))
     with CorrectionQueue(ws) as queue:
         items = [queue.get(i) for i in ids]
-    assert [(i.slide, i.box, i.score, i.strategy, i.model_version, i.round) for i in items] == [
+    assert [(i.slide, i.box, i.score, i.selection, i.model_version, i.round) for i in items] == [
         ("a", (0, 0, 32, 32), 0.9, "top-k", "v1", 2), ("a", (64, 0, 32, 32), 0.8, "top-k", "v1", 2)]
     (slides / "b.tif").write_bytes(b"stand-in")
     stand_ins.clear()

@@ -271,9 +271,24 @@ def test_newer_schema_is_refused(ws: Path) -> None:
     with sqlite3.connect(ws / "queue.db") as db:
         db.execute("UPDATE meta SET value='99' WHERE key='schema_version'")
     before = snapshot(ws)
-    with pytest.raises(QueueError, match=r"schema version 99 is newer than this ugafl supports \(1\); upgrade"):
+    with pytest.raises(QueueError, match=r"schema version 99 is newer than this ugafl supports \(2\); upgrade"):
         CorrectionQueue(ws)
     assert snapshot(ws) == before
+
+
+def test_a_version_1_queue_is_migrated_with_its_items(ws: Path) -> None:
+    """Version 1 named the selection strategy 'strategy'; opening such a queue renames the column
+    (in the same transaction as the version) and keeps every item."""
+    with CorrectionQueue(ws) as q:
+        item = add_item(q, 1)
+    with sqlite3.connect(ws / "queue.db") as db:  # make it the version-1 file an older ugafl wrote
+        db.execute("ALTER TABLE items RENAME COLUMN selection TO strategy")
+        db.execute("UPDATE meta SET value='1' WHERE key='schema_version'")
+    with CorrectionQueue(ws) as q:
+        assert q.get(item).selection == "top_k" and [i.id for i in q.list()] == [item]
+    with sqlite3.connect(ws / "queue.db") as db:
+        assert db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == ("2",)
+        assert "selection" in [row[1] for row in db.execute("PRAGMA table_info(items)")]
 
 
 def test_sweep_orphans_removes_unreferenced_files_only(ws: Path) -> None:

@@ -88,7 +88,7 @@ def import_corrections(path: str | Path, boxes: dict[int, Box] | None = None,
     Exclusion polygons become holes of the innermost tumour polygon containing them (dropped when
     none does). A polygon named "ugafl item <id> ..." belongs to that item; others go to every item
     whose patch contains them. Boxes come from `boxes` and the file's Region rectangles; `shapes`
-    sets the allowed overshoot to one patch pixel (see annotations.assign_to_items). Keys: every
+    sets the allowed overshoot to one patch pixel (see geometry.assign_to_items). Keys: every
     item with a Region rectangle in the file or a polygon."""
     path = Path(path)
     try:

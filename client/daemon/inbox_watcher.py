@@ -89,7 +89,7 @@ def load_current_model(site: SiteConfig, info: dict):
 def precompute(site: SiteConfig, registry: dict[str, dict]) -> int:
     """Uncertainty for registered slides that the current model has not scored yet; how many.
     The model is read (and its signature checked) only when there is such a slide."""
-    from ugafl.client.round.scoring import run_uncertainty
+    from ugafl.client.round.slide_uncertainty import run_uncertainty
     from ugafl.common.uncertainty_methods import method_from_models
 
     info = current_model_info(site.workspace)

@@ -240,6 +240,7 @@ def site_status(config: str | Path) -> dict:
     """What `ugafl site status` shows: the daemon and its connection, the model version, queue
     counts, the last round taken part in, the inbox register and refusals. Reads files only."""
     from ugafl.client.daemon.inbox_watcher import read_registry
+    from ugafl.client.queue.schema import DB_NAME
     from ugafl.client.queue.store import CorrectionQueue
     from ugafl.client.round.records import current_model_info, ledger_path, read_jsonl, refusals_path
     from ugafl.common.processes import alive
@@ -250,8 +251,11 @@ def site_status(config: str | Path) -> dict:
     daemon = json.loads(path.read_text()) if path.is_file() else None
     running = bool(daemon and alive(int(daemon["pid"])) and daemon["connection"]["state"] != "stopped")
     model = current_model_info(ws)
-    with CorrectionQueue(ws) as queue:
-        counts = queue.counts()
+    if (ws / DB_NAME).is_file():
+        with CorrectionQueue(ws) as queue:
+            counts = queue.counts()
+    else:  # nothing queued yet (or a workspace path that is wrong): say so, create nothing
+        counts = {}
     ledger = read_jsonl(ledger_path(ws))  # in the order the messages came (Flower's run ids are random)
 
     def round_of(entry: dict) -> tuple:  # a round re-run under a new run id (after a restart) counts once

@@ -29,17 +29,11 @@ from ugafl.common.log import get_logger
 from ugafl.common.model import to_input
 from ugafl.common.slide import open_slide
 from ugafl.common.slide_scan import candidate_files
-from ugafl.common.uncertainty_measures import compute_measures
+from ugafl.common.uncertainty_measures import PIXEL_MEASURES, compute_measures, default_measure
 from ugafl.common.uncertainty_methods import UncertaintyMethod
 
 log = get_logger("queue_fill")
 
-PIXEL_MEASURES = ("entropy", "mutual_information", "uga", "variance")
-
-
-def default_measure(method_name: str) -> str:
-    """The measure selection ranks by when none is given: EDUE's variance, else the UGA score."""
-    return "variance" if method_name == "edue" else "uga"
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ class Item:
     mpp: float
     score: float
     measure: str
-    strategy: str
+    selection: str  # the selection strategy that chose it
     model_version: str
     round: int
     state: str

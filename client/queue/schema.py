@@ -9,7 +9,7 @@ from pathlib import Path
 from ugafl.client.queue.items import QueueError
 from ugafl.common.clock import utc_now
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: items.strategy renamed selection (one name for the concept)
 DB_NAME = "queue.db"
 
 _SCHEMA = """
@@ -21,7 +21,7 @@ CREATE TABLE items (
     mpp REAL NOT NULL,
     score REAL NOT NULL,
     measure TEXT NOT NULL,
-    strategy TEXT NOT NULL,
+    selection TEXT NOT NULL,
     model_version TEXT NOT NULL,
     round INTEGER NOT NULL,
     state TEXT NOT NULL CHECK (state IN ('pending', 'in_review', 'corrected', 'rejected')),
@@ -74,5 +74,8 @@ def init_schema(db: sqlite3.Connection, db_path: Path) -> None:
         raise QueueError(
             f"{db_path}: queue schema version {version} is newer than this ugafl supports "
             f"({SCHEMA_VERSION}); upgrade ugafl to open it (the file was left untouched)")
-    if version < SCHEMA_VERSION:  # pragma: no cover - no older version exists yet
-        raise QueueError(f"{db_path}: queue schema version {version} is older than {SCHEMA_VERSION}; no migration exists")
+    if version < 1:
+        raise QueueError(f"{db_path}: queue schema version {version} is older than any this ugafl can migrate")
+    if version == 1:  # in the caller's write transaction: all or nothing
+        db.execute("ALTER TABLE items RENAME COLUMN strategy TO selection")
+        db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))

@@ -169,14 +169,14 @@ class CorrectionQueue:
             write_npy(paths[UNCERTAINTY_NAME], checked.uncertainty)
             # ... then the row that references them.
             db.execute(
-                "INSERT INTO items (id, slide, x, y, width, height, mpp, score, measure, strategy, model_version, round,"
+                "INSERT INTO items (id, slide, x, y, width, height, mpp, score, measure, selection, model_version, round,"
                 " state, reviewer, created_at, updated_at, image_path, model_mask_path, uncertainty_path, correction_path)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', NULL, ?, ?, ?, ?, ?, NULL)",
                 (item_id, slide, x, y, w, h, float(item.origin.mpp), float(reason.score), reason.measure,
                  reason.selection, reason.model_version, int(reason.round), now, now,
                  self._rel(paths[IMAGE_NAME]), self._rel(paths[MODEL_MASK_NAME]), self._rel(paths[UNCERTAINTY_NAME])))
             self._audit(db, item_id, now, who, "add", None, "pending",
-                        {"score": float(reason.score), "measure": reason.measure, "strategy": reason.selection,
+                        {"score": float(reason.score), "measure": reason.measure, "selection": reason.selection,
                          "model_version": reason.model_version, "round": int(reason.round)})
         log.debug("queued item %d: %s %s score %.4g", item_id, slide, (x, y, w, h), reason.score)
         return int(item_id)

@@ -78,7 +78,7 @@ def item_summary(item: Item, vmax: float) -> dict:
     """What the page shows of an item (JSON-ready)."""
     return {"id": item.id, "slide": item.slide, "x": item.x, "y": item.y, "box_width": item.width,
             "box_height": item.height, "mpp": item.mpp, "score": item.score, "measure": item.measure,
-            "strategy": item.strategy, "model_version": item.model_version, "round": item.round,
+            "selection": item.selection, "model_version": item.model_version, "round": item.round,
             "state": item.state, "reviewer": item.reviewer, "uncertainty_max": vmax}
 
 

@@ -2,7 +2,8 @@
 does it later, in the review app or QuPath (`person`, the default, does nothing during the round).
 Other annotators are plug-ins, found by name in the `ugafl.annotators` entry-point group or
 registered in-process (`register`); the simulations' `simulated` annotator is one. An annotator is
-called right after the query queued patches and returns how many items it corrected."""
+called right after the query queued patches and returns how many items it corrected; one that
+reads a folder (the site config's `annotator_data`) says so with a `needs_data = True` attribute."""
 
 from __future__ import annotations
 
@@ -40,6 +41,11 @@ def _plugins() -> dict[str, object]:
 def annotator_names() -> tuple[str, ...]:
     """Every annotator name a site config may use: the built-in, the registered and the plug-ins."""
     return tuple(dict.fromkeys([*_REGISTRY, *_plugins()]))
+
+
+def needs_data(name: str) -> bool:
+    """Whether the annotator `name` reads a folder (`annotator_data`): its `needs_data` attribute."""
+    return bool(getattr(get_annotator(name), "needs_data", False))
 
 
 def get_annotator(name: str) -> Annotator:

@@ -12,7 +12,7 @@ import torch
 from ugafl.client.queue.fill import FillRequest, fill_queue
 from ugafl.client.queue.store import CorrectionQueue
 from ugafl.client.round.annotators import get_annotator
-from ugafl.client.round.scoring import run_uncertainty
+from ugafl.client.round.slide_uncertainty import run_uncertainty
 from ugafl.client.site_config import SiteConfig
 from ugafl.common.model import ModelConfig
 from ugafl.common.uncertainty_methods import method_from_models

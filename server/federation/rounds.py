@@ -26,7 +26,7 @@ from ugafl.server.federation.aggregation import (AGGREGATIONS, WEIGHTINGS, Aggre
                                                  weighted_metrics)
 from ugafl.server.federation.settings import FederationSettings
 from ugafl.server.federation.sites import Reply, Sites
-from ugafl.server.federation.store import RoundStore
+from ugafl.server.federation.checkpoints import RoundStore
 from ugafl.server.federation.update_checks import check_round
 
 log = get_logger("rounds")

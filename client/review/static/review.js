@@ -96,7 +96,7 @@ async function show(item, notice = "") {
   $("unc-max").textContent = `${item.uncertainty_max.toPrecision(3)} unsure`;
   const rows = [["item", item.id], ["slide", item.slide], ["box (level 0)", `${item.x}, ${item.y} · ${item.box_width}×${item.box_height}`],
     ["resolution", `${item.mpp} µm/px`], ["score", `${item.score.toPrecision(4)} (${item.measure})`],
-    ["chosen by", item.strategy], ["model", item.model_version], ["round", item.round]];
+    ["chosen by", item.selection], ["model", item.model_version], ["round", item.round]];
   $("details").replaceChildren(...rows.flatMap(([k, v]) => {
     const dt = document.createElement("dt"); dt.textContent = k;
     const dd = document.createElement("dd"); dd.textContent = String(v);

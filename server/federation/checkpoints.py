@@ -44,7 +44,6 @@ class RoundStore:
     def __init__(self, settings: FederationSettings):
         self.settings = settings
         self.out = Path(settings.out_dir)
-        self.out.mkdir(parents=True, exist_ok=True)
         self.key = load_private_key(settings.signing_key)
         self.public = self.key.public_key()
 
@@ -60,6 +59,7 @@ class RoundStore:
         model = build_model(cfg)
         load_unique_state(model, state, f"round {round_} weights")
         path = round_path(self.out, round_)
+        self.out.mkdir(parents=True, exist_ok=True)
         Path(str(path) + ".sig").unlink(missing_ok=True)  # a stale signature of an interrupted earlier attempt
         save_checkpoint(path, model, cfg, extra={"federated": {"round": round_, "run": self.settings.run_name,
                                                                "metrics": metrics}})
@@ -119,6 +119,7 @@ class RoundStore:
         self._write_rows(self.read_metrics() + [{k: ("" if v is None else v) for k, v in row.items()}])
 
     def _write_rows(self, rows: list[dict[str, Any]]) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
         columns = list(dict.fromkeys(k for r in rows for k in r))
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=columns, restval="")

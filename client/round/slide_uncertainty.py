@@ -22,6 +22,7 @@ from ugafl.common.masks import write_mask
 from ugafl.common.slide import open_slide
 from ugafl.common.slide_scan import candidate_files
 from ugafl.common.uncertainty_engine import SlideUncertainty, slide_uncertainty
+from ugafl.common.uncertainty_measures import default_measure
 from ugafl.common.uncertainty_methods import UncertaintyMethod
 
 log = get_logger("uncertainty")
@@ -31,8 +32,8 @@ THUMB_MPP = 8.0
 
 
 def primary_measure(method: UncertaintyMethod) -> str:
-    """The measure shown and ranked by default: EDUE's variance, else the UGA score."""
-    return "variance" if method.name == "edue" else "uga"
+    """The measure shown and ranked by default (see `default_measure`)."""
+    return default_measure(method.name)
 
 
 @dataclass
