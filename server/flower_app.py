@@ -20,9 +20,10 @@ log = get_logger("server_app")
 POLL_S = 1.0  # how often to look for sites still connecting
 
 
-def to_reply(msg: Message) -> Reply:
-    """A site's Flower reply as the round sees it."""
-    node = int(msg.metadata.src_node_id)
+def to_reply(msg: Message, node: int | None = None) -> Reply:
+    """A site's Flower reply as the round sees it (`node`: the site it answers for; an error the
+    SuperLink made on a site's behalf comes from the SuperLink, not the site)."""
+    node = int(msg.metadata.src_node_id) if node is None else node
     if msg.has_error():
         return Reply(node, {}, None, str(msg.error.reason))
     content = msg.content
@@ -49,7 +50,9 @@ class GridSites:
         content = RecordDict({"arrays": ArrayRecord({k: Array(np.asarray(v)) for k, v in arrays.items()}),
                               "config": ConfigRecord(dict(config))})
         messages = [Message(content=content, message_type=message_type, dst_node_id=n) for n in sites]
-        replies = [to_reply(m) for m in self.grid.send_and_receive(messages, timeout=self.timeout_s)]
+        answers = list(self.grid.send_and_receive(messages, timeout=self.timeout_s))
+        sent_to = {m.metadata.message_id: int(m.metadata.dst_node_id) for m in messages}  # ids set when pushed
+        replies = [to_reply(m, sent_to.get(m.metadata.reply_to_message_id)) for m in answers]
         answered = {r.site for r in replies}
         replies += [Reply(n, {}, None, "no reply before the timeout") for n in sites if n not in answered]
         return sorted(replies, key=lambda r: r.site)
