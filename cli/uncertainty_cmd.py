@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from ugafl.common.correction_patch import CORRECTION_PATCH_UM
+
 METHOD_CHOICE = click.Choice(["ensemble", "mc_dropout", "tta", "edue"])
 
 
@@ -19,10 +21,12 @@ METHOD_CHOICE = click.Choice(["ensemble", "mc_dropout", "tta", "edue"])
 @click.option("--workspace", type=click.Path(path_type=Path), default=None, help="Site workspace: patch tables go to WS/patch_scores/.")
 @click.option("--passes", type=click.IntRange(2, 64), default=8, show_default=True, help="T for mc_dropout and tta.")
 @click.option("--mpp", type=float, default=None, help="Override the slides' level-0 resolution, µm/px.")
+@click.option("--patch-um", type=click.FloatRange(min=1.0), default=CORRECTION_PATCH_UM, show_default=True,
+              help="Side of a scored (and correctable) patch, µm.")
 @click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True)
 @click.option("--device", default="auto", show_default=True)
 def uncertainty(target: Path, models: tuple[Path, ...], method: str, out: Path, workspace: Path | None, passes: int,
-                mpp: float | None, batch_size: int, device: str) -> None:
+                mpp: float | None, patch_um: float, batch_size: int, device: str) -> None:
     """Per-pixel uncertainty, patch scores and a heatmap for a slide or every slide in a folder."""
     from ugafl.client.round.slide_uncertainty import run_uncertainty
     from ugafl.common.model import pick_device
@@ -30,7 +34,8 @@ def uncertainty(target: Path, models: tuple[Path, ...], method: str, out: Path, 
 
     paths = [p for m in models for p in (sorted(m.glob("*.pt")) if m.is_dir() else [m])]
     dev = pick_device(device)
-    results = run_uncertainty(target, load_method(method, paths, dev, passes), out, workspace, mpp, batch_size, dev)
+    results = run_uncertainty(target, load_method(method, paths, dev, passes), out, workspace, mpp, batch_size, dev,
+                              patch_um=patch_um)
     failed = 0
     for r in results:
         if r.error:

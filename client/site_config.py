@@ -39,6 +39,7 @@ class SiteSection(ConfigModel):
     annotator: Annotated[str, one_of(annotator_names)] = "person"
     annotator_data: NonEmpty | None = None
     train: bool = True
+    retrain: bool = False
     device: NonEmpty = "auto"
     name: str = ""
     approved_apps: tuple[Annotated[str, AfterValidator(_app_digest)], ...] = ()
@@ -85,6 +86,7 @@ class SiteConfig:
     annotator: str = "person"  # who corrects the queue; plug-ins add others (simulations: "simulated")
     annotator_data: Path | None = None  # what a plug-in annotator reads (the simulated one: the dataset)
     train: bool = True  # takes part in training
+    retrain: bool = False  # train every round on all corrected patches, even when none is new (keeps its vote)
     device: str = "auto"
     name: str = ""  # the hospital's name, for its own logs and status
     approved_apps: tuple[str, ...] = ()  # SHA-256 of the Flower app bundles (FABs) this site runs (see app_gate)
@@ -109,6 +111,7 @@ class SiteConfig:
                           trusted_keys=tuple(resolve(k) for k in site.trusted_keys), role=site.role,
                           central_data=resolve(site.central_data), central_centre=site.central_centre,
                           annotator=site.annotator, annotator_data=resolve(site.annotator_data), train=site.train,
+                          retrain=site.retrain,
                           device=site.device, name=site.name, approved_apps=site.approved_apps, coordinator=coordinator,
                           review=validate(ReviewSection, raw.get("review", {}), where(path, "review")),
                           daemon=validate(DaemonSection, raw.get("daemon", {}), where(path, "daemon")))

@@ -45,10 +45,11 @@ class Timing:
 
 def iter_uncertainty(method: UncertaintyMethod, slide: Slide, patches: list[PatchLocation], tissue: TissueMask,
                      batch_size: int = 16, device: torch.device | str = "cpu", workers: int = 2,
-                     timing: Timing | None = None) -> Iterator[BatchUncertainty]:
-    """Per-pixel uncertainty of every patch, batch by batch, in `patches` order."""
+                     timing: Timing | None = None, patch_px: int | None = None) -> Iterator[BatchUncertainty]:
+    """Per-pixel uncertainty of every patch (`patch_px` px square at the model's mpp; default the
+    model's patch size), batch by batch, in `patches` order."""
     cfg: ModelConfig = method.cfg
-    p = cfg.patch_size
+    p = patch_px or cfg.patch_size
     tissue_image = MaskImage(tissue.mask, tissue.mpp)
     started = time.perf_counter()
     for batch, locations in iter_patch_batches(slide, patches, cfg.mpp, p, batch_size=batch_size, workers=workers):
@@ -107,11 +108,12 @@ class SlideUncertainty:
 
 def slide_uncertainty(method: UncertaintyMethod, slide: Slide, tissue: TissueMask | None = None, batch_size: int = 16,
                       map_mpp: float = 8.0, min_tissue: float = 0.1, device: torch.device | str = "cpu",
-                      progress: bool = False) -> SlideUncertainty:
-    """Every tissue patch of `slide` (non-overlapping grid at the model's mpp) scored by `method`."""
+                      progress: bool = False, patch_px: int | None = None) -> SlideUncertainty:
+    """Every tissue patch of `slide` (non-overlapping grid of `patch_px` px squares at the model's
+    mpp; default the model's patch size) scored by `method`."""
     cfg = method.cfg
     tissue = tissue if tissue is not None else detect_tissue(slide)
-    p = cfg.patch_size
+    p = patch_px or cfg.patch_size
     patches = patch_grid(slide, cfg.mpp, p, tissue=tissue, min_tissue=min_tissue)
     factor = max(1, round(map_mpp / cfg.mpp))  # model pixels per map pixel
     map_mpp = cfg.mpp * factor
@@ -124,7 +126,7 @@ def slide_uncertainty(method: UncertaintyMethod, slide: Slide, tissue: TissueMas
     fractions: list[np.ndarray] = []
     timing = Timing()
     bar = tqdm(total=len(patches), desc=f"{method.name} {slide.path.name}", unit="patch", disable=not progress, leave=False)
-    for res in iter_uncertainty(method, slide, patches, tissue, batch_size, device, timing=timing):
+    for res in iter_uncertainty(method, slide, patches, tissue, batch_size, device, timing=timing, patch_px=p):
         for name, values in patch_scores(res.maps, res.tissue).items():
             scores.setdefault(name, []).append(values)
         tumour = (res.prob >= 0.5) & res.tissue

@@ -16,7 +16,7 @@ from ugafl.client.queue.new_item import NewItem, PatchOrigin, PatchPixels, Patch
 from ugafl.client.queue.store import CorrectionQueue
 from ugafl.common.errors import ConfigError, DataError
 
-PATCH = 16  # model patch size, px
+PATCH = 16  # patch side, px at the box's mpp
 METHOD = SimpleNamespace(cfg=SimpleNamespace(patch_size=PATCH, mpp=2.0), name="tta")
 # (slide, x, y, w, h, mpp, uga): slide "a" has the two highest scores, "b" the third.
 ROWS = [("a", 0, 0, 32, 32, 2.0, 0.9), ("a", 64, 0, 32, 32, 2.0, 0.8), ("a", 128, 0, 32, 32, 2.0, 0.1),
@@ -43,9 +43,11 @@ def slides(tmp_path: Path) -> Path:
 
 
 class FakeSlide:
-    """Reads a box as a grey patch whose value encodes x; `broken` boxes raise DataError."""
+    """Reads a box as a grey patch whose value encodes x; `broken` boxes raise DataError. Level 0
+    is 1 µm/px, so the test boxes (64 px at 4 µm/px, 32 px at 2 µm/px) are PATCH px squares."""
 
     reads: list[tuple[str, tuple[int, int], float]] = []
+    mpp = 1.0
 
     def __init__(self, path: Path, broken: set[tuple[int, int]]):
         self.path, self.broken = path, broken

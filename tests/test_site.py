@@ -65,6 +65,9 @@ def test_train_only_when_there_are_new_corrections_and_evaluate_on_them(tmp_path
     assert any(not torch.equal(state[k], before[k]) for k in before)
     again = train(site, build_model(CFG), CFG, steps=2, proximal_mu=0.0, lr=1e-3, seed=0)
     assert again[0] is None and again[1] == []  # the same corrections: nothing new this round
+    keeps_vote = SiteConfig.load(write_site(tmp_path, extra="retrain = true\n"))
+    state, ids, metrics = train(keeps_vote, build_model(CFG), CFG, steps=2, proximal_mu=0.0, lr=1e-3, seed=0)
+    assert state is not None and len(ids) == 3 and metrics["new-corrections"] == 0  # retrains on all, none new
     result = evaluate(site, model)
     assert result["num-examples"] == 3 and result["site-weight"] == 1.0
     # A model that calls every pixel tumour: pooled Dice is 2T / (T + all pixels) over the 3 patches.

@@ -23,6 +23,7 @@ from ugafl.common.errors import SlideError, UgaflError
 from ugafl.common.log import get_logger
 from ugafl.common.slide import open_slide
 from ugafl.common.slide_scan import candidate_files
+from ugafl.common.correction_patch import CORRECTION_PATCH_UM
 
 log = get_logger("inbox")
 REGISTER_CHECK_MPP = 64.0  # a slide is registered once a coarse overview of it reads (µm/px)
@@ -95,7 +96,8 @@ def precompute(site: SiteConfig, registry: dict[str, dict]) -> int:
     info = current_model_info(site.workspace)
     if info is None:
         return 0
-    out = uncertainty_dir(site.workspace, info["version"], info["method"], int(info["passes"]))
+    patch_um = float(info.get("patch_um", CORRECTION_PATCH_UM))
+    out = uncertainty_dir(site.workspace, info["version"], info["method"], int(info["passes"]), patch_um)
     todo = [site.slides / n for n, e in sorted(registry.items())
             if e["state"] == "registered" and not (out / Path(n).stem / "summary.json").is_file()]
     if not todo:
@@ -105,7 +107,7 @@ def precompute(site: SiteConfig, registry: dict[str, dict]) -> int:
     done = 0
     for path in todo:
         started = time.perf_counter()
-        result = run_uncertainty(path, method, out, progress=False, reuse=True, device=device)[0]
+        result = run_uncertainty(path, method, out, progress=False, reuse=True, device=device, patch_um=patch_um)[0]
         if result.error is not None:  # recorded, and not tried again until the file changes
             registry[path.name].update(state="unreadable", reason=result.error)
         else:

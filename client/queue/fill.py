@@ -95,16 +95,18 @@ def _read_row_mpp(path: Path, boxes: set[tuple[int, int, int, int]]) -> dict[tup
     return out
 
 
-def _read_patch(slide, box: tuple[int, int, int, int], mpp: float, patch_size: int) -> np.ndarray:
-    """The box at `mpp` as RGB uint8 (patch_size, patch_size, 3), as the uncertainty job read it."""
+def _read_patch(slide, box: tuple[int, int, int, int], mpp: float) -> np.ndarray:
+    """The square level-0 box at `mpp` as RGB uint8 (S, S, 3), S = its side at `mpp` (as the
+    uncertainty job read it: a read off by a pixel from rounding is resized)."""
     x, y, w, h = box
+    size = max(1, round(w * slide.mpp / mpp))
     rgb = slide.read_region((x, y), (w, h), mpp)
-    if rgb.shape[:2] == (patch_size, patch_size):
+    if rgb.shape[:2] == (size, size):
         return np.ascontiguousarray(rgb)
-    if max(abs(rgb.shape[0] - patch_size), abs(rgb.shape[1] - patch_size)) > 2:
+    if max(abs(rgb.shape[0] - size), abs(rgb.shape[1] - size)) > 2:
         raise DataError(f"{slide.path}: box {box} is {rgb.shape[1]}x{rgb.shape[0]} px at {mpp:g} µm/px, not the "
-                        f"model's patch size {patch_size}: were the scores made with another model or --mpp?")
-    return np.asarray(Image.fromarray(rgb).resize((patch_size, patch_size), Image.Resampling.BILINEAR))
+                        f"{size} px square its level-0 size gives: were the scores made with another --mpp?")
+    return np.asarray(Image.fromarray(rgb).resize((size, size), Image.Resampling.BILINEAR))
 
 
 def patch_outputs(method: UncertaintyMethod, image: np.ndarray, measure: str,
@@ -194,7 +196,7 @@ def prepare(planned: list[PlannedPatch], slides_dir: Path, method: UncertaintyMe
         with open_slide(path, slide_mpp) as slide:
             for k, p in enumerate(planned):
                 if p.origin.slide == stem:
-                    image = _read_patch(slide, p.origin.box, p.origin.mpp, method.cfg.patch_size)
+                    image = _read_patch(slide, p.origin.box, p.origin.mpp)
                     mask, unc = patch_outputs(method, image, measure, device)
                     pixels[k] = PatchPixels(image, mask, unc)
     return [NewItem(p.origin, PatchReason(p.score, measure, request.selection, request.model_version,

@@ -22,6 +22,7 @@ from ugafl.client.round.incoming_model import global_model
 from ugafl.client.round.records import describe_reply, keep_model, record_message, record_refusal, record_reply
 from ugafl.client.site_config import SiteConfig
 from ugafl.common.errors import UgaflError
+from ugafl.common.correction_patch import CORRECTION_PATCH_UM
 
 MESSAGE_TYPES = ("query", "train", "evaluate")
 
@@ -57,10 +58,11 @@ def _incoming(site: SiteConfig, arrays: Mapping[str, np.ndarray], config: Mappin
 
 def _query(site: SiteConfig, msg: _Incoming) -> tuple[dict[str, float], None, None]:
     method, passes = str(msg.config.get("method", "tta")), int(msg.config.get("passes", 4))
-    keep_model(site.workspace, msg.model, msg.cfg, msg.signed, method, passes)  # for the inbox watcher between rounds
+    patch_um = float(msg.config.get("patch-um", CORRECTION_PATCH_UM))
+    keep_model(site.workspace, msg.model, msg.cfg, msg.signed, method, passes, patch_um)  # for the inbox watcher
     metrics = query_step.query(site, msg.model, msg.cfg, str(msg.config["model-version"]), msg.round_,
                                str(msg.config["selection"]), int(msg.config["budget"]), int(msg.config["seed"]),
-                               method, passes)
+                               method, passes, patch_um)
     return metrics, None, None
 
 

@@ -40,14 +40,14 @@ def train(site: SiteConfig, model: torch.nn.Module, cfg: ModelConfig, steps: int
           seed: int) -> tuple[dict[str, torch.Tensor] | None, list[int], dict[str, float]]:
     """Fine-tune the global model on the site's corrected patches (a central site: on its own
     labelled data). (state dict, ids of the corrected patches used, metrics); the state is None
-    when there is nothing new."""
+    when there is nothing new (unless the site retrains every round)."""
     if site.role == "central":
         bank = round_bank(site.central_data, cfg, site.central_centre, seed)
         images, labels, ids = bank.images, bank.labels, []
     else:
         images, labels, ids = corrected_patches(site.workspace)
     done_before = trained_on(site.workspace)
-    if site.role != "central" and (not site.train or not ids or sorted(ids) == done_before):
+    if site.role != "central" and (not site.train or not ids or (sorted(ids) == done_before and not site.retrain)):
         return None, [], {"num-examples": 0.0, "site-weight": 0.0, "new-corrections": 0.0}
     new = len(set(ids) - set(done_before))
     device = next(model.parameters()).device

@@ -15,26 +15,29 @@ from ugafl.client.round.annotators import get_annotator
 from ugafl.client.round.slide_uncertainty import run_uncertainty
 from ugafl.client.site_config import SiteConfig
 from ugafl.common.model import ModelConfig
+from ugafl.common.correction_patch import CORRECTION_PATCH_UM
 from ugafl.common.uncertainty_methods import method_from_models
 
 
-def uncertainty_dir(workspace: Path, model_version: str, method: str, passes: int) -> Path:
-    """Where a model version's uncertainty outputs live, per slide (shared with the inbox watcher,
-    which precomputes them for new slides between rounds)."""
-    return workspace / "uncertainty" / f"{model_version}.{method}x{passes}"
+def uncertainty_dir(workspace: Path, model_version: str, method: str, passes: int,
+                    patch_um: float = CORRECTION_PATCH_UM) -> Path:
+    """Where a model version's uncertainty outputs for patches `patch_um` µm wide live, per slide
+    (shared with the inbox watcher, which precomputes them for new slides between rounds)."""
+    return workspace / "uncertainty" / f"{model_version}.{method}x{passes}.{patch_um:g}um"
 
 
 def query(site: SiteConfig, model: torch.nn.Module, cfg: ModelConfig, model_version: str, round_: int,
-          selection: str, budget: int, seed: int, method: str = "tta", passes: int = 4) -> dict[str, float]:
-    """Score every slide in the inbox with the global model, queue the next `budget` patches chosen
-    by `selection`, and let the site's annotator correct what it can now. Counts and score summaries."""
+          selection: str, budget: int, seed: int, method: str = "tta", passes: int = 4,
+          patch_um: float = CORRECTION_PATCH_UM) -> dict[str, float]:
+    """Score every slide in the inbox with the global model per square patch `patch_um` µm wide,
+    queue the next `budget` patches chosen by `selection`, and let the site's annotator correct what it can now. Counts and score summaries."""
     device = next(model.parameters()).device
     method_obj = method_from_models(method, [model], cfg, device, passes)
     scores_dir = site.workspace / "patch_scores"
     for stale in scores_dir.glob(f"*.{method}.csv"):  # scores of the previous model
         stale.unlink()
-    results = run_uncertainty(site.slides, method_obj, uncertainty_dir(site.workspace, model_version, method, passes),
-                              workspace=site.workspace, device=device, progress=False, reuse=True)
+    results = run_uncertainty(site.slides, method_obj, uncertainty_dir(site.workspace, model_version, method, passes, patch_um),
+                              workspace=site.workspace, device=device, progress=False, reuse=True, patch_um=patch_um)
     request = FillRequest(selection, budget, seed + round_, model_version, round_)
     ids = fill_queue(site.workspace, site.slides, method_obj, method, request,
                      device=device) if any(r.error is None and r.patches for r in results) else []

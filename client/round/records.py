@@ -80,8 +80,9 @@ def model_dir(workspace: Path) -> Path:
 
 
 def keep_model(workspace: Path, model: torch.nn.Module, cfg, signed: Mapping[str, Any], method: str,
-               passes: int) -> None:
-    """Store the verified global model as the site's current one (once per version)."""
+               passes: int, patch_um: float) -> None:
+    """Store the verified global model as the site's current one (once per version), with how
+    the round scores slides (method, passes, correction patch side in µm)."""
     from ugafl.common.atomic import atomic_write_text
     from ugafl.common.checkpoint import save_checkpoint
 
@@ -89,10 +90,10 @@ def keep_model(workspace: Path, model: torch.nn.Module, cfg, signed: Mapping[str
     current = current_model_info(workspace)
     sha = signed["statement"]["model_sha256"]
     if current and current.get("signed", {}).get("statement", {}).get("model_sha256") == sha and \
-            (current.get("method"), current.get("passes")) == (method, passes):
+            (current.get("method"), current.get("passes"), current.get("patch_um")) == (method, passes, patch_um):
         return
     save_checkpoint(folder / "current.pt", model, cfg)
-    atomic_write_text(folder / "current.json", json.dumps({"signed": dict(signed), "method": method, "passes": passes,
+    atomic_write_text(folder / "current.json", json.dumps({"signed": dict(signed), "method": method, "passes": passes, "patch_um": patch_um,
                                                            "version": sha[:12]}, indent=1))
 
 

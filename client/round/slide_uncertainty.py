@@ -21,6 +21,7 @@ from ugafl.common.log import get_logger
 from ugafl.common.masks import write_mask
 from ugafl.common.slide import open_slide
 from ugafl.common.slide_scan import candidate_files
+from ugafl.common.correction_patch import patch_px
 from ugafl.common.uncertainty_engine import SlideUncertainty, slide_uncertainty
 from ugafl.common.uncertainty_measures import default_measure
 from ugafl.common.uncertainty_methods import UncertaintyMethod
@@ -91,13 +92,15 @@ def slide_outputs(result: SlideUncertainty, slide_path: Path, thumbnail: np.ndar
 
 def run_uncertainty(target: str | Path, method: UncertaintyMethod, out: str | Path, workspace: str | Path | None = None,
                     mpp: float | None = None, batch_size: int = 16, device: torch.device | str = "cpu",
-                    progress: bool = True, reuse: bool = False) -> list[SlideResult]:
-    """Uncertainty for one slide or every slide in a folder; outputs under OUT/<slide stem>/.
+                    progress: bool = True, reuse: bool = False, patch_um: float | None = None) -> list[SlideResult]:
+    """Uncertainty for one slide or every slide in a folder, scored per square patch `patch_um` µm
+    wide (default: the model's patch size); outputs under OUT/<slide stem>/.
     With `reuse`, a slide whose outputs in OUT are complete and newer than the slide file is not
     computed again (OUT must then be specific to the model and method, as the site's are)."""
     target, out = Path(target), Path(out)
     paths = candidate_files(target) if target.is_dir() else [target]
     measure = primary_measure(method)
+    size = None if patch_um is None else patch_px(patch_um, method.cfg.mpp)
     results = []
     for path in paths:
         done = out / path.stem / "summary.json"
@@ -113,7 +116,8 @@ def run_uncertainty(target: str | Path, method: UncertaintyMethod, out: str | Pa
             continue
         try:
             with open_slide(path, mpp) as slide:
-                result = slide_uncertainty(method, slide, batch_size=batch_size, device=device, progress=progress)
+                result = slide_uncertainty(method, slide, batch_size=batch_size, device=device, progress=progress,
+                                            patch_px=size)
                 thumbnail, thumb_mpp = slide.thumbnail(THUMB_MPP)
         except SlideError as error:
             log.warning("%s", error)

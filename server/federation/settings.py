@@ -11,6 +11,7 @@ from pydantic import Field
 
 from ugafl.common.config import NonEmpty, build_section, one_of
 from ugafl.common.selection import SELECTION_NAMES
+from ugafl.common.correction_patch import CORRECTION_PATCH_UM
 from ugafl.common.uncertainty_methods import METHODS
 from ugafl.server.federation.aggregation import AGGREGATION_NAMES, WEIGHTINGS
 
@@ -35,6 +36,7 @@ class FederationSettings:
     weighting: Annotated[str, one_of(tuple(WEIGHTINGS))] = "sites"  # "sites" (one vote each) or "examples" (by example count)
     selection: Annotated[str, one_of(SELECTION_NAMES)] = "stochastic-batch"  # see common.selection.SELECTIONS
     budget: Count = 5  # patches queued per site per round
+    patch_um: Positive = CORRECTION_PATCH_UM  # side of a corrected patch, µm (the paper's 1024 µm)
     method: Annotated[str, one_of(METHODS)] = "tta"  # uncertainty method the sites use
     passes: Count = 4
     local_steps: Count = 100

@@ -95,6 +95,7 @@ async function show(item, notice = "") {
   $("unc-measure").textContent = `(${item.measure})`;
   $("unc-max").textContent = `${item.uncertainty_max.toPrecision(3)} unsure`;
   const rows = [["item", item.id], ["slide", item.slide], ["box (level 0)", `${item.x}, ${item.y} · ${item.box_width}×${item.box_height}`],
+    ["size", `${Math.round(item.width * item.mpp)} × ${Math.round(item.height * item.mpp)} µm (${item.width} × ${item.height} px)`],
     ["resolution", `${item.mpp} µm/px`], ["score", `${item.score.toPrecision(4)} (${item.measure})`],
     ["chosen by", item.selection], ["model", item.model_version], ["round", item.round]];
   $("details").replaceChildren(...rows.flatMap(([k, v]) => {
