@@ -20,7 +20,7 @@ from typing import Annotated, Any
 
 from pydantic import Field
 
-from ugafl.common.config import RunConfig, build_section
+from ugafl.common.config import RunConfig, build_section, one_of
 from ugafl.common.errors import ConfigError
 from ugafl.common.log import get_logger
 from ugafl.common.manifest import load_manifest
@@ -29,6 +29,7 @@ from ugafl.server.evaluation import evaluate_model
 from ugafl.server.federation.settings import FederationSettings
 
 log = get_logger("federated")
+ENGINES = ("flower", "in-process")
 
 
 
@@ -37,6 +38,10 @@ class SimulationOptions:
     """[federation] keys for the simulation itself, not the ServerApp."""
 
     cpus_per_site: Annotated[float, Field(gt=0)] = 1.0  # Ray CPUs per site: 1 on 2 cores runs two sites at a time
+    # "flower": Flower's simulation engine (Ray), the deployment's apps; "in-process": the same
+    # round code with the sites' handlers called on this machine without Ray (benchmarks; see
+    # simulations/in_process.py), cpus_per_site giving how many sites run at a time
+    engine: Annotated[str, one_of(ENGINES)] = "flower"
 
 
 SIM_ONLY = {f.name for f in fields(SimulationOptions)}
@@ -59,10 +64,12 @@ def federation_settings(cfg: RunConfig, **given: Any) -> tuple[FederationSetting
     return FederationSettings.from_section(section, at, **placeholders, **given), options
 
 
-def prepare_sites(run_dir: Path, data_dir: Path, central_centre: str,
-                  centres: list[str] | None = None) -> tuple[Path, list[str], Path]:
+def prepare_sites(run_dir: Path, data_dir: Path, central_centre: str, centres: list[str] | None = None,
+                  annotator: str = "simulated", retrain: bool = False) -> tuple[Path, list[str], Path]:
     """Site folders, one per centre (default: every centre of the dataset; index = Flower partition
-    id); (sites dir, centres, public key)."""
+    id). The external sites' corrections come from `annotator` ("person": nobody corrects), and
+    with `retrain` they train every round on all their corrected patches, new or not.
+    (sites dir, centres, public key)."""
     key_dir = run_dir / "coordinator"
     private, public = key_dir / "signing.key", key_dir / "signing.pub"
     if not private.exists():
@@ -82,11 +89,24 @@ def prepare_sites(run_dir: Path, data_dir: Path, central_centre: str,
         data = os.path.relpath(Path(data_dir).resolve(), folder.resolve())
         key = os.path.relpath(public.resolve(), folder.resolve())
         role = (f'role = "central"\ncentral_data = "{data}"\ncentral_centre = "{centre}"\n'
-                if centre == central_centre else f'annotator = "simulated"\nannotator_data = "{data}"\n')
+                if centre == central_centre else
+                f'annotator = "{annotator}"\nannotator_data = "{data}"\nretrain = {str(retrain).lower()}\n')
         (folder / "site.toml").write_text(
             f'# site {i}: centre {centre} (simulation)\n[site]\nworkspace = "ws"\nslides = "inbox"\n'
             f'trusted_keys = ["{key}"]\n{role}')
     return sites, centres, public
+
+
+def share_uncertainty(sites: Path, shared: Path) -> None:
+    """Point each site's uncertainty folder (WS/uncertainty) at SHARED/<site id>."""
+    for folder in sorted(p for p in sites.iterdir() if (p / "site.toml").is_file()):
+        target = shared / folder.name
+        target.mkdir(parents=True, exist_ok=True)
+        link = folder / "ws" / "uncertainty"
+        if link.is_symlink() or link.exists():
+            continue
+        link.parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(target.resolve(), link)
 
 
 def _dice_table(before: dict[str, float], after: dict[str, float], reference: str) -> str:
@@ -101,27 +121,55 @@ def _dice_table(before: dict[str, float], after: dict[str, float], reference: st
     return "\n".join(lines)
 
 
+def run_rounds(cfg: RunConfig, run_dir: Path, central_checkpoint: Path, data_dir: Path, client_mods: list | None = None,
+               annotator: str = "simulated", retrain: bool = False, server_eval: bool = True,
+               shared: Path | None = None) -> FederationSettings:
+    """The rounds of `cfg.federation` from the central model, one site per centre (see
+    `prepare_sites`), on the configured engine; signed round checkpoints in RUN/federated/. With
+    `server_eval`, the coordinator also measures the central centre's test Dice every round.
+
+    `shared` (the in-process engine): a folder that runs from the same central model and data
+    share, so that work that is the same in each is done once: site i's uncertainty outputs live
+    in SHARED/uncertainty/<i> (per model version, so only identical models reuse them) and the
+    central site's train replies in SHARED/central-training (see simulations.in_process)."""
+    federation_settings(cfg)  # refuse a bad [federation] before anything is written
+    central_centre = cfg.central.centre
+    out = run_dir / "federated"
+    sites, centres, _ = prepare_sites(run_dir, data_dir, central_centre, annotator=annotator, retrain=retrain)
+    settings, options = federation_settings(
+        cfg, central_checkpoint=str(central_checkpoint), out_dir=str(out),
+        signing_key=str(run_dir / "coordinator" / "signing.key"), eval_data=str(data_dir) if server_eval else "",
+        eval_centres=central_centre, min_nodes=len(centres))
+    if options.engine == "in-process":
+        from ugafl.server.federation.rounds import run_federation
+        from ugafl.simulations.in_process import InProcessSites
+
+        if shared is not None:
+            share_uncertainty(sites, shared / "uncertainty")
+        workers = max(1, int((os.cpu_count() or 1) // options.cpus_per_site))
+        run_federation(InProcessSites(sites, workers=min(workers, len(centres)),
+                                      memo_dir=None if shared is None else shared / "central-training"), settings)
+    else:
+        from ugafl.simulations.flower_simulation import run_flower_simulation
+
+        overrides = {k.replace("_", "-"): v for k, v in settings.to_dict().items()}  # the Flower run config's spelling
+        run_flower_simulation(overrides, sites, len(centres), options.cpus_per_site, client_mods)
+    last = out / f"round-{settings.num_rounds:04d}.pt"
+    if not last.is_file():
+        raise ConfigError(f"the simulation ended without {last}; see the log above for the failing round")
+    return settings
+
+
 def run_federated(cfg: RunConfig, run_dir: str | Path, central_checkpoint: Path, data_dir: Path,
                   client_mods: list | None = None) -> dict:
     """The simulation of `cfg.federation` from the central model; returns the before/after summary."""
     run_dir = Path(run_dir)
-    federation_settings(cfg)  # refuse a bad [federation] before anything is written
     central_centre = cfg.central.centre
     out = run_dir / "federated"
-    sites, centres, _ = prepare_sites(run_dir, data_dir, central_centre)
-    settings, options = federation_settings(
-        cfg, central_checkpoint=str(central_checkpoint), out_dir=str(out),
-        signing_key=str(run_dir / "coordinator" / "signing.key"), eval_data=str(data_dir), eval_centres=central_centre,
-        min_nodes=len(centres))
-    overrides = {k.replace("_", "-"): v for k, v in settings.to_dict().items()}  # the Flower run config's spelling
     started = time.time()
-    from ugafl.simulations.flower_simulation import run_flower_simulation
-
-    run_flower_simulation(overrides, sites, len(centres), options.cpus_per_site, client_mods)
+    settings = run_rounds(cfg, run_dir, central_checkpoint, data_dir, client_mods)
     seconds = round(time.time() - started, 1)
     last = out / f"round-{settings.num_rounds:04d}.pt"
-    if not last.is_file():
-        raise ConfigError(f"the simulation ended without {last}; see the log above for the failing round")
 
     before_path = out / "dice_before.json"
     if before_path.is_file():

@@ -26,6 +26,7 @@ from federation_helpers import check_outboxes, small_federation
 from ugafl.common.central_bank import CentralConfig
 from ugafl.common.config import RunConfig
 from ugafl.common.model import ModelConfig
+from ugafl.simulations.in_process import InProcessSites
 
 pytestmark = pytest.mark.slow
 
@@ -192,40 +193,23 @@ def test_bad_updates_and_a_tampered_model_are_refused_and_the_round_completes(da
     assert not rst_outbox.exists(), "the site that got a tampered model must not have replied with anything"
 
 
-class InProcessSites:
-    """The round's `Sites` with every site in this process: each message is the site's plain
-    handler called directly (no Flower, no Ray). `poison` maps a site id to a function applied to
-    its train replies' arrays (a misbehaving site); every reply is kept in `sent`."""
+class RecordingSites(InProcessSites):
+    """The in-process sites, keeping every reply in `sent`; `poison` maps a site id to a function
+    applied to its train replies' arrays (a misbehaving site)."""
 
     def __init__(self, sites_dir: Path, poison: dict | None = None):
-        from ugafl.client.site_config import SiteConfig
-
-        self.configs = {int(p.parent.name): SiteConfig.load(p) for p in sorted(sites_dir.glob("*/site.toml"))}
+        super().__init__(sites_dir, run_id=7)
         self.poison = poison or {}
         self.sent: list[tuple[str, int, dict]] = []
 
-    def wait_for(self, count: int) -> list[int]:
-        assert len(self.configs) >= count
-        return sorted(self.configs)
-
-    def send(self, message_type, arrays, config, sites):
-        from ugafl.client.round.handlers import handle
-        from ugafl.common.errors import UgaflError
+    def reply(self, site, message_type, answer):
         from ugafl.server.federation.sites import Reply
 
-        replies = []
-        for site in sites:
-            try:
-                reply = handle(self.configs[site], message_type, arrays, config, run_id=7)
-            except UgaflError as error:
-                replies.append(Reply(site, {}, None, str(error)))
-                continue
-            out = reply.arrays
-            if out is not None and message_type == "train" and site in self.poison:
-                out = self.poison[site](out)
-            self.sent.append((message_type, site, {"metrics": reply.metrics, "arrays": out}))
-            replies.append(Reply(site, reply.metrics, out))
-        return replies
+        out = answer.arrays
+        if out is not None and message_type == "train" and site in self.poison:
+            out = self.poison[site](out)
+        self.sent.append((message_type, site, {"metrics": answer.metrics, "arrays": out}))
+        return Reply(site, answer.metrics, out)
 
 
 def test_the_round_runs_as_plain_code_without_flower(dataset, tmp_path: Path) -> None:
@@ -248,7 +232,7 @@ def test_the_round_runs_as_plain_code_without_flower(dataset, tmp_path: Path) ->
     settings = {"central-checkpoint": str(central), "out-dir": str(out), "signing-key": str(tmp_path / "coordinator" / "signing.key"),
                 "num-rounds": 1, "budget": 2, "passes": 2, "local-steps": 8, "lr": 0.001, "min-nodes": 4,
                 "weighting": "sites", "run-name": "plain"}
-    sites = InProcessSites(sites_dir)
+    sites = RecordingSites(sites_dir)
     run_federation(sites, FederationSettings.from_run_config(settings))
 
     trained = [entry["arrays"] for kind, _, entry in sites.sent if kind == "train" and entry["arrays"] is not None]
@@ -269,7 +253,7 @@ def test_the_round_runs_as_plain_code_without_flower(dataset, tmp_path: Path) ->
 
     # Round 2 with site 2 sending NaN weights: resumed after round 1, the poisoned update refused.
     first = (out / "round-0001.pt").read_bytes()
-    poisoned = InProcessSites(sites_dir, poison={2: lambda arrays: {k: np.full_like(v, np.nan) for k, v in arrays.items()}})
+    poisoned = RecordingSites(sites_dir, poison={2: lambda arrays: {k: np.full_like(v, np.nan) for k, v in arrays.items()}})
     run_federation(poisoned, FederationSettings.from_run_config({**settings, "num-rounds": 2}))
     assert (out / "round-0001.pt").read_bytes() == first
     assert {kind for kind, _, _ in poisoned.sent} == {"query", "train", "evaluate"}
