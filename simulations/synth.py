@@ -10,14 +10,16 @@ import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from ugafl.common.atomic import atomic_write_text
+from ugafl.common.config import one_of
 from ugafl.common.log import get_logger
 from ugafl.common.manifest import Manifest, SlideRecord, TumourRegion
-from ugafl.simulations.centres import CENTRES, get_centre
+from ugafl.simulations.centres import CENTRES, WORLDS, get_centre
 from ugafl.simulations.extra import require_jpeg_writer
 from ugafl.simulations.raters import rater_masks
 from ugafl.simulations.render import render_section
@@ -43,10 +45,14 @@ class SynthConfig:
     n_raters: int = 3
     test_fraction: float = 1 / 3
     file_format: str = "by-centre"  # or "svs" / "tiff" for every slide
+    world: Annotated[str, one_of(tuple(WORLDS))] = "demo"  # which centre profiles (simulations.centres.WORLDS)
 
     def digest(self) -> str:
         """Short hash of the settings, so a re-run reuses only slides made with the same ones."""
-        text = json.dumps({**asdict(self), "version": GENERATOR_VERSION}, sort_keys=True)
+        settings = asdict(self)
+        if settings["world"] == "demo":  # the key came later: the demo's slides keep their digest
+            del settings["world"]
+        text = json.dumps({**settings, "version": GENERATOR_VERSION}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
@@ -66,7 +72,7 @@ def plan_slides(cfg: SynthConfig) -> list[SlideSpec]:
     n = cfg.slides_per_centre
     n_test = 0 if n < 2 else max(1, round(n * cfg.test_fraction))
     for centre in cfg.centres:
-        get_centre(centre)
+        get_centre(centre, cfg.world)
         for i in range(n):
             split = "train" if i < n - n_test else "test"
             k = i if split == "train" else i - (n - n_test)
@@ -76,7 +82,7 @@ def plan_slides(cfg: SynthConfig) -> list[SlideSpec]:
 
 def slide_digest(cfg: SynthConfig, centre: str) -> str:
     """Settings and the centre's profile: a cached slide is reused only if both are unchanged."""
-    text = cfg.digest() + json.dumps(asdict(get_centre(centre)), sort_keys=True)
+    text = cfg.digest() + json.dumps(asdict(get_centre(centre, cfg.world)), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
@@ -87,7 +93,7 @@ def _slide_seed(cfg: SynthConfig, spec: SlideSpec) -> np.random.SeedSequence:
 
 def generate_slide(out: Path, cfg: SynthConfig, spec: SlideSpec) -> SlideRecord:
     """Renders, scans and writes one slide with its masks; returns its manifest record."""
-    centre = get_centre(spec.centre)
+    centre = get_centre(spec.centre, cfg.world)
     slide_id = f"{spec.centre}_{spec.index:03d}"
     record_path = out / "records" / f"{slide_id}.json"
     if record_path.is_file():
@@ -154,7 +160,7 @@ def generate_dataset(out: str | Path, cfg: SynthConfig, workers: int | None = No
                 bar.update()
     bar.close()
     info = {"generator": "ugafl.simulations.synth", "generator_version": GENERATOR_VERSION, "digest": cfg.digest(),
-            "config": asdict(cfg), "centres": {name: asdict(get_centre(name)) for name in cfg.centres}}
+            "config": asdict(cfg), "centres": {name: asdict(get_centre(name, cfg.world)) for name in cfg.centres}}
     manifest = Manifest(root=out, slides=records, info=info)
     manifest.save()
     log.info("wrote %d slides to %s", len(records), out)
