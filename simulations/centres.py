@@ -87,15 +87,17 @@ CENTRES: dict[str, CentreProfile] = {
 BENCHMARK_CENTRES: dict[str, CentreProfile] = {
     "RUMC": CENTRES["RUMC"],
     # Thick sections on a soft-focus scanner; smaller tumour nuclei, more discohesive growth.
-    "UMCU": replace(CENTRES["UMCU"], hematoxylin_strength=1.35, blur_um=1.4, thickness=1.45, smudge_um=0.9,
-                    patterns={"solid": 0.35, "glandular": 0.30, "discohesive": 0.35}, tumour_nucleus_um=(4.2, 7.0)),
-    # Pale hematoxylin under strong eosin, heavy JPEG compression and sensor noise, many retraction clefts.
+    "UMCU": replace(CENTRES["UMCU"], hematoxylin_strength=1.3, blur_um=1.1, thickness=1.35, smudge_um=0.7,
+                    patterns={"solid": 0.40, "glandular": 0.30, "discohesive": 0.30}, tumour_nucleus_um=(4.4, 7.2)),
+    # Pale hematoxylin under strong eosin, heavy JPEG compression and sensor noise, a soft scanner,
+    # many retraction clefts and mostly discohesive tumour.
     "LabPON": replace(CENTRES["LabPON"], hematoxylin_strength=0.65, eosin_strength=1.0, noise=6.0, jpeg_quality=55,
-                      retraction=0.6, patterns={"solid": 0.15, "glandular": 0.35, "discohesive": 0.50}),
-    # Out of focus and poorly fixed: chromatin detail gone, crush artefact in the lymphoid tissue.
-    "CWZ": replace(CENTRES["CWZ"], hematoxylin_strength=0.6, blur_um=2.0, smudge_um=1.5, crush=0.25),
-    # The demo's hardest centre, a little less discohesive.
-    "RST": replace(CENTRES["RST"], blur_um=1.6, patterns={"solid": 0.25, "glandular": 0.20, "discohesive": 0.55}),
+                      blur_um=1.4, smudge_um=0.8, thickness=1.1, retraction=0.6,
+                      patterns={"solid": 0.15, "glandular": 0.20, "discohesive": 0.65}),
+    # Out of focus and poorly fixed: chromatin detail lost, a little crush artefact.
+    "CWZ": replace(CENTRES["CWZ"], hematoxylin_strength=0.75, blur_um=1.7, smudge_um=1.0, crush=0.08),
+    # The demo's hardest centre, a little less discohesive and crushed.
+    "RST": replace(CENTRES["RST"], blur_um=1.4, crush=0.12, patterns={"solid": 0.30, "glandular": 0.25, "discohesive": 0.45}),
 }
 
 # World name -> centre profiles. "demo" is the demo's and the tests' world; "benchmark-1" the benchmark's.
