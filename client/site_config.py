@@ -85,7 +85,7 @@ class SiteConfig:
     central_centre: str = "RUMC"
     annotator: str = "person"  # who corrects the queue; plug-ins add others (simulations: "simulated")
     annotator_data: Path | None = None  # what a plug-in annotator reads (the simulated one: the dataset)
-    train: bool = True  # takes part in training
+    train: bool = True  # takes part in training (a central site that doesn't votes for the global model as it is)
     retrain: bool = False  # train every round on all corrected patches, even when none is new (keeps its vote)
     device: str = "auto"
     name: str = ""  # the hospital's name, for its own logs and status

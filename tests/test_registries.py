@@ -91,3 +91,23 @@ def test_trimmed_mean_cuts_the_extremes():
     assert AGGREGATIONS["fedtrimmedavg"](updates, [1.0] * 5, AggregationParams(trim_beta=0.2))["w"][0] == 3.0
     assert AGGREGATIONS["fedmedian"](updates, [1.0] * 5, AggregationParams())["w"][0] == 3.0
     assert AGGREGATIONS["fedavg"](updates, [1.0] * 5, AggregationParams())["w"][0] == pytest.approx(202.0)
+
+
+@pytest.mark.parametrize("idle_sites", ["keep", "skip"])
+def test_a_site_with_nothing_new_keeps_the_global_model_in_its_vote_or_is_left_out(idle_sites: str) -> None:
+    from ugafl.server.federation.rounds import aggregate
+    from ugafl.server.federation.settings import FederationSettings
+    from ugafl.server.federation.sites import Reply
+
+    reference = {"w": np.zeros((2, 2), np.float32)}
+    moved = {"w": np.full((2, 2), 0.5, np.float32)}
+    replies = [Reply(0, {"num-examples": 10.0, "site-weight": 1.0}, moved),
+               Reply(1, {"num-examples": 0.0, "site-weight": 0.0}, None),  # nothing new
+               Reply(2, {}, None, "Node Unavailable")]  # an error is never a vote
+    settings = FederationSettings(central_checkpoint="-", out_dir="-", signing_key="-", idle_sites=idle_sites)
+    out = aggregate(1, replies, reference, settings)
+    assert out.accepted == 1 and out.idle == (1 if idle_sites == "keep" else 0)
+    np.testing.assert_allclose(out.arrays["w"], 0.25 if idle_sites == "keep" else 0.5)
+    by_examples = aggregate(1, replies, reference, FederationSettings(
+        central_checkpoint="-", out_dir="-", signing_key="-", idle_sites=idle_sites, weighting="examples"))
+    np.testing.assert_allclose(by_examples.arrays["w"], 0.5)  # weighted by examples, an idle site weighs 0 anyway

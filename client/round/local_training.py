@@ -47,7 +47,7 @@ def train(site: SiteConfig, model: torch.nn.Module, cfg: ModelConfig, steps: int
     else:
         images, labels, ids = corrected_patches(site.workspace)
     done_before = trained_on(site.workspace)
-    if site.role != "central" and (not site.train or not ids or (sorted(ids) == done_before and not site.retrain)):
+    if not site.train or (site.role != "central" and (not ids or (sorted(ids) == done_before and not site.retrain))):
         return None, [], {"num-examples": 0.0, "site-weight": 0.0, "new-corrections": 0.0}
     new = len(set(ids) - set(done_before))
     device = next(model.parameters()).device

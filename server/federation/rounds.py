@@ -69,21 +69,30 @@ class Aggregated:
     metrics: dict[str, float] = field(default_factory=dict)
     accepted: int = 0
     refused: list[tuple[int, str]] = field(default_factory=list)
+    idle: int = 0  # sites with nothing new whose vote kept the global model (idle_sites = "keep")
 
 
 def aggregate(round_: int, replies: Sequence[Reply], reference: dict[str, np.ndarray],
               settings: FederationSettings) -> Aggregated:
-    """Leave out error replies and sites with nothing new, refuse bad updates (update_checks),
-    aggregate the rest with the configured strategy and weighting."""
+    """Leave out error replies, refuse bad updates (update_checks), aggregate the rest with the
+    configured strategy and weighting. A site with nothing new sends no weights; with idle_sites =
+    "keep" and one vote per site, its vote is the global model as it was (a zero update), so a
+    round in which only some sites have corrections moves the model by their share, not all the
+    way to their models; with "skip" it is left out of the average."""
     _log_errors(round_, "train", replies)
     updates: dict[int, Reply] = {}
+    idle: list[int] = []
     for r in replies:
         if r.error is not None:
             continue
         if float(r.metrics.get("num-examples", 0.0)) <= 0 or r.arrays is None:
-            log.info("round %d: site %d has nothing new; left out of the average", round_, r.site)
+            idle.append(r.site)
             continue
         updates[r.site] = r
+    keep_idle = settings.idle_sites == "keep" and settings.weighting == "sites"
+    for site in idle:
+        log.info("round %d: site %d has nothing new; %s", round_, site,
+                 "its vote keeps the global model" if keep_idle else "left out of the average")
     verdicts = check_round({s: r.arrays for s, r in updates.items()}, reference, settings.norm_factor)
     keep = [updates[v.node_id] for v in verdicts if v.accepted]
     refused = [(v.node_id, v.reason) for v in verdicts if not v.accepted]
@@ -91,10 +100,11 @@ def aggregate(round_: int, replies: Sequence[Reply], reference: dict[str, np.nda
         log.warning("round %d: no update to aggregate; the global model stays as it was", round_)
         return Aggregated(None, {}, 0, refused)
     key = WEIGHTINGS[settings.weighting]
-    weights = [float(r.metrics.get(key, 0.0)) for r in keep]
-    arrays = AGGREGATIONS[settings.aggregation]([r.arrays for r in keep], weights,
-                                                AggregationParams(trim_beta=settings.trim_beta))
-    return Aggregated(arrays, weighted_metrics([r.metrics for r in keep], key), len(keep), refused)
+    votes = [r.arrays for r in keep] + ([reference] * len(idle) if keep_idle else [])
+    weights = [float(r.metrics.get(key, 0.0)) for r in keep] + ([1.0] * len(idle) if keep_idle else [])
+    arrays = AGGREGATIONS[settings.aggregation](votes, weights, AggregationParams(trim_beta=settings.trim_beta))
+    return Aggregated(arrays, weighted_metrics([r.metrics for r in keep], key), len(keep), refused,
+                      len(idle) if keep_idle else 0)
 
 
 def _numpy(state: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
@@ -142,7 +152,8 @@ def run_round(sites: Sites, settings: FederationSettings, store: RoundStore, sta
     t_train = time.time()
 
     row: dict = {"round": round_, **summarise("query", query_replies), **summarise("train", train_replies),
-                 "updates-aggregated": outcome.accepted, "updates-refused": len(outcome.refused)}
+                 "updates-aggregated": outcome.accepted, "updates-refused": len(outcome.refused),
+                 "updates-idle-kept": outcome.idle}
     path, signed = store.save(state, cfg, round_, {"train": outcome.metrics})
     evaluate = {**base, "server-round": round_, "model-signature": json.dumps(signed),
                 "model-version": signed["statement"]["model_sha256"][:12]}

@@ -34,6 +34,9 @@ class FederationSettings:
     proximal_mu: Annotated[float, Field(ge=0)] = 0.0  # fedprox (and sent to sites as the proximal term)
     trim_beta: Annotated[float, Field(ge=0, lt=0.5)] = 0.2  # fedtrimmedavg: share cut at each end
     weighting: Annotated[str, one_of(tuple(WEIGHTINGS))] = "sites"  # "sites" (one vote each) or "examples" (by example count)
+    # a site with nothing new this round: "keep" (one vote per site: its vote is the global model
+    # as it was) or "skip" (left out of the average); see rounds.aggregate
+    idle_sites: Annotated[str, one_of(("keep", "skip"))] = "keep"
     selection: Annotated[str, one_of(SELECTION_NAMES)] = "stochastic-batch"  # see common.selection.SELECTIONS
     budget: Count = 5  # patches queued per site per round
     patch_um: Positive = CORRECTION_PATCH_UM  # side of a corrected patch, µm (the paper's 1024 µm)
