@@ -13,9 +13,10 @@ import click
 @click.option("--name", default=None, help="Run name: outputs go to runs/<name>/ [default: the config's file name].")
 @click.option("--runs", "runs_dir", type=click.Path(path_type=Path), default=Path("runs"), show_default=True)
 def experiment(config_path: Path, name: str | None, runs_dir: Path) -> None:
-    """Baseline, then federated rounds per strategy, method and seed until 5 and 10 corrected
-    patches per centre; a table (mean ± sd over seeds, the paper's figures beside) and plots.
-    A stopped run continues where it left off."""
+    """Baseline, then federated rounds per strategy, method and seed (and the null and oracle
+    reference arms) until 5 and 10 corrected patches per centre; tables (mean ± sd over seeds;
+    with reference arms, paired differences with bootstrap intervals) and plots. A stopped run
+    continues where it left off."""
     from ugafl.common.config import load_config
     from ugafl.common.errors import ConfigError
     from ugafl.simulations.experiment import ExperimentConfig, run_experiment, table_markdown
@@ -26,4 +27,9 @@ def experiment(config_path: Path, name: str | None, runs_dir: Path) -> None:
     run_dir = runs_dir / (name or config_path.stem)
     summary = run_experiment(cfg, run_dir)
     click.echo(table_markdown(summary, cfg.section(ExperimentConfig, "experiment")))
-    click.echo(f"outputs in {run_dir}/: table.md, results.json, dice_vs_patches.png, per_centre.png, arms/")
+    if (run_dir / "report.md").is_file():
+        click.echo((run_dir / "report.md").read_text())
+        click.echo(f"outputs in {run_dir}/: summary.json, report.md, table.md, results.json, dice_vs_patches.png, "
+                   "per_centre.png, size_classes.png, arms/")
+    else:
+        click.echo(f"outputs in {run_dir}/: table.md, results.json, dice_vs_patches.png, per_centre.png, arms/")

@@ -2,18 +2,25 @@
 uncertain about lift Dice more than correcting random ones?
 
 One dataset and one central (RUMC) model serve every arm. An arm is a selection strategy, an
-uncertainty method and a seed. It runs federated rounds on Flower's simulation engine in which every
-external centre has `budget` patches corrected per round by the simulated annotator, until each
-centre has the largest count in `patches`. Dice per centre on the test slides is measured after the
-round at which each count is reached. Strategies differ only in which patches they choose: the
-data, the model, the training schedule and the seeds are the same.
+uncertainty method and a seed, or a reference arm and a seed. It runs federated rounds in which
+every external centre has `budget` patches corrected per round by the simulated annotator, until
+each centre has the largest count in `patches`. Dice per centre on the test slides is measured
+after the round at which each count is reached. Strategies differ only in which patches they
+choose: the data, the model, the training schedule and the seeds are the same.
+
+The reference arms run the same rounds, schedule and seeds:
+- `null`: the external sites' queues are filled but nobody corrects them (they never train), so
+  any change is the central site's own training and the averaging;
+- `oracle`: every tissue patch of each external site's candidate slides is corrected in round 1,
+  and the site trains on all of them every round.
+The gap between them is what corrections can buy.
 
 The non-federated reference fine-tunes the central model on RUMC's patch bank plus every centre's
 corrected patches pooled, for as many steps as the federated rounds took together.
 
-Layout under the run folder: data/, central.pt, baseline.json, arms/<method>-<strategy>-s<seed>/
-(a federated run folder, plus result.json once the arm is complete: resumable), results.json,
-table.md, dice_vs_patches.png, per_centre.png, config.toml, versions.json.
+Layout under the run folder: data/, central.pt, baseline.json, arms/<arm>/ (a federated run folder,
+plus result.json once the arm is complete: resumable), results.json, table.md, plots, config.toml,
+versions.json, and with reference arms summary.json (experiment_stats, experiment_report).
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from typing import Annotated, ClassVar
 
 import numpy as np
 from pydantic import Field
+from tqdm.auto import tqdm
 
 from ugafl.common.atomic import atomic_write_text
 from ugafl.common.config import FieldProblem, RunConfig, one_of
@@ -38,6 +46,27 @@ from ugafl.common.uncertainty_methods import METHODS
 log = get_logger("experiment")
 
 PAPER = {"baseline": 0.66, 5: 0.76, 10: 0.84}  # the published external-centre Dice
+REFERENCES = ("null", "oracle")
+ORACLE_BUDGET = 1_000_000  # more than any site's candidate patches: the oracle queues every one in round 1
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One arm: `kind` is "strategy" (a selection with an uncertainty method) or a reference."""
+
+    kind: str
+    seed: int
+    selection: str = "random"
+    method: str = "tta"
+
+    @property
+    def name(self) -> str:
+        return arm_name(self.method, self.selection, self.seed) if self.kind == "strategy" else f"{self.kind}-s{self.seed}"
+
+    @property
+    def label(self) -> str:
+        """The arm's group: every seed of it."""
+        return f"{self.method} / {self.selection}" if self.kind == "strategy" else self.kind
 
 
 @dataclass(frozen=True)
@@ -54,6 +83,10 @@ class ExperimentConfig:
     # per centre: Dice is measured once each count is reached
     patches: Annotated[tuple[Annotated[int, Field(ge=1)], ...], Field(min_length=1)] = (5, 10)
     pooled_reference: bool = True
+    references: tuple[Annotated[str, one_of(REFERENCES)], ...] = ()  # "null", "oracle": see the module's docstring
+    # False: the central site does not re-train on its own data in the rounds (it votes for the
+    # global model as it is), so that only the corrections change the model (the null arm's test)
+    central_trains: bool = True
 
     def check(self) -> None:
         """FieldProblem unless every count in `patches` is a multiple of `budget`."""
@@ -69,6 +102,17 @@ def _dice(path: Path, data: Path) -> dict[str, float]:
     from ugafl.server.evaluation import evaluate_model
 
     return evaluate_model(path, data, "test", progress=False).centre_dice()
+
+
+SLIDE_KEYS = ("slide_id", "centre", "label_type", "tp", "fp", "fn")
+
+
+def evaluate_test_slides(path: Path, data: Path) -> tuple[dict[str, float], list[dict]]:
+    """The model's pooled Dice per centre on the test slides, and the per-slide counts behind it."""
+    from ugafl.server.evaluation import evaluate_model
+
+    ev = evaluate_model(path, data, "test", progress=False)
+    return ev.centre_dice(), [{k: s[k] for k in SLIDE_KEYS} for s in ev.slides]
 
 
 def pooled_reference(cfg: RunConfig, central: Path, data: Path, workspaces: list[Path], steps: int, seed: int,
@@ -104,11 +148,10 @@ def pooled_reference(cfg: RunConfig, central: Path, data: Path, workspaces: list
     return _dice(out, data)
 
 
-def run_arm(cfg: RunConfig, exp: ExperimentConfig, arm_dir: Path, central: Path, data: Path, method: str,
-            strategy: str, seed: int) -> dict:
+def run_arm(cfg: RunConfig, exp: ExperimentConfig, arm_dir: Path, central: Path, data: Path, arm: Arm) -> dict:
     """One arm (resumable: a complete arm has result.json)."""
     from ugafl.server.federation.checkpoints import round_path
-    from ugafl.simulations.federated import federation_settings, run_federated
+    from ugafl.simulations.federated import federation_settings, run_rounds
 
     done = arm_dir / "result.json"
     if done.is_file():
@@ -118,22 +161,38 @@ def run_arm(cfg: RunConfig, exp: ExperimentConfig, arm_dir: Path, central: Path,
         shutil.rmtree(arm_dir)
     started = time.time()
     rounds = max(exp.patches) // exp.budget
-    federation = {**cfg.federation, "selection": strategy, "method": method, "seed": seed, "budget": exp.budget,
-                  "num_rounds": rounds, "run_name": arm_dir.name}
-    run_federated(replace(cfg, federation=federation), arm_dir, central, data)
+    budget = ORACLE_BUDGET if arm.kind == "oracle" else exp.budget
+    federation = {**cfg.federation, "selection": arm.selection, "method": arm.method, "seed": arm.seed,
+                  "budget": budget, "num_rounds": rounds, "run_name": arm_dir.name}
+    run_rounds(replace(cfg, federation=federation), arm_dir, central, data,
+               annotator="person" if arm.kind == "null" else "simulated", retrain=arm.kind == "oracle",
+               server_eval=False, shared=arm_dir.parent.parent / "shared", central_trains=exp.central_trains)
+    rounds_s = round(time.time() - started, 1)
     out = arm_dir / "federated"
-    result = {"arm": arm_dir.name, "method": method, "selection": strategy, "seed": seed,
-              "dice": {str(p): _dice(round_path(out, p // exp.budget), data) for p in exp.patches}}
-    if exp.pooled_reference:
+    result: dict = {"arm": arm_dir.name, "kind": arm.kind, "method": arm.method, "selection": arm.selection,
+                    "seed": arm.seed, "dice": {}, "slides": {}}
+    for p in exp.patches:
+        result["dice"][str(p)], result["slides"][str(p)] = evaluate_test_slides(round_path(out, p // exp.budget), data)
+    if exp.pooled_reference and arm.kind == "strategy":
         steps = rounds * federation_settings(cfg)[0].local_steps
         sites = sorted(p for p in (arm_dir / "sites").iterdir() if p.is_dir())
-        result["pooled"] = pooled_reference(cfg, central, data, [s / "ws" for s in sites], steps, seed,
+        result["pooled"] = pooled_reference(cfg, central, data, [s / "ws" for s in sites], steps, arm.seed,
                                             arm_dir / "pooled.pt")
     result["seconds"] = round(time.time() - started, 1)
+    result["seconds_rounds"] = rounds_s
     result["versions"] = versions()  # versions.json is the last invocation's; a resumed run's arms may differ
     atomic_write_text(done, json.dumps(result, indent=1))
-    log.info("arm %s done in %.0f s", arm_dir.name, result["seconds"])
+    log.info("arm %s done in %.0f s (rounds %.0f s)", arm_dir.name, result["seconds"], rounds_s)
     return result
+
+
+def plan_arms(exp: ExperimentConfig) -> list[Arm]:
+    """Every arm, seed by seed (so a stopped run has whole seeds done): references, then strategies."""
+    arms = []
+    for seed in exp.seeds:
+        arms += [Arm(kind, seed) for kind in exp.references]
+        arms += [Arm("strategy", seed, strategy, method) for method in exp.methods for strategy in exp.selections]
+    return arms
 
 
 def picked(arm_dir: Path) -> dict[str, dict[str, float]]:
@@ -159,6 +218,12 @@ def picked(arm_dir: Path) -> dict[str, dict[str, float]]:
             for r, v in sorted(shares.items())}
 
 
+def group_of(result: dict) -> str:
+    """An arm result's group (its arm over every seed): the reference's name, or method / selection."""
+    kind = result.get("kind", "strategy")
+    return f"{result['method']} / {result['selection']}" if kind == "strategy" else kind
+
+
 def _mean_sd(values: list[float]) -> tuple[float, float]:
     arr = np.asarray(values, float)
     return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
@@ -170,14 +235,14 @@ def summarise(results: list[dict], baseline: dict[str, float], exp: ExperimentCo
     external = [c for c in centres if c != central_centre]
     groups: dict[str, dict] = {}
     for r in results:
-        key = f"{r['method']} / {r['selection']}"
+        key = group_of(r)
         g = groups.setdefault(key, {"method": r["method"], "selection": r["selection"], "runs": []})
         g["runs"].append(r)
     summary = {"baseline": {**baseline, "external": float(np.mean([baseline[c] for c in external]))},
                "external": external, "groups": {}}
     for key, g in groups.items():
         entry: dict = {"method": g["method"], "selection": g["selection"], "seeds": len(g["runs"])}
-        stages = [str(p) for p in exp.patches] + (["pooled"] if exp.pooled_reference else [])
+        stages = [str(p) for p in exp.patches] + (["pooled"] if all("pooled" in r for r in g["runs"]) else [])
         for stage in stages:
             per = [r["dice"][stage] if stage != "pooled" else r["pooled"] for r in g["runs"]]
             entry[stage] = {c: _mean_sd([d[c] for d in per]) for c in centres}
@@ -203,7 +268,7 @@ def table_markdown(summary: dict, exp: ExperimentConfig) -> str:
     lines.append("| central model | baseline | " + " | ".join(f"{base[c]:.3f}" for c in centres) +
                  f" | **{base['external']:.3f}** | {PAPER['baseline']:.2f} |")
     for key, g in summary["groups"].items():
-        for stage in [str(p) for p in exp.patches] + (["pooled"] if exp.pooled_reference else []):
+        for stage in [str(p) for p in exp.patches] + (["pooled"] if "pooled" in g else []):
             label = f"+{stage} patches" if stage != "pooled" else f"pooled, +{max(exp.patches)} (not federated)"
             cells = [f"{g[stage][c][0]:.3f} ± {g[stage][c][1]:.3f}" for c in centres]
             paper = PAPER.get(int(stage)) if stage.isdigit() else None
@@ -241,7 +306,7 @@ def figures(summary: dict, exp: ExperimentConfig, out_dir: Path) -> list[Path]:
         if "pooled" in g:  # the non-federated reference, beside the last count
             ax.errorbar([xs[-1] + 0.3 * (i + 1)], [g["pooled"]["external"][0]], yerr=[g["pooled"]["external"][1]], fmt="D",
                         mfc="none", capsize=3, color=line[0].get_color())
-    if exp.pooled_reference:
+    if any("pooled" in g for g in summary["groups"].values()):
         ax.plot([], [], "kD", mfc="none", label=f"pooled, +{xs[-1]}, not federated")
     ax.plot([0, 5, 10], [PAPER["baseline"], PAPER[5], PAPER[10]], "k--", marker="x", label="paper (external)")
     central = [c for c in centres if c not in summary["external"]]
@@ -315,20 +380,31 @@ def run_experiment(cfg: RunConfig, run_dir: str | Path) -> dict:
         (run_dir / "config.toml").write_text(cfg.path.read_text())
     atomic_write_text(run_dir / "versions.json", json.dumps(versions(), indent=1))
     started = time.time()
+    setup_path = run_dir / "setup_seconds.json"  # what the data, the central model and the baseline took when made
+    setup = json.loads(setup_path.read_text()) if setup_path.is_file() else {}
+    t0 = time.time()
     manifest = generate_dataset(run_dir / "data", synth)
+    setup.setdefault("data", round(time.time() - t0, 1))
     central = run_dir / "central.pt"
     if not central.is_file():
+        t0 = time.time()
         train_central(manifest.root, central, cfg.model, cfg.train, cfg.central)
-    baseline_path = run_dir / "baseline.json"
-    if not baseline_path.is_file():
-        atomic_write_text(baseline_path, json.dumps(_dice(central, manifest.root), indent=1))
+        setup["central"] = round(time.time() - t0, 1)
+    baseline_path, baseline_slides_path = run_dir / "baseline.json", run_dir / "baseline_slides.json"
+    if not (baseline_path.is_file() and baseline_slides_path.is_file()):
+        t0 = time.time()
+        dice, rows = evaluate_test_slides(central, manifest.root)
+        atomic_write_text(baseline_slides_path, json.dumps(rows, indent=1))
+        atomic_write_text(baseline_path, json.dumps(dice, indent=1))
+        setup["baseline"] = round(time.time() - t0, 1)
+    atomic_write_text(setup_path, json.dumps(setup, indent=1))
     baseline = json.loads(baseline_path.read_text())
     results = []
-    for seed in exp.seeds:
-        for method in exp.methods:
-            for strategy in exp.selections:
-                results.append(run_arm(cfg, exp, run_dir / "arms" / arm_name(method, strategy, seed), central,
-                                       manifest.root, method, strategy, seed))
+    arms = plan_arms(exp)
+    with tqdm(arms, desc="arms", unit="arm") as bar:
+        for arm in bar:
+            bar.set_postfix_str(arm.name)
+            results.append(run_arm(cfg, exp, run_dir / "arms" / arm.name, central, manifest.root, arm))
     for r in results:  # from the sites' queues, so arms run before this was recorded have it too
         r["picked"] = picked(run_dir / "arms" / r["arm"])
     summary = summarise(results, baseline, exp, cfg.central.centre)
@@ -338,6 +414,11 @@ def run_experiment(cfg: RunConfig, run_dir: str | Path) -> dict:
     atomic_write_text(run_dir / "results.json", json.dumps({"summary": summary, "arms": results}, indent=1))
     atomic_write_text(run_dir / "table.md", table_markdown(summary, exp))
     figures(summary, exp, run_dir)
+    if exp.references:
+        from ugafl.simulations.experiment_report import write_report
+
+        write_report(results, json.loads(baseline_slides_path.read_text()), exp, cfg, run_dir,
+                     minutes=(summary["arm_seconds_total"] + sum(setup.values())) / 60)
     log.info("experiment done\n%s", table_markdown(summary, exp))
     return summary
 

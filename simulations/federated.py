@@ -65,10 +65,13 @@ def federation_settings(cfg: RunConfig, **given: Any) -> tuple[FederationSetting
 
 
 def prepare_sites(run_dir: Path, data_dir: Path, central_centre: str, centres: list[str] | None = None,
-                  annotator: str = "simulated", retrain: bool = False) -> tuple[Path, list[str], Path]:
+                  annotator: str = "simulated", retrain: bool = False,
+                  central_trains: bool = True) -> tuple[Path, list[str], Path]:
     """Site folders, one per centre (default: every centre of the dataset; index = Flower partition
     id). The external sites' corrections come from `annotator` ("person": nobody corrects), and
-    with `retrain` they train every round on all their corrected patches, new or not.
+    with `retrain` they train every round on all their corrected patches, new or not. Without
+    `central_trains` the central site does not train in the rounds (its data is already in the
+    central model; with idle_sites = "keep" its vote is the global model as it was).
     (sites dir, centres, public key)."""
     key_dir = run_dir / "coordinator"
     private, public = key_dir / "signing.key", key_dir / "signing.pub"
@@ -89,6 +92,7 @@ def prepare_sites(run_dir: Path, data_dir: Path, central_centre: str, centres: l
         data = os.path.relpath(Path(data_dir).resolve(), folder.resolve())
         key = os.path.relpath(public.resolve(), folder.resolve())
         role = (f'role = "central"\ncentral_data = "{data}"\ncentral_centre = "{centre}"\n'
+                f'train = {str(central_trains).lower()}\n'
                 if centre == central_centre else
                 f'annotator = "{annotator}"\nannotator_data = "{data}"\nretrain = {str(retrain).lower()}\n')
         (folder / "site.toml").write_text(
@@ -123,7 +127,7 @@ def _dice_table(before: dict[str, float], after: dict[str, float], reference: st
 
 def run_rounds(cfg: RunConfig, run_dir: Path, central_checkpoint: Path, data_dir: Path, client_mods: list | None = None,
                annotator: str = "simulated", retrain: bool = False, server_eval: bool = True,
-               shared: Path | None = None) -> FederationSettings:
+               shared: Path | None = None, central_trains: bool = True) -> FederationSettings:
     """The rounds of `cfg.federation` from the central model, one site per centre (see
     `prepare_sites`), on the configured engine; signed round checkpoints in RUN/federated/. With
     `server_eval`, the coordinator also measures the central centre's test Dice every round.
@@ -135,7 +139,8 @@ def run_rounds(cfg: RunConfig, run_dir: Path, central_checkpoint: Path, data_dir
     federation_settings(cfg)  # refuse a bad [federation] before anything is written
     central_centre = cfg.central.centre
     out = run_dir / "federated"
-    sites, centres, _ = prepare_sites(run_dir, data_dir, central_centre, annotator=annotator, retrain=retrain)
+    sites, centres, _ = prepare_sites(run_dir, data_dir, central_centre, annotator=annotator, retrain=retrain,
+                                      central_trains=central_trains)
     settings, options = federation_settings(
         cfg, central_checkpoint=str(central_checkpoint), out_dir=str(out),
         signing_key=str(run_dir / "coordinator" / "signing.key"), eval_data=str(data_dir) if server_eval else "",

@@ -88,20 +88,47 @@ def test_the_quick_config_runs_and_resumes(tmp_path: Path) -> None:
             row = next(line for line in table.splitlines() if line.startswith(f"| tta / {strategy} | {stage} |"))
             assert row.count(" ± ") == 4, row  # three centres and the external mean
     results = json.loads((out / "results.json").read_text())
-    assert sorted(a["selection"] for a in results["arms"]) == ["random", "stochastic-batch", "top-k"]
-    for name in ("dice_vs_patches.png", "per_centre.png", "versions.json", "config.toml", "baseline.json"):
+    assert sorted(a["arm"] for a in results["arms"]) == ["null-s0", "oracle-s0", "tta-random-s0",
+                                                         "tta-stochastic-batch-s0", "tta-top-k-s0"]
+    for name in ("dice_vs_patches.png", "per_centre.png", "size_classes.png", "versions.json", "config.toml",
+                 "baseline.json", "report.md"):
         assert (out / name).stat().st_size > 0, name
-    # Same data, model and seeds: the arms differ in the patches chosen (and the strategy recorded).
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["arms"]) == {"null", "oracle", "random", "top-k", "stochastic-batch"}
+    assert all(set(a) == {"2", "4"} for a in summary["arms"].values())
+    assert set(summary["vs_random"]) == {"null", "oracle", "top-k", "stochastic-batch"}
+    assert summary["test_slides"] == {c: {"negative": 0, "itc": 0, "micro": 0, "macro": 1} for c in ("RUMC", "UMCU", "RST")}
+    strategies = [a for a in results["arms"] if a["kind"] == "strategy"]
+    # The references: nobody corrected in the null arm (its sites never trained), the oracle's sites
+    # corrected every candidate patch in round 1 and trained in both rounds.
     from ugafl.client.queue.store import CorrectionQueue
+    from ugafl.client.round.local_training import trained_on
 
-    chosen = {}
+    for site in ("1", "2"):
+        with CorrectionQueue(out / "arms" / "null-s0" / "sites" / site / "ws") as queue:
+            assert queue.counts().get("corrected", 0) == 0 and len(queue.list()) == 4
+        with CorrectionQueue(out / "arms" / "oracle-s0" / "sites" / site / "ws") as queue:
+            rounds = {i.round for i in queue.list("corrected")}
+            assert rounds == {1} and len(queue.list("corrected")) == len(queue.list()) > 4
+        outbox = (out / "arms" / "oracle-s0" / "sites" / site / "ws" / "federation" / "outbox.jsonl").read_text()
+        assert sum('"train"' in line and '"sha256"' in line for line in outbox.splitlines()) == 2, outbox
+        assert trained_on(out / "arms" / "null-s0" / "sites" / site / "ws") == []
+    # Work that is the same in every arm is done once: the central model's uncertainty at each site
+    # (one shared folder per site), and the central site's round-1 training (one memo entry, then
+    # one per arm for round 2, whose incoming models all differ).
     for arm in results["arms"]:
+        link = out / "arms" / arm["arm"] / "sites" / "1" / "ws" / "uncertainty"
+        assert link.is_symlink() and link.resolve() == (out / "shared" / "uncertainty" / "1").resolve()
+    assert len(list((out / "shared" / "central-training").glob("*/metrics.json"))) == 1 + len(results["arms"])
+    # Same data, model and seeds: the arms differ in the patches chosen (and the strategy recorded).
+    chosen = {}
+    for arm in strategies:
         with CorrectionQueue(out / "arms" / arm["arm"] / "sites" / "1" / "ws") as queue:
             items = [i for state in ("pending", "corrected") for i in queue.list(state)]
         assert len(items) == 4 and {i.selection for i in items} == {arm["selection"]}, items
         chosen[arm["selection"]] = {(i.slide, i.x, i.y) for i in items}
     assert chosen["random"] != chosen["top-k"]
-    for arm in results["arms"]:  # two external sites, two patches each per round
+    for arm in strategies:  # two external sites, two patches each per round
         assert {k: (v["patches"], v["sites"]) for k, v in arm["picked"].items()} == {"1": (4, 2), "2": (4, 2)}, arm
     assert "| tta / top-k | 2 |" in table
 
