@@ -107,12 +107,23 @@ def _dice(path: Path, data: Path) -> dict[str, float]:
 SLIDE_KEYS = ("slide_id", "centre", "label_type", "tp", "fp", "fn")
 
 
-def evaluate_test_slides(path: Path, data: Path) -> tuple[dict[str, float], list[dict]]:
-    """The model's pooled Dice per centre on the test slides, and the per-slide counts behind it."""
+def evaluate_test_slides(path: Path, data: Path, cache: Path | None = None) -> tuple[dict[str, float], list[dict]]:
+    """The model's pooled Dice per centre on the test slides, and the per-slide counts behind it.
+    With `cache`, a model whose weights were evaluated before (the same content hash: a null arm's
+    rounds leave the central model as it was) is not evaluated again."""
+    from ugafl.common.checkpoint import load_checkpoint
     from ugafl.server.evaluation import evaluate_model
 
+    known = None if cache is None else cache / f"{load_checkpoint(path).content_hash[:24]}.json"
+    if known is not None and known.is_file():
+        saved = json.loads(known.read_text())
+        return saved["dice"], saved["slides"]
     ev = evaluate_model(path, data, "test", progress=False)
-    return ev.centre_dice(), [{k: s[k] for k in SLIDE_KEYS} for s in ev.slides]
+    dice, rows = ev.centre_dice(), [{k: s[k] for k in SLIDE_KEYS} for s in ev.slides]
+    if known is not None:
+        known.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(known, json.dumps({"dice": dice, "slides": rows}))
+    return dice, rows
 
 
 def pooled_reference(cfg: RunConfig, central: Path, data: Path, workspaces: list[Path], steps: int, seed: int,
@@ -172,7 +183,8 @@ def run_arm(cfg: RunConfig, exp: ExperimentConfig, arm_dir: Path, central: Path,
     result: dict = {"arm": arm_dir.name, "kind": arm.kind, "method": arm.method, "selection": arm.selection,
                     "seed": arm.seed, "dice": {}, "slides": {}}
     for p in exp.patches:
-        result["dice"][str(p)], result["slides"][str(p)] = evaluate_test_slides(round_path(out, p // exp.budget), data)
+        result["dice"][str(p)], result["slides"][str(p)] = evaluate_test_slides(
+            round_path(out, p // exp.budget), data, arm_dir.parent.parent / "shared" / "evaluations")
     if exp.pooled_reference and arm.kind == "strategy":
         steps = rounds * federation_settings(cfg)[0].local_steps
         sites = sorted(p for p in (arm_dir / "sites").iterdir() if p.is_dir())
@@ -184,6 +196,17 @@ def run_arm(cfg: RunConfig, exp: ExperimentConfig, arm_dir: Path, central: Path,
     atomic_write_text(done, json.dumps(result, indent=1))
     log.info("arm %s done in %.0f s (rounds %.0f s)", arm_dir.name, result["seconds"], rounds_s)
     return result
+
+
+def _remember_evaluation(model: Path, dice_path: Path, slides_path: Path, cache: Path) -> None:
+    """Put an evaluation made before the cache existed (the baseline of an older run) in it."""
+    from ugafl.common.checkpoint import load_checkpoint
+
+    known = cache / f"{load_checkpoint(model).content_hash[:24]}.json"
+    if not known.is_file():
+        cache.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(known, json.dumps({"dice": json.loads(dice_path.read_text()),
+                                             "slides": json.loads(slides_path.read_text())}))
 
 
 def plan_arms(exp: ExperimentConfig) -> list[Arm]:
@@ -393,11 +416,12 @@ def run_experiment(cfg: RunConfig, run_dir: str | Path) -> dict:
     baseline_path, baseline_slides_path = run_dir / "baseline.json", run_dir / "baseline_slides.json"
     if not (baseline_path.is_file() and baseline_slides_path.is_file()):
         t0 = time.time()
-        dice, rows = evaluate_test_slides(central, manifest.root)
+        dice, rows = evaluate_test_slides(central, manifest.root, run_dir / "shared" / "evaluations")
         atomic_write_text(baseline_slides_path, json.dumps(rows, indent=1))
         atomic_write_text(baseline_path, json.dumps(dice, indent=1))
         setup["baseline"] = round(time.time() - t0, 1)
     atomic_write_text(setup_path, json.dumps(setup, indent=1))
+    _remember_evaluation(central, baseline_path, baseline_slides_path, run_dir / "shared" / "evaluations")
     baseline = json.loads(baseline_path.read_text())
     results = []
     arms = plan_arms(exp)
