@@ -46,7 +46,7 @@ def scored(tmp_path_factory):
     slides = data / "slides" / "UMCU"
     ws = root / "ws_scored"
     result = ugafl("uncertainty", slides, "--model", ckpt, "--method", "tta", "--passes", 2, "--out", root / "out",
-                   "--workspace", ws, "--device", "cpu")
+                   "--workspace", ws, "--device", "cpu", "--patch-um", TINY.patch_size * TINY.mpp)
     assert result.returncode == 0, result.stderr
     tables = sorted((ws / "patch_scores").glob("*.tta.csv"))
     assert len(tables) == 2

@@ -455,7 +455,7 @@ def test_plan_small_and_custom_configs():
 
 
 def test_the_benchmark_plan_has_four_candidate_and_eight_test_slides_with_every_size_class():
-    specs = plan_slides(SynthConfig(slides_per_centre=12, test_fraction=0.6667, world="benchmark-1"))
+    specs = plan_slides(SynthConfig(slides_per_centre=12, test_fraction=0.6667, world="benchmark-2"))
     for centre in CENTRES:
         test = [s.label_type for s in specs if s.centre == centre and s.split == "test"]
         assert sorted(test) == sorted(["negative", "itc", "micro", "macro"] * 2)
@@ -468,14 +468,16 @@ def test_worlds_share_the_central_centre_and_shift_the_others_in_more_than_colou
     from ugafl.simulations.centres import WORLDS, get_centre
 
     colour = {"hematoxylin", "eosin", "hematoxylin_strength", "eosin_strength", "background"}
-    assert get_centre("RUMC", "benchmark-1") == get_centre("RUMC")  # the same central model trains on both
-    for name in CENTRES:
-        if name == "RUMC":
-            continue
-        mine, central = asdict(get_centre(name, "benchmark-1")), asdict(get_centre("RUMC", "benchmark-1"))
-        assert {k for k in mine if mine[k] != central[k] and k not in colour | {"name", "file_format"}}, name
-    assert set(WORLDS) == {"demo", "benchmark-1"}
-    with pytest.raises(ConfigError, match="unknown world 'moon'; known: demo, benchmark-1"):
+    for world in ("benchmark-1", "benchmark-2"):
+        assert get_centre("RUMC", world) == get_centre("RUMC")  # the same central model trains on every world
+        for name in CENTRES:
+            if name == "RUMC":
+                continue
+            mine, central = asdict(get_centre(name, world)), asdict(get_centre("RUMC", world))
+            assert {k for k in mine if mine[k] != central[k] and k not in colour | {"name", "file_format"}}, name
+    assert set(WORLDS) == {"demo", "benchmark-1", "benchmark-2"}
+    assert [c for c in CENTRES if get_centre(c, "benchmark-1") != get_centre(c, "benchmark-2")] == ["LabPON"]
+    with pytest.raises(ConfigError, match="unknown world 'moon'; known: demo, benchmark-1, benchmark-2"):
         get_centre("RUMC", "moon")
     # The demo's slides keep their digest: the key is left out for the demo world.
     assert SynthConfig().digest() == SynthConfig(world="demo").digest() != SynthConfig(world="benchmark-1").digest()

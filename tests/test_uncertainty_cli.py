@@ -67,7 +67,8 @@ def model_args(method: str, ckpts: dict[str, Path]) -> list[str]:
 def test_each_method_writes_heatmap_mask_table_and_summary(setup, method):
     slide, ckpts, root = setup["slide"], setup["ckpts"], setup["root"]
     out, ws = root / f"out_{method}", root / f"ws_{method}"
-    result = ugafl("uncertainty", slide, *model_args(method, ckpts), "--method", method, "--out", out, "--workspace", ws)
+    result = ugafl("uncertainty", slide, *model_args(method, ckpts), "--method", method, "--out", out, "--workspace", ws,
+                   "--patch-um", TINY.patch_size * TINY.mpp)  # the tiny model's own tiles, for many patches
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
     folder = out / slide.stem

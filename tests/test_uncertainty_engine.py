@@ -393,3 +393,18 @@ def test_memory_stays_bounded_by_the_batch_not_the_slide(synthetic_tiff, monkeyp
     assert peaks[1] < hold_all[1] / 3, (peaks, hold_all)
     print(f"peaks {peaks}, patches {counts}, holding every map {hold_all}")
     assert peaks[1] < 1.6 * peaks[0], f"peak grew {peaks[1] / peaks[0]:.2f}x for {counts[1] / counts[0]:.1f}x the patches"
+
+
+def test_patches_of_a_physical_size_score_that_square(synthetic_tiff):
+    """The corrected patch is a size in µm: 256 µm at the model's 2 µm/px is a 128 px square, a
+    level-0 box of 512 px at 0.5 µm/px, scored over all its pixels (the model's own tile is 64 px)."""
+    from ugafl.common.correction_patch import CORRECTION_PATCH_UM, patch_px
+
+    assert CORRECTION_PATCH_UM == 1024.0 and patch_px(1024, 2.0) == 512 and patch_px(256, 2.0) == 128
+    with pytest.raises(ValueError, match="must be > 0"):
+        patch_px(0, 2.0)
+    with open_slide(synthetic_tiff.path) as slide:
+        result = slide_uncertainty(Tta(tiny(0), CFG, passes=2), slide, patch_px=patch_px(256, CFG.mpp))
+    assert result.patches and all(p.width == p.height == 512 for p in result.patches)
+    assert all(p.x % 512 == 0 and p.y % 512 == 0 for p in result.patches)
+    assert result.timing.patches == len(result.patches)
