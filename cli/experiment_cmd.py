@@ -12,7 +12,8 @@ import click
               help="e.g. simulations/configs/quick.toml or paper.toml ([data] ... [federation], [experiment]).")
 @click.option("--name", default=None, help="Run name: outputs go to runs/<name>/ [default: the config's file name].")
 @click.option("--runs", "runs_dir", type=click.Path(path_type=Path), default=Path("runs"), show_default=True)
-def experiment(config_path: Path, name: str | None, runs_dir: Path) -> None:
+@click.option("--report-only", is_flag=True, help="Run no arm: tables and plots from the arms complete so far.")
+def experiment(config_path: Path, name: str | None, runs_dir: Path, report_only: bool) -> None:
     """Baseline, then federated rounds per strategy, method and seed (and the null and oracle
     reference arms) until 5 and 10 corrected patches per centre; tables (mean ± sd over seeds;
     with reference arms, paired differences with bootstrap intervals) and plots. A stopped run
@@ -25,7 +26,7 @@ def experiment(config_path: Path, name: str | None, runs_dir: Path) -> None:
     if not cfg.federation:
         raise ConfigError(f"{config_path}: no [federation] section")
     run_dir = runs_dir / (name or config_path.stem)
-    summary = run_experiment(cfg, run_dir)
+    summary = run_experiment(cfg, run_dir, report_only=report_only)
     click.echo(table_markdown(summary, cfg.section(ExperimentConfig, "experiment")))
     if (run_dir / "report.md").is_file():
         click.echo((run_dir / "report.md").read_text())

@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 
 from ugafl.common.atomic import atomic_write_text
 from ugafl.common.config import FieldProblem, RunConfig, one_of
+from ugafl.common.errors import ConfigError
 from ugafl.common.log import get_logger
 from ugafl.common.selection import SELECTION_NAMES
 from ugafl.common.uncertainty_methods import METHODS
@@ -164,9 +165,15 @@ def run_arm(cfg: RunConfig, exp: ExperimentConfig, arm_dir: Path, central: Path,
     from ugafl.server.federation.checkpoints import round_path
     from ugafl.simulations.federated import federation_settings, run_rounds
 
+    from ugafl.common.checkpoint import load_checkpoint
+
+    central_hash = load_checkpoint(central).content_hash
     done = arm_dir / "result.json"
     if done.is_file():
-        return json.loads(done.read_text())
+        kept = json.loads(done.read_text())
+        if kept.get("central", central_hash) == central_hash:  # (arms recorded before the key are taken as they are)
+            return kept
+        log.warning("arm %s ran from another central model (%s); running it again", arm_dir.name, kept["central"][:12])
     if arm_dir.exists():  # stopped mid-arm: its sites' queues hold a round that never finished, so start it afresh
         log.info("arm %s was stopped before it finished; running it again from the start", arm_dir.name)
         shutil.rmtree(arm_dir)
@@ -181,7 +188,7 @@ def run_arm(cfg: RunConfig, exp: ExperimentConfig, arm_dir: Path, central: Path,
     rounds_s = round(time.time() - started, 1)
     out = arm_dir / "federated"
     result: dict = {"arm": arm_dir.name, "kind": arm.kind, "method": arm.method, "selection": arm.selection,
-                    "seed": arm.seed, "dice": {}, "slides": {}}
+                    "seed": arm.seed, "central": central_hash, "dice": {}, "slides": {}}
     for p in exp.patches:
         result["dice"][str(p)], result["slides"][str(p)] = evaluate_test_slides(
             round_path(out, p // exp.budget), data, arm_dir.parent.parent / "shared" / "evaluations")
@@ -389,8 +396,10 @@ def check_federation(cfg: RunConfig) -> None:
     require_flower_simulation()
 
 
-def run_experiment(cfg: RunConfig, run_dir: str | Path) -> dict:
-    """Every arm (resuming complete ones), then the table and plots; returns the summary."""
+def run_experiment(cfg: RunConfig, run_dir: str | Path, report_only: bool = False) -> dict:
+    """Every arm (resuming complete ones), then the table and plots; returns the summary. With
+    `report_only`, no arm runs: the tables and plots are made from the arms complete so far (a
+    long run can be looked at while it runs; the data and central model must exist)."""
     from ugafl.server.central_training import train_central
     from ugafl.simulations.synth import SynthConfig, generate_dataset
 
@@ -401,15 +410,23 @@ def run_experiment(cfg: RunConfig, run_dir: str | Path) -> dict:
     check_federation(cfg)
     if cfg.path is not None:
         (run_dir / "config.toml").write_text(cfg.path.read_text())
-    atomic_write_text(run_dir / "versions.json", json.dumps(versions(), indent=1))
+    if not report_only:  # the arms' own versions are in their result.json
+        atomic_write_text(run_dir / "versions.json", json.dumps(versions(), indent=1))
     started = time.time()
     setup_path = run_dir / "setup_seconds.json"  # what the data, the central model and the baseline took when made
     setup = json.loads(setup_path.read_text()) if setup_path.is_file() else {}
     t0 = time.time()
-    manifest = generate_dataset(run_dir / "data", synth)
+    if report_only:
+        from ugafl.common.manifest import load_manifest
+
+        manifest = load_manifest(run_dir / "data")
+    else:
+        manifest = generate_dataset(run_dir / "data", synth)
     setup.setdefault("data", round(time.time() - t0, 1))
     central = run_dir / "central.pt"
     if not central.is_file():
+        if report_only:
+            raise ConfigError(f"{central}: no central model yet; run the experiment first")
         t0 = time.time()
         train_central(manifest.root, central, cfg.model, cfg.train, cfg.central)
         setup["central"] = round(time.time() - t0, 1)
@@ -425,8 +442,13 @@ def run_experiment(cfg: RunConfig, run_dir: str | Path) -> dict:
     baseline = json.loads(baseline_path.read_text())
     results = []
     arms = plan_arms(exp)
-    with tqdm(arms, desc="arms", unit="arm") as bar:
-        for arm in bar:
+    if report_only:
+        results = [json.loads(path.read_text()) for arm in arms if (path := run_dir / "arms" / arm.name / "result.json").is_file()]
+        if not results:
+            raise ConfigError(f"{run_dir / 'arms'}: no complete arm yet")
+        log.info("report of %d of %d arms", len(results), len(arms))
+    with tqdm(arms, desc="arms", unit="arm", disable=report_only) as bar:
+        for arm in bar if not report_only else []:
             bar.set_postfix_str(arm.name)
             results.append(run_arm(cfg, exp, run_dir / "arms" / arm.name, central, manifest.root, arm))
     for r in results:  # from the sites' queues, so arms run before this was recorded have it too

@@ -160,8 +160,8 @@ def report_figures(summary: dict, stages: list[str], out_dir: Path) -> list[Path
         sd = [0.0] + [summary["arms"][name][s]["sd"] for s in stages]
         ax.errorbar(xs, m, yerr=sd, marker="o", capsize=3, label=name)
     ax.axhline(base, color="k", lw=0.8, ls=":", label=f"central model {base:.3f}")
-    ax.set_xticks(xs)
-    ax.set_xlabel("corrected patches per external centre")
+    ax.set_xticks(xs, ["central\nmodel"] + [f"round {k + 1}\n{s} patches" for k, s in enumerate(stages)])
+    ax.set_xlabel("corrected patches per external centre (the references: after the same rounds)")
     ax.set_ylabel("Dice, mean of the external centres")
     ax.set_title("Dice against corrected patches (mean ± sd over seeds)", fontsize=10)
     ax.grid(alpha=0.3)

@@ -96,7 +96,7 @@ def prepare_sites(run_dir: Path, data_dir: Path, central_centre: str, centres: l
                 if centre == central_centre else
                 f'annotator = "{annotator}"\nannotator_data = "{data}"\nretrain = {str(retrain).lower()}\n')
         (folder / "site.toml").write_text(
-            f'# site {i}: centre {centre} (simulation)\n[site]\nworkspace = "ws"\nslides = "inbox"\n'
+            f'# site {i}: centre {centre} (simulation)\n[site]\nname = "{centre}"\nworkspace = "ws"\nslides = "inbox"\n'
             f'trusted_keys = ["{key}"]\n{role}')
     return sites, centres, public
 

@@ -104,7 +104,7 @@ class InProcessSites:
              sites: list[int]) -> list[Reply]:
         round_ = config.get("server-round", "?")
         for site in sites:
-            log.info("round %s: site %d (%s): %s", round_, site, self.configs[site].workspace.parent.name, message_type)
+            log.info("round %s: site %d (%s): %s", round_, site, self.configs[site].name or "unnamed", message_type)
         memo: dict[int, Path] = {}
         if self.memo_dir is not None and message_type == "train":
             memo = {s: self.memo_dir / memo_key(self.configs[s], arrays, config) for s in sites

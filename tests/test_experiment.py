@@ -147,9 +147,17 @@ def test_the_quick_config_runs_and_resumes(tmp_path: Path) -> None:
     assert again_dice == pytest.approx(arm["dice"]["2"], abs=0.01)
     stamps = {p: p.stat().st_mtime for p in (out / "arms").glob("*/result.json")}
     again = run()  # resumes: every arm is complete, so none runs again
-    assert again.returncode == 0 and "Flower simulation" not in again.stderr
+    assert again.returncode == 0 and "site(s) connected" not in again.stderr and "arms: 100%" in again.stderr
     assert {p: p.stat().st_mtime for p in (out / "arms").glob("*/result.json")} == stamps
     assert json.loads((out / "results.json").read_text())["arms"] == results["arms"]
+    # The report of a run in progress: only the complete arms, none run.
+    (out / "arms" / "oracle-s0" / "result.json").rename(out / "oracle.json")
+    report = subprocess.run([str(BIN / "ugafl"), "experiment", "--config", str(REPO / "simulations/configs/quick.toml"),
+                             "--runs", str(tmp_path), "--report-only"], capture_output=True, text=True, timeout=300)
+    assert report.returncode == 0 and "report of 4 of 5 arms" in report.stderr, report.stderr[-2000:]
+    assert set(json.loads((out / "summary.json").read_text())["arms"]) == {"null", "random", "top-k", "stochastic-batch"}
+    assert not (out / "arms" / "oracle-s0" / "result.json").exists()
+    (out / "oracle.json").rename(out / "arms" / "oracle-s0" / "result.json")
 
     # Stopped in its last round: the arm runs again from the start, not on top of its half-done queues.
     stopped = out / "arms" / results["arms"][0]["arm"]
