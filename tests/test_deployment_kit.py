@@ -92,6 +92,7 @@ def test_coordinator_and_three_hospitals_survive_kills(tmp_path: Path, fixtures_
         f'[coordinator]\nstate = "state"\npki = "pki"\napp = "{APP}"\nhost = "127.0.0.1"\nport = {port}\n'
         f'address = "127.0.0.1:{port}"\n[federation]\ncentral_checkpoint = "{central}"\nnum_rounds = 4\n'
         f'budget = 2\npasses = 2\nlocal_steps = 8\nmin_nodes = 2\nweighting = "sites"\ntimeout_s = 900\n'
+        f'patch_um = 512\n'  # small patches: this test is about surviving kills, and runs near its time limit
         f'run_name = "kit-test"\n')
     config = coord / "coordinator.toml"
     app_hash = kit.ugafl("server", "app-hash", "--config", str(config)).stdout.strip()
@@ -132,7 +133,7 @@ def test_coordinator_and_three_hospitals_survive_kills(tmp_path: Path, fixtures_
                             r.get(new_name, {}).get("state") == "registered" and
                             r.get("broken.svs", {}).get("state") == "unreadable" and r, 120)
         current = current_model_info(watched / "workspace")
-        scored = uncertainty_dir(watched / "workspace", current["version"], "tta", 2) / Path(new_name).stem / "summary.json"
+        scored = uncertainty_dir(watched / "workspace", current["version"], "tta", 2, 512) / Path(new_name).stem / "summary.json"
         wait_for("the new slide's uncertainty", scored.is_file, 300)
         # Round 3: the hospital's daemon dies once its query reply has gone out.
         wait_for("round 3 under way at the victim",
