@@ -77,6 +77,7 @@ def _status(kit: Kit, site: Path) -> dict:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1500)  # four real rounds with two restarts: 900-1000 s on a slow 2-core machine
 def test_coordinator_and_three_hospitals_survive_kills(tmp_path: Path, fixtures_dir: Path) -> None:
     from ugafl.client.daemon.inbox_watcher import read_registry
     from ugafl.client.round.query import uncertainty_dir
