@@ -459,8 +459,9 @@ def run_experiment(cfg: RunConfig, run_dir: str | Path, report_only: bool = Fals
     summary["arm_seconds_total"] = round(sum(summary["arm_seconds"].values()), 1)
     atomic_write_text(run_dir / "results.json", json.dumps({"summary": summary, "arms": results}, indent=1))
     atomic_write_text(run_dir / "table.md", table_markdown(summary, exp))
-    figures(summary, exp, run_dir)
-    if exp.references:
+    if not exp.references:  # with reference arms the report draws these plots (with the null and oracle bands)
+        figures(summary, exp, run_dir)
+    else:
         from ugafl.simulations.experiment_report import write_report
 
         write_report(results, json.loads(baseline_slides_path.read_text()), exp, cfg, run_dir,
