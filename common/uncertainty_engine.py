@@ -88,7 +88,7 @@ class SlideUncertainty:
     mpp: float  # the model's working resolution, µm/px
     map_mpp: float  # resolution of `maps` and `prediction`, µm/px (same origin as the slide)
     patches: list[PatchLocation]
-    scores: dict[str, np.ndarray]  # measure -> (N,) mean over the patch's tissue pixels
+    scores: dict[str, np.ndarray]  # score column (common.patch_scoring.score_column) -> (N,)
     tumour_fraction: np.ndarray  # (N,) share of the patch's tissue predicted tumour
     maps: dict[str, np.ndarray]  # measure -> (H, W) at map_mpp; NaN where no patch was computed
     prediction: np.ndarray  # (H, W) bool at map_mpp
@@ -127,9 +127,9 @@ def slide_uncertainty(method: UncertaintyMethod, slide: Slide, tissue: TissueMas
     timing = Timing()
     bar = tqdm(total=len(patches), desc=f"{method.name} {slide.path.name}", unit="patch", disable=not progress, leave=False)
     for res in iter_uncertainty(method, slide, patches, tissue, batch_size, device, timing=timing, patch_px=p):
-        for name, values in patch_scores(res.maps, res.tissue).items():
-            scores.setdefault(name, []).append(values)
         tumour = (res.prob >= 0.5) & res.tissue
+        for name, values in patch_scores(res.maps, res.tissue, "all", tumour).items():
+            scores.setdefault(name, []).append(values)
         fractions.append(tumour.sum(axis=(1, 2)) / np.maximum(res.tissue.sum(axis=(1, 2)), 1))
         # Tissue-weighted block means; NaN where a block has no tissue (the heatmap shows tissue only).
         weight = F.avg_pool2d(torch.from_numpy(res.tissue[:, None].astype(np.float32)), factor)[:, 0].numpy()

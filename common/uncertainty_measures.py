@@ -95,18 +95,25 @@ def _numpy(array: torch.Tensor | np.ndarray) -> np.ndarray:
 
 
 def patch_scores(
-    maps: Mapping[str, torch.Tensor | np.ndarray], tissue: torch.Tensor | np.ndarray, scoring: str = "mean"
+    maps: Mapping[str, torch.Tensor | np.ndarray], tissue: torch.Tensor | np.ndarray, scoring: str = "mean",
+    tumour: torch.Tensor | np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Each (B, H, W) map reduced to one score per patch by the patch scoring `scoring`
-    (common.patch_scoring; "mean": the mean over the patch's tissue pixels): {name: (B,) float64}.
+    (common.patch_scoring; "mean": the mean over the patch's tissue pixels; "all": every scoring,
+    keyed by `score_column`): {column: (B,) float64}. `tumour` (B, H, W) is the model's predicted
+    tumour (None: none predicted).
 
     Background pixels (tissue False) are excluded; a patch with no tissue pixel scores NaN."""
-    from ugafl.common.patch_scoring import patch_scoring
+    from ugafl.common.patch_scoring import PATCH_SCORING_NAMES, patch_scoring, score_column
 
-    reduce = patch_scoring(scoring)
+    names = PATCH_SCORING_NAMES if scoring == "all" else (scoring,)
+    reducers = {name: patch_scoring(name) for name in names}
     mask = _numpy(tissue).astype(bool)
     if mask.ndim != 3:
         raise ValueError(f"tissue must be (B, H, W), got shape {mask.shape}")
+    predicted = np.zeros_like(mask) if tumour is None else _numpy(tumour).astype(bool)
+    if predicted.shape != mask.shape:
+        raise ValueError(f"tumour {predicted.shape} and tissue {mask.shape} differ in shape")
     empty = mask.sum(axis=(1, 2)) == 0
     if empty.any():
         log.debug("%d of %d patches have no tissue pixel: scored NaN", int(empty.sum()), len(empty))
@@ -115,5 +122,7 @@ def patch_scores(
         array = _numpy(value).astype(np.float64)
         if array.shape != mask.shape:
             raise ValueError(f"map {name!r} {array.shape} and tissue {mask.shape} differ in shape")
-        scores[name] = reduce(array, mask)
+        for scoring_name, reduce in reducers.items():
+            key = name if scoring != "all" else score_column(name, scoring_name)
+            scores[key] = reduce(array, mask, predicted)
     return scores

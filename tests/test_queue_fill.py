@@ -107,6 +107,21 @@ def test_plan_ranks_excludes_taken_boxes_and_takes_each_rows_mpp(ws: Path):
     assert [p.score for p in plan(tables, taken, request(), default_mpp=9.0)] == [0.8, 0.7, 0.2]
 
 
+def test_plan_ranks_by_the_requested_scorings_column(tmp_path: Path):
+    table = tmp_path / "a.tta.csv"
+    table.write_text("x,y,width,height,mpp,uga,uga_paper\n0,0,32,32,2.0,0.9,10\n64,0,32,32,2.0,0.1,500\n"
+                     "128,0,32,32,2.0,0.5,\n")  # the last is under the paper's tissue floor: not a candidate
+    by_mean = plan([table], [], request(budget=3), default_mpp=2.0)
+    by_paper = plan([table], [], request(budget=3, scoring="paper"), default_mpp=2.0)
+    assert [p.origin.box[0] for p in by_mean] == [0, 128, 64]
+    assert [(p.origin.box[0], p.score) for p in by_paper] == [(64, 500.0), (0, 10.0)]
+    with pytest.raises(ConfigError, match="unknown patch scoring 'median'"):
+        request(scoring="median")
+    (tmp_path / "b.tta.csv").write_text("x,y,width,height,mpp,uga\n0,0,32,32,2.0,0.9\n")  # scored before the column
+    with pytest.raises(DataError, match="b.tta.csv: no column 'uga_paper'"):
+        plan([tmp_path / "b.tta.csv"], [], request(scoring="paper"), default_mpp=2.0)
+
+
 def test_prepare_reads_every_patch_in_plan_order_and_writes_nothing(ws: Path, slides: Path, stand_ins: dict):
     planned = [PlannedPatch(PatchOrigin("b", (0, 0, 64, 64), 4.0), 0.7),
                PlannedPatch(PatchOrigin("a", (64, 0, 32, 32), 2.0), 0.8)]

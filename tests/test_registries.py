@@ -30,7 +30,7 @@ def test_unknown_names_list_the_known_ones():
 
     with pytest.raises(ConfigError, match="unknown training loss 'focal'; one of dice-ce"):
         make_loss("focal")
-    with pytest.raises(ConfigError, match="unknown patch scoring 'sum'; one of mean"):
+    with pytest.raises(ConfigError, match="unknown patch scoring 'sum'; one of mean, paper"):
         patch_scoring("sum")
     with pytest.raises(ConfigError, match="unknown annotator 'robot'; known: person, simulated"):
         get_annotator("robot")

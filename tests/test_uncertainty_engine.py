@@ -337,6 +337,28 @@ def test_patch_score_is_the_mean_over_its_tissue_pixels_only(synthetic_tiff, tta
     assert result.tumour_fraction[i] == pytest.approx(((res.prob[0] >= 0.5) & on).sum() / on.sum())
 
 
+def test_the_papers_scoring_is_written_beside_the_mean(synthetic_tiff, tta_result):
+    from ugafl.common.patch_scoring import TISSUE_FLOOR, paper_score
+
+    method, result = tta_result
+    rows = result.rows()
+    assert all(f"{name}_paper" in row for row in rows for name in MEASURES)
+    sparse = min(range(len(result.patches)), key=lambda k: result.patches[k].tissue_fraction)
+    full = max(range(len(result.patches)), key=lambda k: result.patches[k].tissue_fraction)
+    with open_slide(synthetic_tiff.path) as slide:
+        batches = list(iter_uncertainty(method, slide, [result.patches[sparse], result.patches[full]], result.tissue,
+                                        batch_size=4))
+    (res,) = batches
+    tumour = (res.prob >= 0.5) & res.tissue
+    for name in MEASURES:
+        expected = paper_score(res.maps[name].astype(np.float64), res.tissue, tumour)
+        got = result.scores[f"{name}_paper"][[sparse, full]]
+        assert np.allclose(got, expected, rtol=1e-5, equal_nan=True), name
+    assert res.tissue[0].mean() < TISSUE_FLOOR
+    assert np.isnan(result.scores["uga_paper"][sparse]) == (not tumour[0].any())  # the floor, unless tumour
+    assert np.isfinite(result.scores["uga_paper"][full])
+
+
 def test_timing_counts_every_patch(tta_result):
     _, result = tta_result
     t = result.timing

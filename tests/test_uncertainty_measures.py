@@ -157,3 +157,46 @@ def test_patch_scores_accept_numpy_and_average_tissue_pixels():
     np.testing.assert_allclose(scores["t"], [0.5, 8.5])
     with pytest.raises(ValueError, match="differ in shape"):
         patch_scores({"x": values[:, :1]}, tissue)
+
+
+def test_the_papers_patch_score_sums_tissue_and_rewards_a_concentrated_peak():
+    from ugafl.common.patch_scoring import PEAK_WEIGHT, paper_score
+
+    tissue = np.ones((3, 10, 10), bool)
+    values = np.zeros((3, 10, 10))
+    values[0] = 0.1  # moderate everywhere: mean 0.1
+    values[1, :2, :2] = 0.9  # a small focus of high uncertainty: mean 0.036
+    values[2, :5] = 0.3
+    tissue[2, :5] = False  # the uncertain half is background: left out of the sum and the peak
+    tumour = np.zeros_like(tissue)
+    score = paper_score(values, tissue, tumour)
+    # the whole patch is "at or above 0.8 of its maximum" when the map is flat
+    assert score[0] == pytest.approx(100 * 0.1 + PEAK_WEIGHT * 100)
+    assert score[1] == pytest.approx(4 * 0.9 + PEAK_WEIGHT * 4)
+    assert score[2] == pytest.approx(0.0)  # half tissue (the floor) and nothing uncertain on it: no peak term
+    mean = patch_scores({"uga": values}, tissue, "mean")["uga"]
+    assert mean[0] > mean[1]  # the mean ranks by the level of uncertainty, the sum by its amount
+
+
+def test_the_papers_tissue_floor_keeps_predicted_tumour():
+    from ugafl.common.patch_scoring import TISSUE_FLOOR, paper_score
+
+    tissue = np.zeros((3, 10, 10), bool)
+    tissue[:, :4] = True  # 40% tissue: under the floor
+    assert tissue[0].mean() < TISSUE_FLOOR
+    values = np.full((3, 10, 10), 0.5)
+    tumour = np.zeros_like(tissue)
+    tumour[1, 0, 0] = True  # tumour predicted on this patch's tissue: kept
+    tumour[2, 9, 9] = True  # tumour predicted only on its glass: does not count
+    score = paper_score(values, tissue, tumour)
+    assert np.isnan(score[0]) and np.isfinite(score[1]) and np.isnan(score[2])
+    assert np.isnan(paper_score(values[:1], np.zeros((1, 10, 10), bool), tumour[:1])[0])  # no tissue at all
+
+
+def test_every_scoring_has_its_own_column():
+    maps = {"uga": np.random.default_rng(0).random((2, 8, 8)), "entropy": np.zeros((2, 8, 8))}
+    tissue = np.ones((2, 8, 8), bool)
+    scores = patch_scores(maps, tissue, "all")
+    assert set(scores) == {"uga", "uga_paper", "entropy", "entropy_paper"}
+    assert np.allclose(scores["uga"], maps["uga"].mean(axis=(1, 2)))
+    assert np.allclose(scores["uga_paper"], patch_scores(maps, tissue, "paper")["uga"])

@@ -27,6 +27,7 @@ from ugafl.common.selection import SELECTION_NAMES, Candidates, exclude, load_ca
 from ugafl.common.errors import ConfigError, DataError
 from ugafl.common.log import get_logger
 from ugafl.common.model import to_input
+from ugafl.common.patch_scoring import PATCH_SCORING_NAMES, score_column
 from ugafl.common.slide import open_slide
 from ugafl.common.slide_scan import candidate_files
 from ugafl.common.uncertainty_measures import PIXEL_MEASURES, compute_measures, default_measure
@@ -39,7 +40,8 @@ log = get_logger("queue_fill")
 @dataclass(frozen=True)
 class FillRequest:
     """What to queue. Which: `budget` patches chosen by the `selection` strategy with `seed`,
-    ranked by `measure` (None: `default_measure` of the method), comparing at most `batches`
+    ranked by `measure` (None: `default_measure` of the method) reduced by the patch scoring
+    `scoring`, comparing at most `batches`
     batches (stochastic-batch; None: all) and taking at most `max_per_slide` per slide (None: no
     limit). For whom: the model `model_version` in annotation round `round`."""
 
@@ -51,6 +53,7 @@ class FillRequest:
     measure: str | None = None
     batches: int | None = None
     max_per_slide: int | None = None
+    scoring: str = "mean"  # how the patch's map became its score (common.patch_scoring)
 
 
 @dataclass(frozen=True)
@@ -133,6 +136,8 @@ def check_request(request: FillRequest, method_name: str) -> FillRequest:
                           f"choose one of {', '.join(SELECTION_NAMES)}")
     if measure not in PIXEL_MEASURES:
         raise ConfigError(f"unknown measure {measure!r}; choose one of {', '.join(PIXEL_MEASURES)}")
+    if request.scoring not in PATCH_SCORING_NAMES:
+        raise ConfigError(f"unknown patch scoring {request.scoring!r}; choose one of {', '.join(PATCH_SCORING_NAMES)}")
     budget = request.budget
     if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)) or budget < 1:
         raise ConfigError(f"budget must be a positive number of patches, got {budget!r}")
@@ -149,7 +154,7 @@ def plan(tables: list[Path], taken: list[tuple[str, int, int, int, int]], reques
     patch-score `tables` ranked by the request's measure (`check_request` fills it in), minus the
     ones overlapping a `taken` (slide, x, y, w, h) box, chosen by the request's selection. Each
     box's mpp is its row's (`default_mpp` µm/px if the row has none)."""
-    cand, names = load_candidates(tables, _measure(request))
+    cand, names = load_candidates(tables, score_column(_measure(request), request.scoring))
     index = {name: i for i, name in enumerate(names)}
     taken = [t for t in taken if t[0] in index]
     if taken:
@@ -231,8 +236,8 @@ def fill_queue(workspace: str | Path, slides_dir: str | Path, method: Uncertaint
             log.warning("no candidate patch left to queue (all scored patches are queued or have no score)")
             return []
         ids = commit(queue, prepare(planned, slides_dir, method, request, slide_mpp=slide_mpp, device=device))
-    log.info("queued %d patches (%s by %s, model %s, round %d)", len(ids), request.selection, request.measure,
-             request.model_version, request.round)
+    log.info("queued %d patches (%s by %s, %s scoring, model %s, round %d)", len(ids), request.selection,
+             request.measure, request.scoring, request.model_version, request.round)
     return ids
 
 

@@ -19,6 +19,7 @@ from ugafl.common.errors import SlideError
 from ugafl.common.heatmap import HeatmapLayers, HeatmapStyle, resample_to_grid, slide_heatmap, summary_numbers
 from ugafl.common.log import get_logger
 from ugafl.common.masks import write_mask
+from ugafl.common.patch_scoring import PATCH_SCORING_NAMES, score_column
 from ugafl.common.slide import open_slide
 from ugafl.common.slide_scan import candidate_files
 from ugafl.common.correction_patch import patch_px
@@ -90,6 +91,16 @@ def slide_outputs(result: SlideUncertainty, slide_path: Path, thumbnail: np.ndar
     return summary
 
 
+def _has_every_scoring(table: Path, measure: str) -> bool:
+    """Whether a patch table exists with a column for `measure` under every patch scoring (tables
+    written before a scoring was added are computed again)."""
+    if not table.is_file():
+        return False
+    with table.open(newline="") as handle:
+        header = next(csv.reader(handle), [])
+    return all(score_column(measure, name) in header for name in PATCH_SCORING_NAMES)
+
+
 def run_uncertainty(target: str | Path, method: UncertaintyMethod, out: str | Path, workspace: str | Path | None = None,
                     mpp: float | None = None, batch_size: int = 16, device: torch.device | str = "cpu",
                     progress: bool = True, reuse: bool = False, patch_um: float | None = None) -> list[SlideResult]:
@@ -104,7 +115,7 @@ def run_uncertainty(target: str | Path, method: UncertaintyMethod, out: str | Pa
     results = []
     for path in paths:
         done = out / path.stem / "summary.json"
-        if reuse and done.is_file() and (out / path.stem / "patches.csv").is_file() and \
+        if reuse and done.is_file() and _has_every_scoring(out / path.stem / "patches.csv", measure) and \
                 done.stat().st_mtime >= path.stat().st_mtime:
             summary = json.loads(done.read_text())
             if workspace is not None:

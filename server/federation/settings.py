@@ -10,6 +10,7 @@ from typing import Annotated, Any, ClassVar
 from pydantic import Field
 
 from ugafl.common.config import NonEmpty, build_section, one_of
+from ugafl.common.patch_scoring import PATCH_SCORING_NAMES
 from ugafl.common.selection import SELECTION_NAMES
 from ugafl.common.correction_patch import CORRECTION_PATCH_UM
 from ugafl.common.uncertainty_methods import METHODS
@@ -40,6 +41,7 @@ class FederationSettings:
     selection: Annotated[str, one_of(SELECTION_NAMES)] = "stochastic-batch"  # see common.selection.SELECTIONS
     budget: Count = 5  # patches queued per site per round
     patch_um: Positive = CORRECTION_PATCH_UM  # side of a corrected patch, µm (the paper's 1024 µm)
+    patch_scoring: Annotated[str, one_of(PATCH_SCORING_NAMES)] = "mean"  # see common.patch_scoring.PATCH_SCORINGS
     method: Annotated[str, one_of(METHODS)] = "tta"  # uncertainty method the sites use
     passes: Count = 4
     local_steps: Count = 100
