@@ -212,11 +212,13 @@ class RecordingSites(InProcessSites):
         return Reply(site, answer.metrics, out)
 
 
-def test_the_round_runs_as_plain_code_without_flower(dataset, tmp_path: Path) -> None:
+def test_the_round_runs_as_plain_code_without_flower(dataset, tmp_path: Path, caplog) -> None:
     """The coordinator's round and the sites' handlers, wired together in one process: the round
     aggregates exactly the FedAvg of the accepted updates (one vote per site), refuses a poisoned
     one, resumes after its last complete round, and rounds.csv's query score mean is the mean
-    score of the patches queued (not a sum of the sites' means)."""
+    score of the patches queued (not a sum of the sites' means). With the acceptance gate on, an
+    aggregate that does worse on the sites' held-out corrections is refused and the round keeps
+    the previous model."""
     import csv
 
     from ugafl.client.queue.store import CorrectionQueue
@@ -231,7 +233,7 @@ def test_the_round_runs_as_plain_code_without_flower(dataset, tmp_path: Path) ->
     out = tmp_path / "federated"
     settings = {"central-checkpoint": str(central), "out-dir": str(out), "signing-key": str(tmp_path / "coordinator" / "signing.key"),
                 "num-rounds": 1, "budget": 2, "passes": 2, "local-steps": 8, "lr": 0.001, "min-nodes": 4,
-                "weighting": "sites", "run-name": "plain"}
+                "weighting": "sites", "run-name": "plain", "gate": False}
     sites = RecordingSites(sites_dir)
     run_federation(sites, FederationSettings.from_run_config(settings))
 
@@ -265,3 +267,31 @@ def test_the_round_runs_as_plain_code_without_flower(dataset, tmp_path: Path) ->
     assert int(rows[1]["updates-aggregated"]) == len(kept)
     name = next(iter(got))
     np.testing.assert_allclose(got[name].numpy(), sum(k[name] for k in kept) / len(kept), rtol=1e-5, atol=1e-6)
+
+    # Round 3 with the gate on: site 2 sends an update that turns the aggregate's predictions
+    # around (tumour for background). It is finite and, with the norm check opened wide, it is
+    # averaged in; the sites then find the aggregate worse on their held-out corrections and RUMC
+    # on its validation patches, so the coordinator keeps round 2's model and says so.
+    second = unique_state(load_checkpoint(out / "round-0002.pt").model)
+    final = [k for k in second if k.startswith("model.2.1.conv.unit0.conv.")]  # the last convolution
+
+    def invert(arrays):  # its vote pulls the average of the last convolution to about -1x
+        return {k: (-7 * second[k].numpy() if k in final else v) for k, v in arrays.items()}
+
+    gated = RecordingSites(sites_dir, poison={2: invert})
+    with caplog.at_level(logging.INFO):
+        run_federation(gated, FederationSettings.from_run_config({**settings, "num-rounds": 3, "gate": True,
+                                                                   "norm-factor": 1e6}))
+    row = list(csv.DictReader((out / "rounds.csv").open()))[-1]
+    assert row["round"] == "3" and int(row["updates-aggregated"]) == 4
+    assert float(row["gate-held-after"]) < float(row["gate-held-before"])
+    assert float(row["gate-val-after"]) < float(row["gate-val-before"]) - 0.01
+    assert float(row["gate-kept"]) == 0.0
+    assert "round 3: the gate refused the aggregate: held-out Dice" in caplog.text
+    assert "the model of round 2 stays" in caplog.text
+    third = unique_state(load_checkpoint(out / "round-0003.pt").model)
+    assert all(np.array_equal(third[k].numpy(), second[k].numpy()) for k in second)
+    evaluated = [e for kind, _, e in gated.sent if kind == "evaluate"]
+    assert all("gate-held-tp" in e["metrics"] for e in evaluated[1:])  # the external sites judged the aggregate
+    held = [e["metrics"] for kind, site, e in gated.sent if kind == "train" and site != 0]
+    assert all(m["num-examples"] == 5.0 and "gate-incoming-held-tp" in m for m in held)  # 6 corrected, 1 held out

@@ -28,7 +28,7 @@ def test_unknown_names_list_the_known_ones():
     from ugafl.common.patch_scoring import patch_scoring
     from ugafl.common.selection import Candidates, select
 
-    with pytest.raises(ConfigError, match="unknown training loss 'focal'; one of dice-ce"):
+    with pytest.raises(ConfigError, match="unknown training loss 'focal'; one of dice-ce, batch-dice-ce"):
         make_loss("focal")
     with pytest.raises(ConfigError, match="unknown patch scoring 'sum'; one of mean, paper"):
         patch_scoring("sum")

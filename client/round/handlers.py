@@ -67,15 +67,14 @@ def _query(site: SiteConfig, msg: _Incoming) -> tuple[dict[str, float], None, No
 
 
 def _train(site: SiteConfig, msg: _Incoming) -> tuple[dict[str, float], dict | None, list[int] | None]:
-    state, ids, metrics = local_training.train(site, msg.model, msg.cfg, int(msg.config["local-steps"]),
-                                               float(msg.config["proximal-mu"]), float(msg.config["lr"]),
-                                               int(msg.config["seed"]) + msg.round_)
+    recipe = local_training.LocalRecipe.from_message(msg.config)
+    state, ids, metrics = local_training.train(site, msg.model, msg.cfg, recipe, int(msg.config["seed"]) + msg.round_)
     used = ids if state is not None and site.role != "central" else []
     return metrics, state, used  # nothing new: no arrays, zero examples
 
 
 def _evaluate(site: SiteConfig, msg: _Incoming) -> tuple[dict[str, float], None, None]:
-    return local_evaluation.evaluate(site, msg.model), None, None
+    return local_evaluation.evaluate(site, msg.model, msg.cfg, bool(msg.config.get("gate", False))), None, None
 
 
 _STEPS: dict[str, Callable[[SiteConfig, _Incoming], tuple]] = {"query": _query, "train": _train, "evaluate": _evaluate}

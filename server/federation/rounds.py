@@ -27,6 +27,7 @@ from ugafl.server.federation.aggregation import (AGGREGATIONS, WEIGHTINGS, Aggre
 from ugafl.server.federation.settings import FederationSettings
 from ugafl.server.federation.sites import Reply, Sites
 from ugafl.server.federation.checkpoints import RoundStore
+from ugafl.server.federation.gate import judge
 from ugafl.server.federation.update_checks import check_round
 
 log = get_logger("rounds")
@@ -40,7 +41,7 @@ def summarise(prefix: str, replies: Sequence[Reply]) -> dict[str, float]:
     weighted by the patches each site queued, `score-max` the maximum, loss/seconds/dice the mean."""
     ok = [r for r in replies if r.error is None]
     out: dict[str, float] = {}
-    keys = list(dict.fromkeys(k for r in ok for k in r.metrics))
+    keys = [k for k in dict.fromkeys(k for r in ok for k in r.metrics) if not k.startswith("gate-")]  # the gate's own
     for key in keys:
         values = [float(r.metrics[key]) for r in ok if key in r.metrics]
         if key in _MAX:
@@ -144,23 +145,42 @@ def run_round(sites: Sites, settings: FederationSettings, store: RoundStore, sta
     _log_errors(round_, "query", query_replies)
     t_query = time.time()
 
-    train = {**base, "server-round": round_, "local-steps": settings.local_steps, "lr": settings.lr,
-             "proximal-mu": settings.proximal_mu}
+    train = {**base, "server-round": round_, **local_recipe(settings)}
     train_replies = sites.send("train", arrays, train, sites.wait_for(settings.min_nodes))
     outcome = aggregate(round_, train_replies, arrays, settings)
-    if outcome.arrays is not None:
-        state = {k: torch.from_numpy(np.asarray(v)) for k, v in outcome.arrays.items()}
+    candidate = state if outcome.arrays is None else {k: torch.from_numpy(np.asarray(v)) for k, v in outcome.arrays.items()}
     t_train = time.time()
 
     row: dict = {"round": round_, **summarise("query", query_replies), **summarise("train", train_replies),
                  "updates-aggregated": outcome.accepted, "updates-refused": len(outcome.refused),
                  "updates-idle-kept": outcome.idle}
-    path, signed = store.save(state, cfg, round_, {"train": outcome.metrics})
-    evaluate = {**base, "server-round": round_, "model-signature": json.dumps(signed),
-                "model-version": signed["statement"]["model_sha256"][:12]}
-    eval_replies = sites.send("evaluate", _numpy(state), evaluate, sites.wait_for(settings.min_nodes))
-    _log_errors(round_, "evaluate", eval_replies)
-    labelled = [r.metrics for r in eval_replies if r.error is None and float(r.metrics.get("num-examples", 0)) > 0]
+
+    def evaluate(model_state: dict[str, torch.Tensor], signed: dict) -> list[Reply]:
+        message = {**base, "server-round": round_, "model-signature": json.dumps(signed),
+                   "model-version": signed["statement"]["model_sha256"][:12], "gate": settings.gate}
+        replies = sites.send("evaluate", _numpy(model_state), message, sites.wait_for(settings.min_nodes))
+        _log_errors(round_, "evaluate", replies)
+        return replies
+
+    gate_metrics: dict[str, float] = {}
+    if settings.gate and outcome.arrays is not None:  # the sites judge the aggregate before it is kept
+        eval_replies = evaluate(candidate, store.sign(candidate, cfg, round_))
+        verdict = judge(train_replies, eval_replies, settings.gate_held_drop, settings.gate_val_drop)
+        gate_metrics = verdict.metrics
+        if verdict.keep:
+            state = candidate
+            log.info("round %d: the gate kept the aggregate (%s)", round_, verdict.reason)
+        else:
+            log.warning("round %d: the gate refused the aggregate: %s; the model of round %d stays", round_,
+                        verdict.reason, round_ - 1)
+        path, signed = store.save(state, cfg, round_, {"train": outcome.metrics, "gate": gate_metrics})
+    else:
+        state = candidate
+        path, signed = store.save(state, cfg, round_, {"train": outcome.metrics})
+        eval_replies = evaluate(state, signed)
+    row.update(gate_metrics)
+    labelled = [{k: v for k, v in r.metrics.items() if not k.startswith("gate-")} for r in eval_replies
+                if r.error is None and float(r.metrics.get("num-examples", 0)) > 0]
     row.update({f"sites-{k}": v for k, v in weighted_metrics(labelled, WEIGHTINGS[settings.weighting]).items()})
     row.update(_server_dice(path, settings))
     row.update({"seconds-query": round(t_query - started, 2), "seconds-train": round(t_train - t_query, 2),
@@ -169,6 +189,14 @@ def run_round(sites: Sites, settings: FederationSettings, store: RoundStore, sta
     store.commit(path, signed)  # last: a restart before this runs the round again
     log.info("round %d done in %.1f s: %s", round_, time.time() - started, row)
     return state
+
+
+def local_recipe(settings: FederationSettings) -> dict:
+    """The train message's config: how the sites fine-tune this round (client.round.local_training.LocalRecipe)."""
+    return {"local-training": settings.local_training, "local-steps": settings.local_steps,
+            "local-epochs": settings.local_epochs, "lr": settings.lr, "proximal-mu": settings.proximal_mu,
+            "anchor-share": settings.anchor_share, "anchor-crops": settings.anchor_crops,
+            "local-loss": settings.local_loss, "gate": settings.gate}
 
 
 def run_federation(sites: Sites, settings: FederationSettings) -> None:

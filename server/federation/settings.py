@@ -10,6 +10,8 @@ from typing import Annotated, Any, ClassVar
 from pydantic import Field
 
 from ugafl.common.config import NonEmpty, build_section, one_of
+from ugafl.common.anchored_training import LOCAL_TRAININGS
+from ugafl.common.losses import LOSS_NAMES
 from ugafl.common.patch_scoring import PATCH_SCORING_NAMES
 from ugafl.common.selection import SELECTION_NAMES
 from ugafl.common.correction_patch import CORRECTION_PATCH_UM
@@ -32,7 +34,7 @@ class FederationSettings:
     signing_key: NonEmpty
     num_rounds: Count = 3
     aggregation: Annotated[str, one_of(AGGREGATION_NAMES)] = "fedavg"  # see aggregation.AGGREGATIONS
-    proximal_mu: Annotated[float, Field(ge=0)] = 0.0  # fedprox (and sent to sites as the proximal term)
+    proximal_mu: Annotated[float, Field(ge=0)] = 0.01  # sent to sites as the proximal term (and fedprox's)
     trim_beta: Annotated[float, Field(ge=0, lt=0.5)] = 0.2  # fedtrimmedavg: share cut at each end
     weighting: Annotated[str, one_of(tuple(WEIGHTINGS))] = "sites"  # "sites" (one vote each) or "examples" (by example count)
     # a site with nothing new this round: "keep" (one vote per site: its vote is the global model
@@ -44,8 +46,20 @@ class FederationSettings:
     patch_scoring: Annotated[str, one_of(PATCH_SCORING_NAMES)] = "mean"  # see common.patch_scoring.PATCH_SCORINGS
     method: Annotated[str, one_of(METHODS)] = "tta"  # uncertainty method the sites use
     passes: Count = 4
-    local_steps: Count = 100
-    lr: Positive = 1e-3
+    # how a site fine-tunes (client.round.local_training): "anchored" (corrected crops mixed with
+    # its own tissue under the global model's soft labels) or "plain" (the corrected patches alone)
+    local_training: Annotated[str, one_of(LOCAL_TRAININGS)] = "anchored"
+    local_steps: Count = 100  # plain: steps per round; anchored: at most this many
+    local_epochs: Positive = 2.0  # anchored: passes over the corrected area per round
+    local_loss: Annotated[str, one_of(LOSS_NAMES)] = "batch-dice-ce"  # see common.losses.LOSSES
+    anchor_share: Annotated[float, Field(ge=0, lt=1)] = 0.5  # anchored: share of each batch from unlabelled tissue
+    anchor_crops: Annotated[int, Field(ge=0)] = 64  # anchored: unlabelled crops given soft labels per round
+    lr: Positive = 3e-4
+    # the acceptance gate (server.federation.gate): keep a round's aggregate only if the sites'
+    # held-out corrections and the central validation do not get worse by more than these
+    gate: bool = True
+    gate_held_drop: Annotated[float, Field(ge=0)] = 0.0
+    gate_val_drop: Annotated[float, Field(ge=0)] = 0.01
     seed: int = 0
     min_nodes: Count = 2
     norm_factor: Positive = 10.0
