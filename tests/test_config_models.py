@@ -52,7 +52,7 @@ def run_config(tmp_path: Path, old: str, new: str) -> Path:
     ("steps = 1200", "steps = 12.5", "train", "steps", "expected an integer, got 12.5"),
     ("steps = 1200", "stepz = 1200", "train", "stepz", "unknown key (did you mean steps?); known: steps,"),
     ("lr = 0.002", "lr = false", "train", "lr", "expected a number, got False"),
-    ("crop = 128", "crop = 128\nloss = 'l2'", "train", "loss", "expected 'dice-ce', got 'l2'"),
+    ("crop = 128", "crop = 128\nloss = 'l2'", "train", "loss", "expected 'dice-ce' or 'batch-dice-ce', got 'l2'"),
     ('arch = "unet"', 'arch = "resnet"', "model", "arch", "expected 'unet' or 'dynunet', got 'resnet'"),
     ("mpp = 2.0", 'mpp = "2"', "model", "mpp", "expected a number, got '2'"),
     ("patch_size = 256", "patch_sise = 256", "model", "patch_sise", "unknown key (did you mean patch_size?)"),
