@@ -132,16 +132,17 @@ def test_the_quick_config_runs_and_resumes(tmp_path: Path) -> None:
         assert {k: (v["patches"], v["sites"]) for k, v in arm["picked"].items()} == {"1": (4, 2), "2": (4, 2)}, arm
     assert "| tta / top-k | 2 |" in table
 
-    # The schedule check, given the config's own schedule, reproduces the arm's first checkpoint.
-    import tomllib
-
-    from ugafl.server.federation.settings import FederationSettings
+    # The replay of round 1, given the config's own recipe, reproduces the arm's first checkpoint.
+    from ugafl.client.round.local_training import LocalRecipe
+    from ugafl.common.config import load_config
+    from ugafl.server.federation.rounds import local_recipe
+    from ugafl.simulations.federated import federation_settings
     from ugafl.simulations.first_round_check import first_round
 
-    federation = tomllib.loads((out / "config.toml").read_text())["federation"]
+    settings, _ = federation_settings(load_config(out / "config.toml"))
+    assert settings.local_training == "anchored" and not settings.gate
     arm = next(a for a in results["arms"] if a["selection"] == "top-k")
-    again_dice = first_round(out, "top-k", steps=federation["local_steps"],
-                             lr=federation.get("lr", FederationSettings.lr), seed=0)
+    again_dice = first_round(out, "top-k", LocalRecipe.from_message(local_recipe(settings)), seed=0, split="test")
     assert again_dice.pop("external") == pytest.approx(sum(v for c, v in arm["dice"]["2"].items() if c != "RUMC") / 2,
                                                         abs=0.01)
     assert again_dice == pytest.approx(arm["dice"]["2"], abs=0.01)

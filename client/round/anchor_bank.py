@@ -70,13 +70,16 @@ def _free(boxes: list[tuple], taken: list[tuple]) -> list[tuple]:
 
 @torch.no_grad()
 def anchor_bank(workspace: Path, slides_dir: Path, model: torch.nn.Module, cfg: ModelConfig, count: int, crop: int,
-                seed: int) -> AnchorBank:
+                seed: int, until_round: int | None = None) -> AnchorBank:
     """`count` crops of `crop` px at the model's mpp from the site's unlabelled tissue, with the
-    global `model`'s TTA mean tumour probability. Empty when the site has no scored tissue."""
+    global `model`'s TTA mean tumour probability; `until_round`: leave out the boxes queued up to
+    that round (None: all queued boxes; a replay of round r passes r and gets that round's anchors).
+    Empty when the site has no scored tissue."""
     taken: list[tuple] = []
     if (workspace / "queue.db").is_file():
         with CorrectionQueue(workspace) as queue:
-            taken = queue.taken_boxes()
+            taken = [(i.slide, i.x, i.y, i.width, i.height) for i in queue.list()
+                     if until_round is None or i.round <= until_round]
     boxes = _free(_tissue_boxes(workspace), taken)
     if count <= 0 or not boxes:
         log.info("no unlabelled tissue scored yet: local training without anchors")

@@ -68,7 +68,8 @@ def _query(site: SiteConfig, msg: _Incoming) -> tuple[dict[str, float], None, No
 
 def _train(site: SiteConfig, msg: _Incoming) -> tuple[dict[str, float], dict | None, list[int] | None]:
     recipe = local_training.LocalRecipe.from_message(msg.config)
-    state, ids, metrics = local_training.train(site, msg.model, msg.cfg, recipe, int(msg.config["seed"]) + msg.round_)
+    state, ids, metrics = local_training.train(site, msg.model, msg.cfg, recipe, int(msg.config["seed"]) + msg.round_,
+                                               msg.round_)
     used = ids if state is not None and site.role != "central" else []
     return metrics, state, used  # nothing new: no arrays, zero examples
 

@@ -84,8 +84,8 @@ def _nothing(extra: dict[str, float] | None = None) -> tuple[None, list[int], di
     return None, [], {"num-examples": 0.0, "site-weight": 0.0, "new-corrections": 0.0, **(extra or {})}
 
 
-def train(site: SiteConfig, model: torch.nn.Module, cfg: ModelConfig, recipe: LocalRecipe,
-          seed: int) -> tuple[dict[str, torch.Tensor] | None, list[int], dict[str, float]]:
+def train(site: SiteConfig, model: torch.nn.Module, cfg: ModelConfig, recipe: LocalRecipe, seed: int,
+          round_: int | None = None) -> tuple[dict[str, torch.Tensor] | None, list[int], dict[str, float]]:
     """Fine-tune the global model on the site's corrected patches (a central site: on its own
     labelled data). (state dict, ids of the corrected patches used, metrics); the state is None
     when there is nothing new (unless the site retrains every round). With the gate, the metrics
@@ -113,7 +113,7 @@ def train(site: SiteConfig, model: torch.nn.Module, cfg: ModelConfig, recipe: Lo
         return _nothing(gate)
     new = len(set(ids) - set(done_before))
     if recipe.training == "anchored":
-        state, metrics = _anchored(site, model, cfg, images, labels, recipe, seed)
+        state, metrics = _anchored(site, model, cfg, images, labels, recipe, seed, round_)
     else:
         state, metrics = _plain(model, cfg, images, labels, recipe, seed)
     atomic_write_text(_mkdir(site.workspace / FEDERATION_DIR / "trained_on.json"), json.dumps(sorted(ids)))
@@ -125,32 +125,46 @@ def _mkdir(path: Path) -> Path:
     return path
 
 
-def _plain(model: torch.nn.Module, cfg: ModelConfig, images: np.ndarray, labels: np.ndarray, recipe: LocalRecipe,
-           seed: int) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+def plain_training(model: torch.nn.Module, cfg: ModelConfig, images: np.ndarray, labels: np.ndarray,
+                   recipe: LocalRecipe, seed: int) -> list[float]:
+    """The plain recipe: `recipe.steps` steps on `images`/`labels` alone; the losses."""
     device = next(model.parameters()).device
     reference = {k: v.detach().clone() for k, v in model.named_parameters()}
-    started = time.perf_counter()
     schedule = local_schedule(images, recipe.steps, recipe.lr, seed, recipe.proximal_mu, recipe.loss)
-    losses = train_segmentation(model, images, labels, schedule, device, progress=False, reference=reference,
-                                num_classes=cfg.num_classes)
+    return train_segmentation(model, images, labels, schedule, device, progress=False, reference=reference,
+                              num_classes=cfg.num_classes)
+
+
+def _plain(model: torch.nn.Module, cfg: ModelConfig, images: np.ndarray, labels: np.ndarray, recipe: LocalRecipe,
+           seed: int) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    started = time.perf_counter()
+    losses = plain_training(model, cfg, images, labels, recipe, seed)
     return unique_state(model), {"num-examples": float(len(images)), "site-weight": 1.0, "steps": float(len(losses)),
                                  "loss": float(np.mean(losses[-10:])), "seconds": time.perf_counter() - started}
 
 
-def _anchored(site: SiteConfig, model: torch.nn.Module, cfg: ModelConfig, images: np.ndarray, labels: np.ndarray,
-              recipe: LocalRecipe, seed: int) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+def anchored_training(workspace: Path, slides: Path, model: torch.nn.Module, cfg: ModelConfig, images: np.ndarray,
+                      labels: np.ndarray, recipe: LocalRecipe, seed: int, round_: int | None = None) -> tuple[list[float], int]:
+    """The anchored recipe on the corrected `images`/`labels`, the anchors drawn from the site's
+    workspace and slides (as of round `round_`, see anchor_bank); (losses, anchor crops)."""
     device = next(model.parameters()).device
     reference = {k: v.detach().clone() for k, v in model.named_parameters()}
-    started = time.perf_counter()
     schedule = AnchoredConfig(epochs=recipe.epochs, max_steps=recipe.steps, batch_size=LOCAL_BATCH,
                               crop=min(LOCAL_CROP_PX, images.shape[1], images.shape[2]), anchor_share=recipe.anchor_share,
                               lr=recipe.lr, proximal_mu=recipe.proximal_mu, loss=recipe.loss, seed=seed)
-    anchors = (anchor_bank(site.workspace, site.slides, model, cfg, recipe.anchor_crops, schedule.crop, seed)
+    anchors = (anchor_bank(workspace, slides, model, cfg, recipe.anchor_crops, schedule.crop, seed, round_)
                if recipe.anchor_share > 0 else AnchorBank.empty(schedule.crop))
     if not len(anchors.images):
         schedule = replace(schedule, anchor_share=0.0)
     losses = train_anchored(model, images, labels, anchors.images, anchors.probs, schedule, cfg.mpp, device,
                             reference=reference, num_classes=cfg.num_classes)
+    return losses, len(anchors.images)
+
+
+def _anchored(site: SiteConfig, model: torch.nn.Module, cfg: ModelConfig, images: np.ndarray, labels: np.ndarray,
+              recipe: LocalRecipe, seed: int, round_: int | None) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    started = time.perf_counter()
+    losses, anchors = anchored_training(site.workspace, site.slides, model, cfg, images, labels, recipe, seed, round_)
     return unique_state(model), {"num-examples": float(len(images)), "site-weight": 1.0, "steps": float(len(losses)),
-                                 "anchors": float(len(anchors.images)), "loss": float(np.mean(losses[-10:])),
+                                 "anchors": float(anchors), "loss": float(np.mean(losses[-10:])),
                                  "seconds": time.perf_counter() - started}
