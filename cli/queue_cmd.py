@@ -75,6 +75,8 @@ def queue() -> None:
 @click.option("--measure", type=MEASURE_CHOICE, default=None, help="Score to rank by [default: variance for edue, else uga].")
 @click.option("--scoring", type=click.Choice(PATCH_SCORING_NAMES), default="mean", show_default=True,
               help="How a patch's map became its score: mean over tissue, or the UGA paper's sum + peak area.")
+@click.option("--tumour-reserve", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+              help="Share of the budget kept for patches where the model predicts tumour (class-aware selection).")
 @click.option("--model-version", default=None, help="Label of the model [default: the checkpoint's content hash].")
 @click.option("--round", "round_", type=click.IntRange(0), default=0, show_default=True, help="Annotation round.")
 @click.option("--max-per-slide", type=click.IntRange(1), default=None, help="At most this many patches per slide.")
@@ -83,7 +85,7 @@ def queue() -> None:
 @click.option("--mpp", type=float, default=None, help="Override the slides' level-0 resolution, µm/px.")
 @click.option("--device", default="auto", show_default=True)
 def select_cmd(workspace: Path, slides_dir: Path, models: tuple[Path, ...], method: str, selection: str, budget: int,
-               seed: int, measure: str | None, scoring: str, model_version: str | None, round_: int,
+               seed: int, measure: str | None, scoring: str, tumour_reserve: float, model_version: str | None, round_: int,
                max_per_slide: int | None,
                batches: int | None, passes: int, mpp: float | None, device: str) -> None:
     """Queue the next BUDGET patches to correct, chosen from the workspace's patch scores."""
@@ -97,7 +99,7 @@ def select_cmd(workspace: Path, slides_dir: Path, models: tuple[Path, ...], meth
     version = model_version or _model_version(paths)
     method_obj = load_method(method, paths, dev, passes)
     request = FillRequest(selection, budget, seed, version, round_, measure=measure, batches=batches,
-                          max_per_slide=max_per_slide, scoring=scoring)
+                          max_per_slide=max_per_slide, scoring=scoring, tumour_reserve=tumour_reserve)
     ids = fill_queue(workspace, slides_dir, method_obj, method, request, slide_mpp=mpp, device=dev)
     if not ids:
         click.echo("no patches queued: every scored patch is already queued or has no score")

@@ -169,3 +169,22 @@ def test_fill_queue_queues_the_plan_and_is_all_or_nothing(ws: Path, slides: Path
     with CorrectionQueue(ws) as queue:
         assert [queue.get(i).score for i in rest] == [0.7, 0.2, 0.1]
     assert fill_queue(ws, slides, METHOD, "tta", FillRequest("top-k", 5, 0, "v1", 4)) == []  # nothing left
+
+
+def test_class_aware_selection_keeps_part_of_the_budget_for_predicted_tumour(tmp_path: Path):
+    # six boxes on one slide: the three most uncertain have no predicted tumour
+    rows = [(0, 0.9, 0.0), (64, 0.8, 0.0), (128, 0.7, 0.0), (192, 0.3, 0.2), (256, 0.2, 0.5), (320, 0.1, 0.0)]
+    table = tmp_path / "a.tta.csv"
+    table.write_text("x,y,width,height,mpp,tumour_fraction,uga\n" +
+                     "".join(f"{x},0,32,32,2.0,{t},{u}\n" for x, u, t in rows))
+    plain = plan([table], [], request(budget=4), default_mpp=2.0)
+    assert [p.origin.box[0] for p in plain] == [0, 64, 128, 192]
+    aware = plan([table], [], request(budget=4, tumour_reserve=0.5), default_mpp=2.0)
+    assert [p.origin.box[0] for p in aware] == [192, 256, 0, 64]  # 2 of 4 reserved, then the best of the rest
+    # a taken box is skipped in both parts; the reserve cannot take more than there is
+    left = plan([table], [("a", 192, 0, 32, 32)], request(budget=4, tumour_reserve=1.0), default_mpp=2.0)
+    assert [p.origin.box[0] for p in left] == [256, 0, 64, 128]
+    capped = plan([table], [], request(budget=4, tumour_reserve=0.5, max_per_slide=3), default_mpp=2.0)
+    assert [p.origin.box[0] for p in capped] == [192, 256, 0]
+    with pytest.raises(ConfigError, match="tumour_reserve must be a share between 0 and 1"):
+        request(tumour_reserve=1.5)

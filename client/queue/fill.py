@@ -23,7 +23,7 @@ from PIL import Image
 
 from ugafl.client.queue.new_item import NewItem, PatchOrigin, PatchPixels, PatchReason
 from ugafl.client.queue.store import CorrectionQueue
-from ugafl.common.selection import SELECTION_NAMES, Candidates, exclude, load_candidates, select, slide_name
+from ugafl.common.selection import SELECTION_NAMES, Candidates, load_candidates, overlaps_any, select, slide_name
 from ugafl.common.errors import ConfigError, DataError
 from ugafl.common.log import get_logger
 from ugafl.common.model import to_input
@@ -34,6 +34,8 @@ from ugafl.common.uncertainty_measures import PIXEL_MEASURES, compute_measures, 
 from ugafl.common.uncertainty_methods import UncertaintyMethod
 
 log = get_logger("queue_fill")
+
+TUMOUR_COLUMN = "tumour_fraction"  # the patch tables' share of a patch's tissue the model calls tumour
 
 
 
@@ -54,6 +56,7 @@ class FillRequest:
     batches: int | None = None
     max_per_slide: int | None = None
     scoring: str = "mean"  # how the patch's map became its score (common.patch_scoring)
+    tumour_reserve: float = 0.0  # share of the budget kept for patches where the model predicts tumour
 
 
 @dataclass(frozen=True)
@@ -145,6 +148,8 @@ def check_request(request: FillRequest, method_name: str) -> FillRequest:
         raise ConfigError(f"max_per_slide must be >= 1, got {request.max_per_slide}")
     if request.batches is not None and request.batches < 1:
         raise ConfigError(f"batches must be >= 1, got {request.batches}")
+    if not 0.0 <= request.tumour_reserve <= 1.0:
+        raise ConfigError(f"tumour_reserve must be a share between 0 and 1, got {request.tumour_reserve}")
     return replace(request, measure=measure)
 
 
@@ -155,22 +160,64 @@ def plan(tables: list[Path], taken: list[tuple[str, int, int, int, int]], reques
     ones overlapping a `taken` (slide, x, y, w, h) box, chosen by the request's selection. Each
     box's mpp is its row's (`default_mpp` µm/px if the row has none)."""
     cand, names = load_candidates(tables, score_column(_measure(request), request.scoring))
+    reserved = round(request.tumour_reserve * int(request.budget))
+    # the same rows in the same order: the share of each patch's tissue the model calls tumour
+    tumour = load_candidates(tables, TUMOUR_COLUMN)[0].score if reserved else None
     index = {name: i for i, name in enumerate(names)}
     taken = [t for t in taken if t[0] in index]
     if taken:
         arr = np.array([t[1:] for t in taken], np.int64)
         taken_c = Candidates(np.array([index[t[0]] for t in taken], np.int64), arr[:, 0], arr[:, 1], arr[:, 2],
                              arr[:, 3], np.zeros(len(taken)))
-        before = len(cand)
-        cand = exclude(cand, taken_c)
-        log.info("%d of %d candidates overlap %d queued boxes and are skipped", before - len(cand), before, len(taken))
-    chosen_idx = select(cand, request.selection, int(request.budget), int(request.seed), batches=request.batches,
-                        max_per_slide=request.max_per_slide)
+        free = ~overlaps_any(cand, taken_c)
+        log.info("%d of %d candidates overlap %d queued boxes and are skipped", int((~free).sum()), len(cand), len(taken))
+        cand, tumour = cand.take(free), (None if tumour is None else tumour[free])
+    if tumour is not None:
+        chosen_idx = with_tumour_reserve(cand, tumour > 0, reserved, request)
+    else:
+        chosen_idx = select(cand, request.selection, int(request.budget), int(request.seed), batches=request.batches,
+                            max_per_slide=request.max_per_slide)
     chosen = [(names[int(cand.slide[i])], (int(cand.x[i]), int(cand.y[i]), int(cand.width[i]), int(cand.height[i])),
                float(cand.score[i])) for i in chosen_idx]
     row_mpp = _row_mpps(tables, chosen)
     return [PlannedPatch(PatchOrigin(stem, box, row_mpp.get(stem, {}).get(box, default_mpp)), score)
             for stem, box, score in chosen]
+
+
+def with_tumour_reserve(cand: Candidates, tumour: np.ndarray, reserved: int, request: FillRequest) -> np.ndarray:
+    """Class-aware selection: the request's strategy picks `reserved` of the budget among the
+    candidates where the model predicts tumour (`tumour`, bool (N,)), then the rest of the budget
+    among all that do not overlap those; at most `max_per_slide` per slide over both. Indices
+    into `cand`, the reserved ones first."""
+    budget, cap = int(request.budget), request.max_per_slide
+
+    def pick(idx: np.ndarray, count: int) -> np.ndarray:
+        if count <= 0 or not len(idx):
+            return np.zeros(0, np.int64)
+        return idx[select(cand.take(idx), request.selection, count, int(request.seed), batches=request.batches,
+                          max_per_slide=cap)]
+
+    first = pick(np.flatnonzero(tumour & np.isfinite(cand.score)), min(reserved, budget))
+    rest = np.ones(len(cand), bool)
+    rest[first] = False
+    if len(first):
+        rest &= ~overlaps_any(cand, cand.take(first))
+    if cap is not None:  # slides the reserved patches filled take no more
+        slides, counts = np.unique(cand.slide[first], return_counts=True)
+        rest &= ~np.isin(cand.slide, slides[counts >= cap])
+    second = pick(np.flatnonzero(rest), budget - len(first))
+    if cap is not None:  # and the others take only what is left of their cap
+        used = dict(zip(*np.unique(cand.slide[first], return_counts=True)))
+        kept = []
+        for i in second:
+            s = int(cand.slide[i])
+            if used.get(s, 0) < cap:
+                used[s] = used.get(s, 0) + 1
+                kept.append(i)
+        second = np.asarray(kept, np.int64)
+    log.info("class-aware selection: %d of %d patches where tumour is predicted, %d from all", len(first), budget,
+             len(second))
+    return np.concatenate([first, second]).astype(np.int64)
 
 
 def _row_mpps(tables: list[Path], chosen: list[tuple[str, tuple[int, int, int, int], float]]) -> dict[str, dict]:

@@ -62,7 +62,8 @@ def _query(site: SiteConfig, msg: _Incoming) -> tuple[dict[str, float], None, No
     keep_model(site.workspace, msg.model, msg.cfg, msg.signed, method, passes, patch_um)  # for the inbox watcher
     metrics = query_step.query(site, msg.model, msg.cfg, str(msg.config["model-version"]), msg.round_,
                                str(msg.config["selection"]), int(msg.config["budget"]), int(msg.config["seed"]),
-                               method, passes, patch_um, str(msg.config.get("patch-scoring", "mean")))
+                               method, passes, patch_um, str(msg.config.get("patch-scoring", "mean")),
+                               float(msg.config.get("tumour-reserve", 0.0)))
     return metrics, None, None
 
 

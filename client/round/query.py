@@ -28,9 +28,10 @@ def uncertainty_dir(workspace: Path, model_version: str, method: str, passes: in
 
 def query(site: SiteConfig, model: torch.nn.Module, cfg: ModelConfig, model_version: str, round_: int,
           selection: str, budget: int, seed: int, method: str = "tta", passes: int = 4,
-          patch_um: float = CORRECTION_PATCH_UM, scoring: str = "mean") -> dict[str, float]:
+          patch_um: float = CORRECTION_PATCH_UM, scoring: str = "mean", tumour_reserve: float = 0.0) -> dict[str, float]:
     """Score every slide in the inbox with the global model per square patch `patch_um` µm wide,
-    queue the next `budget` patches chosen by `selection` (patch scores by `scoring`), and let the site's annotator correct what it can now. Counts and score summaries."""
+    queue the next `budget` patches chosen by `selection` (patch scores by `scoring`; `tumour_reserve` of them
+    where tumour is predicted), and let the site's annotator correct what it can now. Counts and score summaries."""
     device = next(model.parameters()).device
     method_obj = method_from_models(method, [model], cfg, device, passes)
     scores_dir = site.workspace / "patch_scores"
@@ -38,7 +39,8 @@ def query(site: SiteConfig, model: torch.nn.Module, cfg: ModelConfig, model_vers
         stale.unlink()
     results = run_uncertainty(site.slides, method_obj, uncertainty_dir(site.workspace, model_version, method, passes, patch_um),
                               workspace=site.workspace, device=device, progress=False, reuse=True, patch_um=patch_um)
-    request = FillRequest(selection, budget, seed + round_, model_version, round_, scoring=scoring)
+    request = FillRequest(selection, budget, seed + round_, model_version, round_, scoring=scoring,
+                          tumour_reserve=tumour_reserve)
     ids = fill_queue(site.workspace, site.slides, method_obj, method, request,
                      device=device) if any(r.error is None and r.patches for r in results) else []
     with CorrectionQueue(site.workspace) as queue:

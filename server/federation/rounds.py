@@ -140,7 +140,7 @@ def run_round(sites: Sites, settings: FederationSettings, store: RoundStore, sta
     log.info("round %d/%d: %d site(s) connected", round_, settings.num_rounds, len(nodes))
     query = {**base, "server-round": round_, "selection": settings.selection, "budget": settings.budget,
              "method": settings.method, "passes": settings.passes, "patch-um": settings.patch_um,
-             "patch-scoring": settings.patch_scoring}
+             "patch-scoring": settings.patch_scoring, "tumour-reserve": settings.tumour_reserve}
     query_replies = sites.send("query", arrays, query, nodes)
     _log_errors(round_, "query", query_replies)
     t_query = time.time()

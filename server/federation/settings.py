@@ -42,6 +42,9 @@ class FederationSettings:
     idle_sites: Annotated[str, one_of(("keep", "skip"))] = "keep"
     selection: Annotated[str, one_of(SELECTION_NAMES)] = "stochastic-batch"  # see common.selection.SELECTIONS
     budget: Count = 5  # patches queued per site per round
+    # class-aware selection: this share of the budget goes to patches where the model predicts tumour
+    # (chosen by the same strategy), the rest to all (client.queue.fill.with_tumour_reserve)
+    tumour_reserve: Annotated[float, Field(ge=0, le=1)] = 0.0
     patch_um: Positive = CORRECTION_PATCH_UM  # side of a corrected patch, µm (the paper's 1024 µm)
     patch_scoring: Annotated[str, one_of(PATCH_SCORING_NAMES)] = "mean"  # see common.patch_scoring.PATCH_SCORINGS
     method: Annotated[str, one_of(METHODS)] = "tta"  # uncertainty method the sites use
