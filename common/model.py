@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Annotated, Literal
 
 import numpy as np
@@ -30,13 +30,21 @@ class ModelConfig:
     dynunet_filters: Annotated[tuple[Annotated[int, Field(ge=1)], ...], Field(min_length=2)] = (
         32, 64, 128, 256, 512, 512, 512)  # dynunet only
     disagreement_head: bool = False  # EDUE: one extra output channel predicting the raters' variance
+    # >1: an ensemble of this many networks carried as one model (MemberStack), as the paper's
+    # nnU-Net folds: federated, each member is trained and averaged with its own name
+    members: Annotated[int, Field(ge=1)] = 1
 
     @property
     def out_channels(self) -> int:
         return self.num_classes + int(self.disagreement_head)
 
     def to_dict(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        """The stored form; `members` only when there are several, so that single-network configs
+        (and the checkpoints, signatures and hashes made from them) stay as they were."""
+        out = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        if out["members"] == 1:
+            del out["members"]
+        return out
 
     @classmethod
     def from_dict(cls, raw: dict, at: str = "model config") -> "ModelConfig":
@@ -46,8 +54,34 @@ class ModelConfig:
         return build_section(cls, raw, at)
 
 
+class MemberStack(nn.Module):
+    """An ensemble of networks of one architecture carried as one model. `forward` gives the log
+    of the members' mean softmax over the classes, so argmax and softmax of it are the ensemble's;
+    training and the ensemble uncertainty method work on `members` one by one."""
+
+    def __init__(self, members: list[nn.Module], num_classes: int):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        self.num_classes = num_classes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        probs = torch.stack([torch.softmax(m(x)[:, : self.num_classes].float(), dim=1) for m in self.members])
+        return torch.log(probs.mean(dim=0).clamp_min(1e-8))
+
+
+def members_of(model: nn.Module) -> list[nn.Module]:
+    """The networks a model is made of: a MemberStack's members, else the model itself."""
+    return list(model.members) if isinstance(model, MemberStack) else [model]
+
+
 def build_model(cfg: ModelConfig) -> nn.Module:
-    """A fresh network for `cfg` (weights initialised by MONAI's defaults)."""
+    """A fresh network for `cfg` (weights initialised by MONAI's defaults); a MemberStack of
+    `cfg.members` networks when there are several."""
+    if cfg.members > 1:
+        if cfg.disagreement_head:
+            raise ConfigError("model config: an ensemble of members with a disagreement head is not supported")
+        single = replace(cfg, members=1)
+        return MemberStack([build_model(single) for _ in range(cfg.members)], cfg.num_classes)
     if cfg.arch == "unet":
         from monai.networks.nets import UNet
 

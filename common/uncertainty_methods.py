@@ -12,13 +12,13 @@ from __future__ import annotations
 import copy
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
 
 from ugafl.common.errors import ConfigError
-from ugafl.common.model import ModelConfig
+from ugafl.common.model import ModelConfig, members_of
 
 # Forward passes are cut into sub-batches of at most this many patches. On a CPU small batches
 # stay in cache (UNet, 256 px, 2 threads: 50 patches/s at 4, 39 at 16, 14 at 64); a GPU wants more.
@@ -199,7 +199,8 @@ def load_method(name: str, checkpoints: list, device: torch.device | str = "cpu"
     if not checkpoints:
         raise ConfigError("no model checkpoint given")
     if name != "ensemble" and len(checkpoints) != 1:
-        raise ConfigError(f"{name} takes one model checkpoint, got {len(checkpoints)} (only ensemble takes several)")
+        raise ConfigError(f"{name} takes one model checkpoint, got {len(checkpoints)} (only ensemble takes several, "
+                          "or one that carries its members)")
     loaded = [load_checkpoint(path, device) for path in checkpoints]
     cfg = loaded[0].model_config
     for path, ckpt in zip(checkpoints, loaded):
@@ -215,6 +216,8 @@ def method_from_models(name: str, models: list[nn.Module], cfg: ModelConfig, dev
         raise ConfigError(f"unknown uncertainty method {name!r}; known: {', '.join(METHODS)}")
     if name != "ensemble" and len(models) != 1:
         raise ConfigError(f"{name} takes one model, got {len(models)} (only ensemble takes several)")
+    if name == "ensemble" and len(models) == 1 and cfg.members > 1:  # one model carrying its members
+        models, cfg = members_of(models[0]), replace(cfg, members=1)
     max_batch = GPU_MAX_BATCH if torch.device(device).type == "cuda" else CPU_MAX_BATCH
     return _BUILDERS[name](models, cfg, passes, max_batch)
 

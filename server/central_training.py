@@ -13,7 +13,7 @@ import torch
 from ugafl.common.checkpoint import save_checkpoint
 from ugafl.common.log import get_logger
 from ugafl.common.manifest import load_manifest
-from ugafl.common.model import ModelConfig, build_model, pick_device
+from ugafl.common.model import MemberStack, ModelConfig, build_model, pick_device
 from ugafl.common.central_bank import CentralConfig, build_bank
 from ugafl.common.training import TrainConfig, train_segmentation
 
@@ -21,7 +21,8 @@ log = get_logger("central")
 
 
 def member_paths(out: str | Path, members: int) -> list[Path]:
-    """Checkpoint paths of an ensemble's members: OUT itself for one, OUT-m0, OUT-m1, ... for more."""
+    """Checkpoint paths of an ensemble's members: OUT itself for one, OUT-m0, OUT-m1, ... for more
+    (OUT then holds all of them as one model, see `train_central`)."""
     out = Path(out)
     return [out] if members == 1 else [out.with_name(f"{out.stem}-m{m}{out.suffix}") for m in range(members)]
 
@@ -30,7 +31,8 @@ def train_central(data_dir: str | Path, out: str | Path, model_cfg: ModelConfig,
                   central: CentralConfig = CentralConfig(), device: str = "auto", progress: bool = True) -> list[Path]:
     """Trains the central model (or `central.members` ensemble members, nnU-Net style: member m
     leaves out fold m of the patch bank and uses seed + m) on `central.centre`'s training slides.
-    Returns the checkpoint paths written."""
+    With several members, OUT itself holds them all as one model (common.model.MemberStack), which
+    a federation can carry as its global model. Returns the checkpoint paths written."""
     started = time.time()
     dev = pick_device(device)
     bank, slide_ids = build_bank(data_dir, model_cfg, central, train_cfg.seed, progress)
@@ -38,7 +40,7 @@ def train_central(data_dir: str | Path, out: str | Path, model_cfg: ModelConfig,
              central.bank_patch_size, model_cfg.mpp, 100 * bank.labels.mean())
     folds = np.random.default_rng(train_cfg.seed).permutation(len(bank.labels)) % max(central.members, 1)
     digest = load_manifest(data_dir).info.get("digest")
-    written = []
+    written, trained = [], []
     for m, path in enumerate(member_paths(out, central.members)):
         keep = folds != m if central.members > 1 else np.ones(len(folds), bool)
         cfg_m = replace(train_cfg, seed=train_cfg.seed + m)
@@ -56,4 +58,13 @@ def train_central(data_dir: str | Path, out: str | Path, model_cfg: ModelConfig,
                         data_summary=summary, extra=extra)
         log.info("wrote %s (%.0f s)", path, time.time() - started)
         written.append(path)
+        trained.append(model)
+    if central.members > 1:
+        stack_cfg = replace(model_cfg, members=central.members)
+        stack = MemberStack(trained, model_cfg.num_classes)
+        save_checkpoint(out, stack, stack_cfg, train_config={**train_cfg.to_dict(), **{f"central_{k}": v for k, v in asdict(central).items()}},
+                        data_summary={"centre": central.centre, "slides": slide_ids, "members": [p.name for p in written]},
+                        extra={"ensemble": {"members": central.members}})
+        log.info("wrote %s: the %d members as one model", out, central.members)
+        written.append(Path(out))
     return written

@@ -27,11 +27,12 @@ from ugafl.client.site_config import SiteConfig
 from ugafl.common.anchored_training import AnchoredConfig, train_anchored
 from ugafl.common.atomic import atomic_write_text
 from ugafl.common.central_bank import round_bank
-from ugafl.common.model import ModelConfig
+from ugafl.common.model import ModelConfig, members_of
 from ugafl.common.training import TrainConfig, train_segmentation
 from ugafl.common.wire import unique_state
 
 LOCAL_BATCH = 8  # crops per local step
+MEMBER_SEED_STRIDE = 1000  # an ensemble's member m trains with seed + 1000 m (member 0: the seed itself)
 LOCAL_CROP_PX = 128  # largest crop side, px at the model's mpp
 
 
@@ -127,19 +128,26 @@ def _mkdir(path: Path) -> Path:
 
 def plain_training(model: torch.nn.Module, cfg: ModelConfig, images: np.ndarray, labels: np.ndarray,
                    recipe: LocalRecipe, seed: int) -> list[float]:
-    """The plain recipe: `recipe.steps` steps on `images`/`labels` alone; the losses."""
+    """The plain recipe: `recipe.steps` steps on `images`/`labels` alone (each member of an
+    ensemble in turn, member m with seed + MEMBER_SEED_STRIDE * m); the losses."""
     device = next(model.parameters()).device
-    reference = {k: v.detach().clone() for k, v in model.named_parameters()}
-    schedule = local_schedule(images, recipe.steps, recipe.lr, seed, recipe.proximal_mu, recipe.loss)
-    return train_segmentation(model, images, labels, schedule, device, progress=False, reference=reference,
-                              num_classes=cfg.num_classes)
+    losses: list[float] = []
+    for m, member in enumerate(members_of(model)):
+        reference = {k: v.detach().clone() for k, v in member.named_parameters()}
+        schedule = local_schedule(images, recipe.steps, recipe.lr, seed + MEMBER_SEED_STRIDE * m, recipe.proximal_mu,
+                                  recipe.loss)
+        losses += train_segmentation(member, images, labels, schedule, device, progress=False, reference=reference,
+                                     num_classes=cfg.num_classes)
+    model.eval()
+    return losses
 
 
 def _plain(model: torch.nn.Module, cfg: ModelConfig, images: np.ndarray, labels: np.ndarray, recipe: LocalRecipe,
            seed: int) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
     started = time.perf_counter()
     losses = plain_training(model, cfg, images, labels, recipe, seed)
-    return unique_state(model), {"num-examples": float(len(images)), "site-weight": 1.0, "steps": float(len(losses)),
+    return unique_state(model), {"num-examples": float(len(images)), "site-weight": 1.0,
+                                 "steps": float(len(losses) / len(members_of(model))),
                                  "loss": float(np.mean(losses[-10:])), "seconds": time.perf_counter() - started}
 
 
@@ -148,7 +156,6 @@ def anchored_training(workspace: Path, slides: Path, model: torch.nn.Module, cfg
     """The anchored recipe on the corrected `images`/`labels`, the anchors drawn from the site's
     workspace and slides (as of round `round_`, see anchor_bank); (losses, anchor crops)."""
     device = next(model.parameters()).device
-    reference = {k: v.detach().clone() for k, v in model.named_parameters()}
     schedule = AnchoredConfig(epochs=recipe.epochs, max_steps=recipe.steps, batch_size=LOCAL_BATCH,
                               crop=min(LOCAL_CROP_PX, images.shape[1], images.shape[2]), anchor_share=recipe.anchor_share,
                               lr=recipe.lr, proximal_mu=recipe.proximal_mu, loss=recipe.loss, seed=seed)
@@ -156,8 +163,13 @@ def anchored_training(workspace: Path, slides: Path, model: torch.nn.Module, cfg
                if recipe.anchor_share > 0 else AnchorBank.empty(schedule.crop))
     if not len(anchors.images):
         schedule = replace(schedule, anchor_share=0.0)
-    losses = train_anchored(model, images, labels, anchors.images, anchors.probs, schedule, cfg.mpp, device,
-                            reference=reference, num_classes=cfg.num_classes)
+    losses: list[float] = []
+    for m, member in enumerate(members_of(model)):  # an ensemble: every member on the same anchors
+        reference = {k: v.detach().clone() for k, v in member.named_parameters()}
+        losses += train_anchored(member, images, labels, anchors.images, anchors.probs,
+                                 replace(schedule, seed=seed + MEMBER_SEED_STRIDE * m), cfg.mpp, device,
+                                 reference=reference, num_classes=cfg.num_classes)
+    model.eval()
     return losses, len(anchors.images)
 
 
@@ -165,6 +177,7 @@ def _anchored(site: SiteConfig, model: torch.nn.Module, cfg: ModelConfig, images
               recipe: LocalRecipe, seed: int, round_: int | None) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
     started = time.perf_counter()
     losses, anchors = anchored_training(site.workspace, site.slides, model, cfg, images, labels, recipe, seed, round_)
-    return unique_state(model), {"num-examples": float(len(images)), "site-weight": 1.0, "steps": float(len(losses)),
-                                 "anchors": float(anchors), "loss": float(np.mean(losses[-10:])),
+    return unique_state(model), {"num-examples": float(len(images)), "site-weight": 1.0,
+                                 "steps": float(len(losses) / len(members_of(model))), "anchors": float(anchors),
+                                 "loss": float(np.mean(losses[-10:])),
                                  "seconds": time.perf_counter() - started}
