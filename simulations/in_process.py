@@ -55,7 +55,9 @@ def _answer(site: SiteConfig, message_type: str, arrays: Mapping[str, np.ndarray
         return str(error)
 
 
-MEMO_KEYS = ("model-config", "seed", "server-round", "local-steps", "lr", "proximal-mu")  # what a train reply depends on
+# what a train reply depends on besides the weights: the round, the seed and the local recipe
+MEMO_KEYS = ("model-config", "seed", "server-round", "local-training", "local-steps", "local-epochs", "lr",
+             "proximal-mu", "anchor-share", "anchor-crops", "local-loss", "gate")
 
 
 def memo_key(site: SiteConfig, arrays: Mapping[str, np.ndarray], config: Mapping[str, Scalar]) -> str:
@@ -63,7 +65,8 @@ def memo_key(site: SiteConfig, arrays: Mapping[str, np.ndarray], config: Mapping
     from ugafl.common.signing import model_digest
 
     text = json.dumps({"weights": model_digest(arrays), **{k: config.get(k) for k in MEMO_KEYS},
-                       "data": str(site.central_data), "centre": site.central_centre}, sort_keys=True)
+                       "data": str(site.central_data), "centre": site.central_centre, "trains": site.train},
+                      sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 

@@ -111,3 +111,11 @@ def test_a_site_with_nothing_new_keeps_the_global_model_in_its_vote_or_is_left_o
     by_examples = aggregate(1, replies, reference, FederationSettings(
         central_checkpoint="-", out_dir="-", signing_key="-", idle_sites=idle_sites, weighting="examples"))
     np.testing.assert_allclose(by_examples.arrays["w"], 0.5)  # weighted by examples, an idle site weighs 0 anyway
+
+
+def test_the_simulations_memo_of_central_training_depends_on_every_key_of_the_local_recipe() -> None:
+    from ugafl.server.federation.rounds import local_recipe
+    from ugafl.simulations.in_process import MEMO_KEYS
+
+    settings = FederationSettings(central_checkpoint="-", out_dir="-", signing_key="-")
+    assert set(local_recipe(settings)) <= set(MEMO_KEYS)
