@@ -219,6 +219,8 @@ def _run_config(settings) -> str:
             if "'" in value:
                 raise ConfigError(f"run setting {key}: single quotes are not allowed ({value!r})")
             parts.append(f"{key.replace('_', '-')}='{value}'")
+        elif isinstance(value, bool):  # Flower reads the values as TOML: true / false
+            parts.append(f"{key.replace('_', '-')}={'true' if value else 'false'}")
         else:
             parts.append(f"{key.replace('_', '-')}={value!r}")
     return " ".join(parts)

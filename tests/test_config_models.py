@@ -290,3 +290,15 @@ def test_a_simulation_refuses_federation_keys_it_sets_itself(tmp_path, key):
     path.write_text(f'[federation]\nnum_rounds = 1\n{key} = {"2" if key == "min_nodes" else chr(34) + "x" + chr(34)}\n')
     with pytest.raises(ConfigError, match=rf"sim.toml \[federation\] {key}: set by the simulation itself"):
         federation_settings(load_config(path))
+
+
+def test_the_run_config_the_coordinator_passes_to_flower_reads_back_as_the_same_settings() -> None:
+    from flwr.common.config import parse_config_args
+
+    from ugafl.server.coordinator import _run_config
+    from ugafl.server.federation.settings import FederationSettings
+
+    for changes in ({}, {"gate": False, "lr": 1e-4, "tumour_reserve": 0.4, "patch_scoring": "paper"}):
+        settings = FederationSettings(central_checkpoint="/c.pt", out_dir="/out", signing_key="/k", **changes)
+        parsed = parse_config_args([_run_config(settings)])  # Flower's own reading of `flwr run --run-config`
+        assert FederationSettings.from_run_config(parsed) == settings
