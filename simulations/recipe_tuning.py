@@ -3,7 +3,7 @@ an experiment's arms (simulations.first_round_check) and is scored on the extern
 candidate slides, never on the test slides. One JSON line per (variant, selection, seed) is
 appended to OUT as it finishes, so a stopped run resumes where it was.
 
-    python -m ugafl.simulations.recipe_tuning runs/benchmark simulations/configs/recipe_grid.toml runs/tuning.jsonl
+    python -m ugafl.simulations.recipe_tuning runs/benchmark simulations/grids/recipe_grid.toml runs/tuning.jsonl
 
 The grid file: `selections = [...]`, `seeds = [...]`, `central_training = false`, and one
 `[[variant]]` table per recipe with a `name` and LocalRecipe's fields (the others keep

@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_the_committed_grid_loads_and_bad_variants_are_named(tmp_path: Path):
-    settings, variants = load_grid(REPO / "simulations" / "configs" / "recipe_grid.toml")
+    settings, variants = load_grid(REPO / "simulations" / "grids" / "recipe_grid.toml")
     assert settings["seeds"] and settings["selections"] and len(variants) >= 5
     assert len({name for name, _ in variants}) == len(variants)
     bad = tmp_path / "grid.toml"
