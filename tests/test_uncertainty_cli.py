@@ -31,8 +31,12 @@ TINY = ModelConfig(channels=(8, 16, 32), patch_size=64, mpp=2.0)
 TINY_EDUE = ModelConfig(channels=(8, 16, 32), patch_size=64, mpp=2.0, disagreement_head=True)
 BROKEN = ("boxes.png", "unopenable.tiff", "unreadable.svs", "boxes.tiff")  # the last: mpp 352.8
 TINY_SLIDES = ("small.svs", "boxes_0.dcm", "boxes_1.dcm")  # 16x16 px at 0.499 µm/px
-TABLE_COLUMNS = ["x", "y", "width", "height", "mpp", "tissue_fraction", "tumour_fraction", "entropy",
-                 "mutual_information", "uga"]
+BOX_COLUMNS = ["x", "y", "width", "height", "mpp", "tissue_fraction", "tumour_fraction"]
+
+
+def score_columns(measures: list[str]) -> list[str]:
+    """Each measure's score under each patch scoring: the mean (the measure's name), the paper's."""
+    return [column for m in measures for column in (m, f"{m}_paper")]
 
 
 def ugafl(*args: str) -> subprocess.CompletedProcess[str]:
@@ -92,7 +96,8 @@ def test_each_method_writes_heatmap_mask_table_and_summary(setup, method):
         reader = csv.DictReader(handle)
         header = reader.fieldnames
         rows = list(reader)
-    expected = TABLE_COLUMNS + (["variance"] if method == "edue" else [])
+    expected = BOX_COLUMNS + score_columns(["entropy", "mutual_information", "uga"] +
+                                           (["variance"] if method == "edue" else []))
     assert header == expected
     assert len(rows) == n
     level0 = round(TINY.patch_size * TINY.mpp / setup["record"].mpp)
