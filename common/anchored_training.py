@@ -98,8 +98,13 @@ def _corner(flat: int, width: int, height: int, crop: int) -> tuple[int, int]:
     return (int(np.clip(y - crop // 2, 0, height - crop)), int(np.clip(x - crop // 2, 0, width - crop)))
 
 
-def _augmented(item: dict, transforms) -> tuple[torch.Tensor, torch.Tensor]:
-    out = transforms(item)
+def _crop_sample(image: np.ndarray, tumour: np.ndarray, y: int, x: int, crop: int,
+                 transforms) -> tuple[torch.Tensor, torch.Tensor]:
+    """The augmented crop at (y, x) of `image` and its target (2, crop, crop) from the tumour
+    probability (or 0/1 mask) `tumour`."""
+    p = torch.from_numpy(tumour[y:y + crop, x:x + crop].astype(np.float32))[None]
+    out = transforms({"image": torch.from_numpy(image[y:y + crop, x:x + crop]).permute(2, 0, 1).float() / 255.0,
+                      "label": torch.cat([1 - p, p])})
     return torch.as_tensor(out["image"]).clamp_(0, 1), torch.as_tensor(out["label"])
 
 
@@ -116,20 +121,14 @@ def _batch(rng: np.random.Generator, images: np.ndarray, masks: np.ndarray, cent
             y, x = _corner(pool[rng.integers(len(pool))], w, h, c)
         else:
             y, x = int(rng.integers(0, h - c + 1)), int(rng.integers(0, w - c + 1))
-        tumour = torch.from_numpy(masks[i][y:y + c, x:x + c].astype(np.float32))[None]
-        item = {"image": torch.from_numpy(images[i][y:y + c, x:x + c]).permute(2, 0, 1).float() / 255.0,
-                "label": torch.cat([1 - tumour, tumour])}
-        xb, yb = _augmented(item, transforms)
+        xb, yb = _crop_sample(images[i], masks[i], y, x, c, transforms)
         xs.append(xb)
         ys.append(yb)
     for _ in range(n_anchor):
         j = int(rng.integers(len(anchors)))
         h, w = anchor_probs[j].shape
         y, x = int(rng.integers(0, h - c + 1)), int(rng.integers(0, w - c + 1))
-        p = torch.from_numpy(anchor_probs[j][y:y + c, x:x + c].astype(np.float32))[None]
-        item = {"image": torch.from_numpy(anchors[j][y:y + c, x:x + c]).permute(2, 0, 1).float() / 255.0,
-                "label": torch.cat([1 - p, p])}
-        xb, yb = _augmented(item, transforms)
+        xb, yb = _crop_sample(anchors[j], anchor_probs[j], y, x, c, transforms)
         xs.append(xb)
         ys.append(yb)
     return torch.stack(xs), torch.stack(ys).float()

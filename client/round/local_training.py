@@ -22,7 +22,7 @@ import torch
 from ugafl.client.queue.corrected import corrected_patches
 from ugafl.client.round.anchor_bank import AnchorBank, anchor_bank
 from ugafl.client.round.records import FEDERATION_DIR
-from ugafl.client.round.site_checks import central_validation_counts, held_out_counts
+from ugafl.client.round.site_checks import central_validation_counts, pixel_counts
 from ugafl.client.site_config import SiteConfig
 from ugafl.common.anchored_training import AnchoredConfig, train_anchored
 from ugafl.common.atomic import atomic_write_text
@@ -104,7 +104,7 @@ def train(site: SiteConfig, model: torch.nn.Module, cfg: ModelConfig, recipe: Lo
     if recipe.gate and len(ids) >= 2:
         newest = int(np.argmax(ids))
         atomic_write_text(_mkdir(held_out_path(site.workspace)), json.dumps([ids[newest]]))
-        gate = held_out_counts(model, images[newest:newest + 1], labels[newest:newest + 1], "gate-incoming-held")
+        gate = pixel_counts(model, images[newest:newest + 1], labels[newest:newest + 1], "gate-incoming-held")
         keep = [k for k in range(len(ids)) if k != newest]
         images, labels, ids = images[keep], labels[keep], [ids[k] for k in keep]
     else:

@@ -32,8 +32,6 @@ def pixel_counts(model: torch.nn.Module, images: np.ndarray, labels: np.ndarray,
     return {f"{prefix}-tp": float(tp), f"{prefix}-fp": float(fp), f"{prefix}-fn": float(fn)}
 
 
-held_out_counts = pixel_counts
-
 
 def central_validation_counts(site: SiteConfig, model: torch.nn.Module, cfg: ModelConfig, prefix: str) -> dict[str, float]:
     """Pixel counts on the central site's validation patches: a fixed draw from its own labelled
