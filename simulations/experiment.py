@@ -88,6 +88,9 @@ class ExperimentConfig:
     # False: the central site does not re-train on its own data in the rounds (it votes for the
     # global model as it is), so that only the corrections change the model (the null arm's test)
     central_trains: bool = True
+    # "train": Dice on the candidate slides instead of the test slides, for tuning a recipe or a
+    # scoring (never on the test slides); the report's "test slides" are then those
+    eval_split: Annotated[str, one_of(("test", "train"))] = "test"
 
     def check(self) -> None:
         """FieldProblem unless every count in `patches` is a multiple of `budget`."""
@@ -99,27 +102,30 @@ def arm_name(method: str, strategy: str, seed: int) -> str:
     return f"{method}-{strategy}-s{seed}"
 
 
-def _dice(path: Path, data: Path) -> dict[str, float]:
+def _dice(path: Path, data: Path, split: str = "test") -> dict[str, float]:
     from ugafl.server.evaluation import evaluate_model
 
-    return evaluate_model(path, data, "test", progress=False).centre_dice()
+    return evaluate_model(path, data, split, progress=False).centre_dice()
 
 
 SLIDE_KEYS = ("slide_id", "centre", "label_type", "tp", "fp", "fn")
 
 
-def evaluate_test_slides(path: Path, data: Path, cache: Path | None = None) -> tuple[dict[str, float], list[dict]]:
-    """The model's pooled Dice per centre on the test slides, and the per-slide counts behind it.
-    With `cache`, a model whose weights were evaluated before (the same content hash: a null arm's
-    rounds leave the central model as it was) is not evaluated again."""
+def evaluate_test_slides(path: Path, data: Path, cache: Path | None = None,
+                         split: str = "test") -> tuple[dict[str, float], list[dict]]:
+    """The model's pooled Dice per centre on the `split` slides (the test slides unless tuning),
+    and the per-slide counts behind it. With `cache`, a model whose weights were evaluated before
+    (the same content hash: a null arm's rounds leave the central model as it was) is not
+    evaluated again."""
     from ugafl.common.checkpoint import load_checkpoint
     from ugafl.server.evaluation import evaluate_model
 
-    known = None if cache is None else cache / f"{load_checkpoint(path).content_hash[:24]}.json"
+    suffix = "" if split == "test" else f"-{split}"
+    known = None if cache is None else cache / f"{load_checkpoint(path).content_hash[:24]}{suffix}.json"
     if known is not None and known.is_file():
         saved = json.loads(known.read_text())
         return saved["dice"], saved["slides"]
-    ev = evaluate_model(path, data, "test", progress=False)
+    ev = evaluate_model(path, data, split, progress=False)
     dice, rows = ev.centre_dice(), [{k: s[k] for k in SLIDE_KEYS} for s in ev.slides]
     if known is not None:
         known.parent.mkdir(parents=True, exist_ok=True)
@@ -127,9 +133,22 @@ def evaluate_test_slides(path: Path, data: Path, cache: Path | None = None) -> t
     return dice, rows
 
 
+def tiles(patches: np.ndarray, size: int) -> np.ndarray:
+    """(N*k, size, size, ...) tiles, patch by patch, covering every pixel of each (N, H, W, ...) patch: a grid of
+    stride `size` whose last row and column end at the patch's edge (so they may overlap)."""
+    height, width = patches.shape[1:3]
+    if height < size or width < size:
+        raise ValueError(f"a {height}x{width} px patch is smaller than a {size} px tile")
+    tops = sorted({*range(0, height - size + 1, size), height - size})
+    lefts = sorted({*range(0, width - size + 1, size), width - size})
+    grid = np.stack([patches[:, t:t + size, l:l + size] for t in tops for l in lefts], axis=1)
+    return grid.reshape(-1, *grid.shape[2:])  # patch by patch
+
+
 def pooled_reference(cfg: RunConfig, central: Path, data: Path, workspaces: list[Path], steps: int, seed: int,
-                     out: Path) -> dict[str, float]:
-    """Fine-tune the central model on RUMC's bank plus the pooled corrected patches; Dice per centre."""
+                     out: Path, split: str = "test") -> dict[str, float]:
+    """Fine-tune the central model on RUMC's bank plus every corrected patch pooled (whole, as tiles of
+    the bank's size: the paper's way); Dice per centre on `split`."""
     import torch
 
     from ugafl.client.queue.corrected import corrected_patches
@@ -146,10 +165,9 @@ def pooled_reference(cfg: RunConfig, central: Path, data: Path, workspaces: list
     images, labels = [bank.images], [bank.labels]
     for ws in workspaces:
         imgs, masks, _ = corrected_patches(ws)
-        if len(imgs):
-            top, left = (imgs.shape[1] - size) // 2, (imgs.shape[2] - size) // 2  # centre crop to the bank's size
-            images.append(imgs[:, top:top + size, left:left + size])
-            labels.append(masks[:, top:top + size, left:left + size])
+        if len(imgs):  # the whole corrected patch, as tiles of the bank's size
+            images.append(tiles(imgs, size))
+            labels.append(tiles(masks, size))
     torch.manual_seed(seed)
     model = ckpt.model
     pooled = np.concatenate(images)
@@ -157,7 +175,7 @@ def pooled_reference(cfg: RunConfig, central: Path, data: Path, workspaces: list
     train_segmentation(model, pooled, np.concatenate(labels), local_schedule(pooled, steps, lr, seed), pick_device("auto"),
                        progress=False, num_classes=ckpt.model_config.num_classes)
     save_checkpoint(out, model, ckpt.model_config, extra={"pooled_reference": {"patches": len(pooled)}})
-    return _dice(out, data)
+    return _dice(out, data, split)
 
 
 def run_arm(cfg: RunConfig, exp: ExperimentConfig, arm_dir: Path, central: Path, data: Path, arm: Arm) -> dict:
@@ -191,12 +209,12 @@ def run_arm(cfg: RunConfig, exp: ExperimentConfig, arm_dir: Path, central: Path,
                     "seed": arm.seed, "central": central_hash, "dice": {}, "slides": {}}
     for p in exp.patches:
         result["dice"][str(p)], result["slides"][str(p)] = evaluate_test_slides(
-            round_path(out, p // exp.budget), data, arm_dir.parent.parent / "shared" / "evaluations")
+            round_path(out, p // exp.budget), data, arm_dir.parent.parent / "shared" / "evaluations", exp.eval_split)
     if exp.pooled_reference and arm.kind == "strategy":
         steps = rounds * federation_settings(cfg)[0].local_steps
         sites = sorted(p for p in (arm_dir / "sites").iterdir() if p.is_dir())
         result["pooled"] = pooled_reference(cfg, central, data, [s / "ws" for s in sites], steps, arm.seed,
-                                            arm_dir / "pooled.pt")
+                                            arm_dir / "pooled.pt", exp.eval_split)
     result["seconds"] = round(time.time() - started, 1)
     result["seconds_rounds"] = rounds_s
     result["versions"] = versions()  # versions.json is the last invocation's; a resumed run's arms may differ
@@ -205,11 +223,12 @@ def run_arm(cfg: RunConfig, exp: ExperimentConfig, arm_dir: Path, central: Path,
     return result
 
 
-def _remember_evaluation(model: Path, dice_path: Path, slides_path: Path, cache: Path) -> None:
+def _remember_evaluation(model: Path, dice_path: Path, slides_path: Path, cache: Path, split: str = "test") -> None:
     """Put an evaluation made before the cache existed (the baseline of an older run) in it."""
     from ugafl.common.checkpoint import load_checkpoint
 
-    known = cache / f"{load_checkpoint(model).content_hash[:24]}.json"
+    suffix = "" if split == "test" else f"-{split}"
+    known = cache / f"{load_checkpoint(model).content_hash[:24]}{suffix}.json"
     if not known.is_file():
         cache.mkdir(parents=True, exist_ok=True)
         atomic_write_text(known, json.dumps({"dice": json.loads(dice_path.read_text()),
@@ -433,12 +452,12 @@ def run_experiment(cfg: RunConfig, run_dir: str | Path, report_only: bool = Fals
     baseline_path, baseline_slides_path = run_dir / "baseline.json", run_dir / "baseline_slides.json"
     if not (baseline_path.is_file() and baseline_slides_path.is_file()):
         t0 = time.time()
-        dice, rows = evaluate_test_slides(central, manifest.root, run_dir / "shared" / "evaluations")
+        dice, rows = evaluate_test_slides(central, manifest.root, run_dir / "shared" / "evaluations", exp.eval_split)
         atomic_write_text(baseline_slides_path, json.dumps(rows, indent=1))
         atomic_write_text(baseline_path, json.dumps(dice, indent=1))
         setup["baseline"] = round(time.time() - t0, 1)
     atomic_write_text(setup_path, json.dumps(setup, indent=1))
-    _remember_evaluation(central, baseline_path, baseline_slides_path, run_dir / "shared" / "evaluations")
+    _remember_evaluation(central, baseline_path, baseline_slides_path, run_dir / "shared" / "evaluations", exp.eval_split)
     baseline = json.loads(baseline_path.read_text())
     results = []
     arms = plan_arms(exp)

@@ -51,6 +51,38 @@ def test_what_the_sites_picked_is_pooled_over_seeds() -> None:
     assert "| tta / top-k | 1 | 50% | 2 of 4 |" in table_markdown(summary, exp)
 
 
+def test_the_pooled_reference_trains_on_every_pixel_of_a_corrected_patch() -> None:
+    import numpy as np
+
+    from ugafl.simulations.experiment import tiles
+
+    patches = np.arange(2 * 512 * 500).reshape(2, 512, 500)
+    out = tiles(patches, 192)
+    assert out.shape == (18, 192, 192)  # 3 x 3 tiles per patch, the last ones flush with the edges
+    for k in range(2):
+        assert set(np.unique(out[k * 9:(k + 1) * 9])) == set(np.unique(patches[k]))
+    assert set(np.unique(out)) == set(np.unique(patches))
+    with pytest.raises(ValueError, match="smaller than a 192 px tile"):
+        tiles(patches[:, :100], 192)
+
+
+def test_an_evaluation_on_the_training_split_is_never_taken_for_the_test_split(tmp_path: Path) -> None:
+    from ugafl.simulations.experiment import ExperimentConfig, _remember_evaluation
+
+    from ugafl.common.checkpoint import load_checkpoint, save_checkpoint
+    from ugafl.common.model import ModelConfig, build_model
+
+    cfg = ModelConfig(channels=(4, 8))
+    model = tmp_path / "m.pt"
+    save_checkpoint(model, build_model(cfg), cfg)
+    (tmp_path / "dice.json").write_text('{"A": 0.5}')
+    (tmp_path / "slides.json").write_text("[]")
+    _remember_evaluation(model, tmp_path / "dice.json", tmp_path / "slides.json", tmp_path / "cache", "train")
+    digest = load_checkpoint(model).content_hash[:24]
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [f"{digest}-train.json"]
+    assert ExperimentConfig().eval_split == "test"
+
+
 @pytest.mark.parametrize("config", sorted((REPO / "simulations/configs").glob("*.toml")), ids=lambda p: p.stem)
 def test_every_shipped_experiment_config_is_valid(config: Path) -> None:
     from ugafl.common.config import load_config
