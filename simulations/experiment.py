@@ -415,6 +415,45 @@ def check_federation(cfg: RunConfig) -> None:
     require_flower_simulation()
 
 
+ARM_FIELDS = ("budget", "patches", "central_trains", "eval_split", "pooled_reference")  # what an arm's result depends on
+
+
+def setup_of(cfg: RunConfig) -> dict[str, object]:
+    """What every arm's result depends on, as effective values (defaults filled in): the data, the
+    model and its training, the federation's settings and the arms' schedule; not which arms run."""
+    from dataclasses import asdict
+
+    from ugafl.simulations.federated import federation_settings
+    from ugafl.simulations.synth import SynthConfig
+
+    exp = cfg.section(ExperimentConfig, "experiment")
+    federation = asdict(federation_settings(cfg)[0])
+    return {"data": asdict(cfg.section(SynthConfig, "data")), "model": cfg.model.to_dict(), "train": asdict(cfg.train),
+            "central": asdict(cfg.central), "federation": {k: v for k, v in federation.items() if k != "run_name"},
+            "experiment": {k: getattr(exp, k) for k in ARM_FIELDS}}
+
+
+def check_same_setup(cfg: RunConfig, run_dir: Path) -> None:
+    """ConfigError unless `run_dir` is new or its arms ran with the same setup as `cfg` (more seeds
+    or strategies are fine): a changed recipe must not resume, silently, from another recipe's arms."""
+    kept = run_dir / "config.toml"
+    if cfg.path is None or not kept.is_file():
+        return
+    from ugafl.common.config import load_config
+
+    try:
+        before = setup_of(load_config(kept))
+    except ConfigError as err:
+        raise ConfigError(f"{run_dir}: its arms ran with a config this version cannot read ({err}); "
+                          "give the run another --name") from None
+    now = setup_of(cfg)
+    changed = [f"[{section}] {key}: {before[section].get(key)!r} -> {value!r}"
+               for section in now for key, value in now[section].items() if before[section].get(key) != value]
+    if changed:
+        raise ConfigError(f"{cfg.path}: {run_dir} holds arms run with another setup ({'; '.join(changed[:4])}"
+                          f"{'; ...' if len(changed) > 4 else ''}); give this run another --name")
+
+
 def run_experiment(cfg: RunConfig, run_dir: str | Path, report_only: bool = False) -> dict:
     """Every arm (resuming complete ones), then the table and plots; returns the summary. With
     `report_only`, no arm runs: the tables and plots are made from the arms complete so far (a
@@ -427,6 +466,7 @@ def run_experiment(cfg: RunConfig, run_dir: str | Path, report_only: bool = Fals
     exp = cfg.section(ExperimentConfig, "experiment")
     synth = cfg.section(SynthConfig, "data")
     check_federation(cfg)
+    check_same_setup(cfg, run_dir)
     if cfg.path is not None:
         (run_dir / "config.toml").write_text(cfg.path.read_text())
     if not report_only:  # the arms' own versions are in their result.json

@@ -109,6 +109,27 @@ def test_a_bad_federation_section_is_refused_before_any_data_is_made(tmp_path: P
     assert not (tmp_path / "run" / "data").exists()
 
 
+def test_a_run_folder_of_another_recipe_is_not_resumed(tmp_path: Path) -> None:
+    from ugafl.common.config import load_config
+    from ugafl.common.errors import ConfigError
+    from ugafl.simulations.experiment import check_same_setup, run_experiment
+
+    quick = (REPO / "simulations/configs/quick.toml").read_text()
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.toml").write_text(quick)
+    more_seeds = tmp_path / "more.toml"
+    more_seeds.write_text(quick.replace("seeds = [0]", "seeds = [0, 1]"))
+    check_same_setup(load_config(more_seeds), run)  # more arms of the same setup: resumes
+    other = tmp_path / "other.toml"
+    other.write_text(quick.replace("local_steps = 8", "local_steps = 8\nlocal_training = \"plain\""))
+    with pytest.raises(ConfigError, match=r"other.toml: .*run holds arms run with another setup "
+                                          r"\(\[federation\] local_training: 'anchored' -> 'plain'\); give this run another --name"):
+        run_experiment(load_config(other), run)
+    assert sorted(p.name for p in run.iterdir()) == ["config.toml"]
+    assert (run / "config.toml").read_text() == quick
+
+
 @pytest.mark.slow
 def test_the_quick_config_runs_and_resumes(tmp_path: Path) -> None:
     def run() -> subprocess.CompletedProcess[str]:
