@@ -13,6 +13,7 @@ aggregation is), the server's own Dice on the central validation slides, and tim
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -22,8 +23,8 @@ import torch
 
 from ugafl.common.log import get_logger
 from ugafl.common.model import ModelConfig
-from ugafl.server.federation.aggregation import (AGGREGATIONS, WEIGHTINGS, AggregationParams,
-                                                 weighted_metrics)
+from ugafl.server.federation.aggregation import (AGGREGATIONS, AggregationParams, check_aggregate,
+                                                 coordinator_weight, weighted_metrics)
 from ugafl.server.federation.settings import FederationSettings
 from ugafl.server.federation.sites import Reply, Sites
 from ugafl.server.federation.checkpoints import RoundStore
@@ -71,6 +72,7 @@ class Aggregated:
     accepted: int = 0
     refused: list[tuple[int, str]] = field(default_factory=list)
     idle: int = 0  # sites with nothing new whose vote kept the global model (idle_sites = "keep")
+    aggregate_refused: str = ""  # why the aggregate itself was refused (aggregation.check_aggregate)
 
 
 def aggregate(round_: int, replies: Sequence[Reply], reference: dict[str, np.ndarray],
@@ -83,29 +85,56 @@ def aggregate(round_: int, replies: Sequence[Reply], reference: dict[str, np.nda
     _log_errors(round_, "train", replies)
     updates: dict[int, Reply] = {}
     idle: list[int] = []
+    refused: list[tuple[int, str]] = []
     for r in replies:
         if r.error is not None:
             continue
-        if float(r.metrics.get("num-examples", 0.0)) <= 0 or r.arrays is None:
+        count = _count(r)
+        if count is None:
+            refused.append((r.site, f"reported num-examples {r.metrics.get('num-examples')}: not a finite count >= 0"))
+            log.warning("round %d: site %d's update refused: %s", round_, r.site, refused[-1][1])
+        elif count <= 0 or r.arrays is None:
             idle.append(r.site)
-            continue
-        updates[r.site] = r
+        else:
+            updates[r.site] = r
     keep_idle = settings.idle_sites == "keep" and settings.weighting == "sites"
     for site in idle:
         log.info("round %d: site %d has nothing new; %s", round_, site,
                  "its vote keeps the global model" if keep_idle else "left out of the average")
     verdicts = check_round({s: r.arrays for s, r in updates.items()}, reference, settings.norm_factor)
     keep = [updates[v.node_id] for v in verdicts if v.accepted]
-    refused = [(v.node_id, v.reason) for v in verdicts if not v.accepted]
+    refused += [(v.node_id, v.reason) for v in verdicts if not v.accepted]
     if not keep:
         log.warning("round %d: no update to aggregate; the global model stays as it was", round_)
         return Aggregated(None, {}, 0, refused)
-    key = WEIGHTINGS[settings.weighting]
+    weights = [weight_of(round_, r, settings) for r in keep]
     votes = [r.arrays for r in keep] + ([reference] * len(idle) if keep_idle else [])
-    weights = [float(r.metrics.get(key, 0.0)) for r in keep] + ([1.0] * len(idle) if keep_idle else [])
-    arrays = AGGREGATIONS[settings.aggregation](votes, weights, AggregationParams(trim_beta=settings.trim_beta))
-    return Aggregated(arrays, weighted_metrics([r.metrics for r in keep], key), len(keep), refused,
+    arrays = AGGREGATIONS[settings.aggregation](votes, weights + ([1.0] * len(idle) if keep_idle else []),
+                                                AggregationParams(trim_beta=settings.trim_beta))
+    problem = check_aggregate(arrays, reference, votes)
+    if problem:
+        log.warning("round %d: the aggregate was refused: %s; the global model stays as it was", round_, problem)
+        return Aggregated(None, {}, len(keep), refused, aggregate_refused=problem)
+    return Aggregated(arrays, weighted_metrics([r.metrics for r in keep], weights), len(keep), refused,
                       len(idle) if keep_idle else 0)
+
+
+def _count(reply: Reply) -> float | None:
+    """The reply's num-examples if it is a finite count >= 0 (missing: 0), else None."""
+    try:
+        count = float(reply.metrics.get("num-examples", 0.0))
+    except (TypeError, ValueError):
+        return None
+    return count if math.isfinite(count) and count >= 0 else None
+
+
+def weight_of(round_: int, reply: Reply, settings: FederationSettings) -> float:
+    """The coordinator's weight for an accepted update (aggregation.coordinator_weight), logging a cap."""
+    count = _count(reply) or 0.0
+    if settings.weighting == "examples" and count > settings.max_examples:
+        log.warning("round %d: site %d reported %.4g examples; counted as %d (max_examples)", round_, reply.site,
+                    count, settings.max_examples)
+    return coordinator_weight(count, settings.weighting, settings.max_examples)
 
 
 def _numpy(state: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
@@ -153,7 +182,7 @@ def run_round(sites: Sites, settings: FederationSettings, store: RoundStore, sta
 
     row: dict = {"round": round_, **summarise("query", query_replies), **summarise("train", train_replies),
                  "updates-aggregated": outcome.accepted, "updates-refused": len(outcome.refused),
-                 "updates-idle-kept": outcome.idle}
+                 "updates-idle-kept": outcome.idle, "aggregate-refused": float(bool(outcome.aggregate_refused))}
 
     def evaluate(model_state: dict[str, torch.Tensor], signed: dict) -> list[Reply]:
         message = {**base, "server-round": round_, "model-signature": json.dumps(signed),
@@ -179,9 +208,10 @@ def run_round(sites: Sites, settings: FederationSettings, store: RoundStore, sta
         path, signed = store.save(state, cfg, round_, {"train": outcome.metrics})
         eval_replies = evaluate(state, signed)
     row.update(gate_metrics)
-    labelled = [{k: v for k, v in r.metrics.items() if not k.startswith("gate-")} for r in eval_replies
-                if r.error is None and float(r.metrics.get("num-examples", 0)) > 0]
-    row.update({f"sites-{k}": v for k, v in weighted_metrics(labelled, WEIGHTINGS[settings.weighting]).items()})
+    labelled = [r for r in eval_replies if r.error is None and (_count(r) or 0.0) > 0]
+    row.update({f"sites-{k}": v for k, v in weighted_metrics(
+        [{k: v for k, v in r.metrics.items() if not k.startswith("gate-")} for r in labelled],
+        [coordinator_weight(_count(r) or 0.0, settings.weighting, settings.max_examples) for r in labelled]).items()})
     row.update(_server_dice(path, settings))
     row.update({"seconds-query": round(t_query - started, 2), "seconds-train": round(t_train - t_query, 2),
                 "seconds-round": round(time.time() - started, 2)})

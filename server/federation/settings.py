@@ -36,7 +36,8 @@ class FederationSettings:
     aggregation: Annotated[str, one_of(AGGREGATION_NAMES)] = "fedavg"  # see aggregation.AGGREGATIONS
     proximal_mu: Annotated[float, Field(ge=0)] = 0.01  # sent to sites as the proximal term (and fedprox's)
     trim_beta: Annotated[float, Field(ge=0, lt=0.5)] = 0.2  # fedtrimmedavg: share cut at each end
-    weighting: Annotated[str, one_of(tuple(WEIGHTINGS))] = "sites"  # "sites" (one vote each) or "examples" (by example count)
+    weighting: Annotated[str, one_of(WEIGHTINGS)] = "sites"  # "sites" (one vote each) or "examples" (by example count)
+    max_examples: Count = 1000  # "examples": a site's reported count is capped at this
     # a site with nothing new this round: "keep" (one vote per site: its vote is the global model
     # as it was) or "skip" (left out of the average); see rounds.aggregate
     idle_sites: Annotated[str, one_of(("keep", "skip"))] = "keep"
