@@ -64,8 +64,9 @@ def _central_dice(run_dir: Path) -> dict[str, float]:
     return dice
 
 
-def run_grid(run_dir: Path, grid: Path, out: Path) -> list[dict]:
-    """Every (variant, selection, seed) of `grid` not yet in `out`; all rows."""
+def run_grid(run_dir: Path, grid: Path, out: Path, shard: tuple[int, int] = (0, 1)) -> list[dict]:
+    """Every (variant, selection, seed) of `grid` not yet in `out` (with shard (k, n): only every
+    n-th of them from the k-th, so n processes can share the grid); all rows."""
     settings, variants = load_grid(grid)
     done = _done(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -77,19 +78,18 @@ def run_grid(run_dir: Path, grid: Path, out: Path) -> list[dict]:
 
     if ("central", "-", -1) not in done:
         append({"variant": "central", "selection": "-", "seed": -1, "dice": _central_dice(run_dir)})
-    for name, recipe in variants:
-        for selection in settings["selections"]:
-            for seed in settings["seeds"]:
-                if (name, selection, seed) in done:
-                    continue
-                started = time.time()
-                dice = first_round(run_dir, selection, recipe, seed, split="train",
-                                   central_trains=settings["central_training"])
-                append({"variant": name, "selection": selection, "seed": seed, "recipe": recipe.__dict__,
-                        "dice": dice, "seconds": round(time.time() - started, 1)})
-                log.info("%s / %s / seed %d: external %.3f (%.0f s)", name, selection, seed, dice["external"],
-                         time.time() - started)
-    return list(done.values())
+    todo = [(name, recipe, selection, seed) for name, recipe in variants for selection in settings["selections"]
+            for seed in settings["seeds"]]
+    for k, (name, recipe, selection, seed) in enumerate(todo):
+        if k % shard[1] != shard[0] or (name, selection, seed) in _done(out):  # (another shard may have run it)
+            continue
+        started = time.time()
+        dice = first_round(run_dir, selection, recipe, seed, split="train", central_trains=settings["central_training"])
+        append({"variant": name, "selection": selection, "seed": seed, "recipe": recipe.__dict__,
+                "dice": dice, "seconds": round(time.time() - started, 1)})
+        log.info("%s / %s / seed %d: external %.3f (%.0f s)", name, selection, seed, dice["external"],
+                 time.time() - started)
+    return list(_done(out).values())
 
 
 def table(rows: list[dict]) -> str:
@@ -114,9 +114,16 @@ def main() -> None:
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("grid", type=Path)
     parser.add_argument("out", type=Path)
+    parser.add_argument("--shard", default="0/1", help="K/N: run every N-th row from the K-th (N processes share a grid)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args()
     configure()
-    rows = run_grid(args.run_dir, args.grid, args.out)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    k, n = (int(v) for v in args.shard.split("/"))
+    rows = run_grid(args.run_dir, args.grid, args.out, (k, n))
     sys.stdout.write(table(rows) + "\n")
 
 
