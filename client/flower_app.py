@@ -7,15 +7,19 @@ and the app made by `make_client_app(sim_sites=DIR)` uses DIR/<partition-id>/sit
 
 A reply carries exactly the handler's reply: its metrics as a MetricRecord "metrics", its arrays
 (after training) as an ArrayRecord "arrays"; the handler has recorded both in the site's outbox.
+A failure replies with Flower's error message whose reason is only a category and an error id
+(client.round.error_reply); the detail stays in the site's log.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.common.constant import ErrorCode
 
+from ugafl.client.round.error_reply import error_reply
 from ugafl.client.round.handlers import handle
 from ugafl.client.site_config import SiteConfig
 from ugafl.common.errors import ConfigError
@@ -34,8 +38,20 @@ def _site(context: Context, sim_sites: str | None) -> SiteConfig:
     raise ConfigError("the SuperNode has no site-config in its --node-config (site-config=PATH)")
 
 
+CLIENT_APP_ERROR = ErrorCode.CLIENT_APP_RAISED_EXCEPTION
+
+
 def _answer(msg: Message, context: Context, sim_sites: str | None) -> Message:
-    site = _site(context, sim_sites)
+    site = None
+    try:
+        site = _site(context, sim_sites)
+        return _reply(msg, site)
+    except Exception as error:  # noqa: BLE001 - every failure becomes a category and an id, nothing more
+        reason = error_reply(error, msg.metadata.message_type, None if site is None else site.workspace)
+        return Message(Error(code=CLIENT_APP_ERROR, reason=reason), reply_to=msg)
+
+
+def _reply(msg: Message, site: SiteConfig) -> Message:
     arrays = {k: v.numpy() for k, v in msg.content["arrays"].items()}
     config = dict(msg.content["config"].items())
     reply = handle(site, msg.metadata.message_type, arrays, config, int(msg.metadata.run_id))

@@ -24,6 +24,7 @@ import numpy as np
 
 from ugafl.client.round.handlers import SiteReply, handle
 from ugafl.client.site_config import SiteConfig
+from ugafl.client.round.error_reply import error_reply
 from ugafl.common.errors import UgaflError
 from ugafl.common.log import get_logger
 from ugafl.server.federation.sites import Reply, Scalar
@@ -48,11 +49,12 @@ def _pool(workers: int) -> Executor:
 
 def _answer(site: SiteConfig, message_type: str, arrays: Mapping[str, np.ndarray], config: Mapping[str, Scalar],
             run_id: int) -> SiteReply | str:
-    """The site's reply, or the error text it would send (a worker returns errors as values)."""
+    """The site's reply, or the error reason it would send (a worker returns errors as values; a
+    bug that is not a UgaflError stops the simulation, as it should)."""
     try:
         return handle(site, message_type, arrays, config, run_id=run_id)
     except UgaflError as error:
-        return str(error)
+        return error_reply(error, message_type, site.workspace)
 
 
 # what a train reply depends on besides the weights: the round, the seed and the local recipe

@@ -68,7 +68,7 @@ def test_the_gate_sits_where_flower_installs_the_bundle() -> None:
 
 
 def _query(state: dict, signed: dict, cfg: ModelConfig) -> Message:
-    config = ConfigRecord({"server-round": 1, "model-config": json.dumps(cfg.to_dict(), sort_keys=True),
+    config = ConfigRecord({"server-round": 1, "run-name": "x", "model-config": json.dumps(cfg.to_dict(), sort_keys=True),
                            "model-signature": json.dumps(signed), "model-version": signed["statement"]["model_sha256"][:12],
                            "selection": "stochastic-batch", "budget": 2, "seed": 0, "method": "tta", "passes": 2})
     return Message(content=RecordDict({"arrays": ArrayRecord(state), "config": config}), dst_node_id=1,
@@ -79,7 +79,6 @@ def test_a_model_signed_by_an_untrusted_key_is_refused(tmp_path: Path, monkeypat
     from flwr.supercore.task_identity import TaskIdentity
 
     from ugafl.client.flower_app import make_client_app
-    from ugafl.common.signing import SignatureError
 
     for attribute in ("_run_id", "_task_id", "_node_id"):  # what Flower sets in a ServerApp process
         monkeypatch.setattr(TaskIdentity, attribute, 1)
@@ -91,15 +90,17 @@ def test_a_model_signed_by_an_untrusted_key_is_refused(tmp_path: Path, monkeypat
     state = unique_state(build_model(cfg))  # torch tensors, as the ServerApp sends them
     app = make_client_app()
     context = Context(run_id=1, node_id=1, node_config={"site-config": str(config)}, state=RecordDict(), run_config={})
-    signed = sign_model(load_private_key(tmp_path / "stranger.key"), state, round=0, run="x", model_config=cfg.to_dict())
-    with pytest.raises(SignatureError, match="not a trusted key"):
-        app(_query(state, signed, cfg), context)
+    signed = sign_model(load_private_key(tmp_path / "stranger.key"), state, round=0, run="x", model_config=cfg.to_dict(),
+                        issued=1.0)
+    refused = app(_query(state, signed, cfg), context)  # the coordinator sees a category and an id only
+    assert refused.has_error() and refused.error.reason.startswith("ugafl site error: model refused; error id ")
     [refusal] = read_jsonl(refusals_path(tmp_path / "ws"))
     assert refusal["what"] == "global model of round 1" and "not a trusted key" in refusal["reason"]
     assert not ledger_path(tmp_path / "ws").exists()  # nothing was done with it
 
     # The coordinator's own key: accepted, and the ledger records what came in.
-    signed = sign_model(load_private_key(tmp_path / "coordinator.key"), state, round=0, run="x", model_config=cfg.to_dict())
+    signed = sign_model(load_private_key(tmp_path / "coordinator.key"), state, round=0, run="x",
+                        model_config=cfg.to_dict(), issued=1.0)
     reply = app(_query(state, signed, cfg), context)
     assert float(reply.content["metrics"]["queued"]) == 0.0  # an empty inbox
     [entry] = read_jsonl(ledger_path(tmp_path / "ws"))

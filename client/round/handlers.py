@@ -18,7 +18,7 @@ import numpy as np
 
 from ugafl.client.round import local_evaluation, local_training
 from ugafl.client.round import query as query_step
-from ugafl.client.round.incoming_model import global_model
+from ugafl.client.round.incoming_model import check_not_replayed, global_model
 from ugafl.client.round.records import describe_reply, keep_model, record_message, record_refusal, record_reply
 from ugafl.client.site_config import SiteConfig
 from ugafl.common.errors import UgaflError
@@ -44,12 +44,16 @@ class _Incoming:
     signed: dict
 
 
-def _incoming(site: SiteConfig, arrays: Mapping[str, np.ndarray], config: Mapping[str, Any]) -> _Incoming:
+def _incoming(site: SiteConfig, message_type: str, arrays: Mapping[str, np.ndarray],
+              config: Mapping[str, Any]) -> _Incoming:
     round_ = int(config["server-round"])
     what = f"global model of round {round_}"
     try:
-        model, cfg, _ = global_model(site, arrays, json.loads(str(config["model-config"])),
-                                     str(config.get("model-signature", "")), what)
+        model, cfg, statement = global_model(site, arrays, json.loads(str(config["model-config"])),
+                                             str(config.get("model-signature", "")), what)
+        # evaluate carries the round's own model; query and train the model of the round before
+        check_not_replayed(site.workspace, statement, round_, round_ if message_type == "evaluate" else round_ - 1,
+                           str(config.get("run-name", "")), what)
     except UgaflError as error:
         record_refusal(site.workspace, what, str(error))
         raise
@@ -87,7 +91,7 @@ def handle(site: SiteConfig, message_type: str, arrays: Mapping[str, np.ndarray]
     """Answer one message of `message_type` carrying the global model's `arrays` and the round's `config`."""
     if message_type not in _STEPS:
         raise UgaflError(f"unknown message type {message_type!r}; one of {', '.join(MESSAGE_TYPES)}")
-    msg = _incoming(site, arrays, config)
+    msg = _incoming(site, message_type, arrays, config)
     metrics, state, used = _STEPS[message_type](site, msg)
     metrics = {k: float(v) for k, v in metrics.items()}
     out = None if state is None else {k: v.detach().cpu().numpy() for k, v in state.items()}

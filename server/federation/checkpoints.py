@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import io
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,8 @@ class RoundStore:
 
     def sign(self, state: dict[str, torch.Tensor], cfg: ModelConfig, round_: int) -> dict:
         """The signed statement for weights in `unique_state` form (as they travel)."""
-        return sign_model(self.key, state, round=round_, run=self.settings.run_name, model_config=cfg.to_dict())
+        return sign_model(self.key, state, round=round_, run=self.settings.run_name, model_config=cfg.to_dict(),
+                          issued=time.time())  # sites refuse a model older than the last they accepted
 
     def save(self, state: dict[str, torch.Tensor], cfg: ModelConfig, round_: int, metrics: dict[str, float]) -> tuple[Path, dict]:
         """Write round `round_`'s checkpoint, not yet signed; (path, its signed statement). Until

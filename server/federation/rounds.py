@@ -145,7 +145,8 @@ def _outgoing(store: RoundStore, state: dict[str, torch.Tensor], cfg: ModelConfi
               settings: FederationSettings) -> dict:
     """What every message of a round carries besides the arrays: the model's signed statement."""
     signed = store.sign(state, cfg, round_)
-    return {"model-config": json.dumps(cfg.to_dict(), sort_keys=True), "model-signature": json.dumps(signed),
+    return {"run-name": settings.run_name, "model-config": json.dumps(cfg.to_dict(), sort_keys=True),
+            "model-signature": json.dumps(signed),
             "model-version": signed["statement"]["model_sha256"][:12], "seed": settings.seed}
 
 
