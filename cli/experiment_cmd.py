@@ -12,7 +12,8 @@ import click
               help="e.g. simulations/configs/quick.toml or paper.toml ([data] ... [federation], [experiment]).")
 @click.option("--name", default=None, help="Run name: outputs go to runs/<name>/ [default: the config's file name].")
 @click.option("--runs", "runs_dir", type=click.Path(path_type=Path), default=Path("runs"), show_default=True)
-@click.option("--report-only", is_flag=True, help="Run no arm: tables and plots from the arms complete so far.")
+@click.option("--report-only", is_flag=True, help="Run no arm: tables and plots from the arms complete so far (the data and the "
+                   "central model are made first if missing).")
 def experiment(config_path: Path, name: str | None, runs_dir: Path, report_only: bool) -> None:
     """Baseline, then federated rounds per strategy, method and seed (and the null and oracle
     reference arms) until 5 and 10 corrected patches per centre; tables (mean ± sd over seeds;

@@ -457,7 +457,8 @@ def check_same_setup(cfg: RunConfig, run_dir: Path) -> None:
 def run_experiment(cfg: RunConfig, run_dir: str | Path, report_only: bool = False) -> dict:
     """Every arm (resuming complete ones), then the table and plots; returns the summary. With
     `report_only`, no arm runs: the tables and plots are made from the arms complete so far (a
-    long run can be looked at while it runs; the data and central model must exist)."""
+    long run can be looked at while it runs, or arms copied from elsewhere reported; the data,
+    the central model and the baseline are made first if they are missing)."""
     from ugafl.server.central_training import train_central
     from ugafl.simulations.synth import SynthConfig, generate_dataset
 
@@ -475,17 +476,10 @@ def run_experiment(cfg: RunConfig, run_dir: str | Path, report_only: bool = Fals
     setup_path = run_dir / "setup_seconds.json"  # what the data, the central model and the baseline took when made
     setup = json.loads(setup_path.read_text()) if setup_path.is_file() else {}
     t0 = time.time()
-    if report_only:
-        from ugafl.common.manifest import load_manifest
-
-        manifest = load_manifest(run_dir / "data")
-    else:
-        manifest = generate_dataset(run_dir / "data", synth)
+    manifest = generate_dataset(run_dir / "data", synth)  # (made once: a report of copied arms needs it too)
     setup.setdefault("data", round(time.time() - t0, 1))
     central = run_dir / "central.pt"
     if not central.is_file():
-        if report_only:
-            raise ConfigError(f"{central}: no central model yet; run the experiment first")
         t0 = time.time()
         train_central(manifest.root, central, cfg.model, cfg.train, cfg.central)
         setup["central"] = round(time.time() - t0, 1)
