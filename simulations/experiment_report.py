@@ -1,8 +1,7 @@
 """The benchmark's report: summary.json (baseline per centre, external_centres, test_slides per
 centre and size class, arms -> stage -> mean/sd/seeds, vs_random and vs_null -> stage ->
-diff/ci95, minutes),
-report.md (the tables) and three plots (Dice against corrected patches with the null and oracle
-bands, per centre, per size class), all from the arms' per-slide test counts."""
+diff/ci95, minutes), report.md (the tables) and three plots (Dice against corrected patches with
+the null and oracle bands, per centre, per size class), all from the arms' per-slide test counts."""
 
 from __future__ import annotations
 
