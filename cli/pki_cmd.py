@@ -21,10 +21,12 @@ def pki() -> None:
               help="Comma-separated DNS names and IP addresses the SuperLink is reached at, e.g. fl.example.org,127.0.0.1.")
 def init_coordinator(out_dir: Path, names: str) -> None:
     """Create the CA, the SuperLink's TLS certificate and the model-signing key pair in DIR."""
-    from ugafl.common.pki import create_ca, create_server_cert
-    from ugafl.common.signing import generate_signing_key
+    import shutil
+    import tempfile
 
     from ugafl.common.errors import UgaflError
+    from ugafl.common.pki import create_ca, create_server_cert, is_host
+    from ugafl.common.signing import generate_signing_key
 
     hosts = [n.strip() for n in names.split(",") if n.strip()]
     files = ["ca.pem", "ca.key", "superlink.pem", "superlink.key", "model-signing.key", "model-signing.pub"]
@@ -33,10 +35,25 @@ def init_coordinator(out_dir: Path, names: str) -> None:
         raise UgaflError(f"{out_dir}: {', '.join(existing)} already exist(s); refusing to overwrite keys")
     if not hosts:
         raise UgaflError("--names: give at least one DNS name or IP address")
-    ca = create_ca(out_dir / "ca.pem", out_dir / "ca.key")
-    server = create_server_cert(out_dir / "superlink.pem", out_dir / "superlink.key", out_dir / "ca.pem",
-                                out_dir / "ca.key", hosts)
-    signing = generate_signing_key(out_dir / "model-signing.key", out_dir / "model-signing.pub")
+    bad = [h for h in hosts if not is_host(h)]
+    if bad:
+        raise UgaflError(f"--names: {', '.join(map(repr, bad))}: not a host name or IP address")
+    created = not out_dir.exists()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".ugafl-pki-", dir=out_dir))  # all or nothing: made here, then moved
+    try:
+        ca = create_ca(staging / "ca.pem", staging / "ca.key")
+        server = create_server_cert(staging / "superlink.pem", staging / "superlink.key", staging / "ca.pem",
+                                    staging / "ca.key", hosts)
+        signing = generate_signing_key(staging / "model-signing.key", staging / "model-signing.pub")
+        for name in files:
+            (staging / name).rename(out_dir / name)
+    except BaseException:
+        if created:
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     click.echo(f"CA certificate       {out_dir / 'ca.pem'}  sha256 {ca}")
     click.echo(f"SuperLink TLS        {out_dir / 'superlink.pem'}  sha256 {server}  for {', '.join(hosts)}")
     click.echo(f"model-signing key    {out_dir / 'model-signing.pub'}  {signing}")
@@ -48,8 +65,12 @@ def init_coordinator(out_dir: Path, names: str) -> None:
 @click.option("--name", required=True, help="The hospital's name: files NAME.key and NAME.pub.")
 def node_keys(out_dir: Path, name: str) -> None:
     """Create a hospital's SuperNode key pair; send only NAME.pub to the coordinator."""
-    from ugafl.common.pki import create_node_keys
+    from ugafl.common.errors import UgaflError
+    from ugafl.common.pki import create_node_keys, is_node_name
 
+    if not is_node_name(name):
+        raise UgaflError(f"--name {name!r}: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or "
+                         "digit (it names the files NAME.key and NAME.pub in --dir)")
     fp = create_node_keys(out_dir / f"{name}.key", out_dir / f"{name}.pub")
     click.echo(f"SuperNode key pair   {out_dir / (name + '.pub')}  sha256 {fp}")
     click.echo(f"Send {name}.pub to the coordinator; {name}.key stays here (mode 0600).")

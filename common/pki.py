@@ -13,6 +13,7 @@ import datetime as dt
 import hashlib
 import ipaddress
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -30,6 +31,27 @@ CA_DAYS, SERVER_DAYS = 3650, 825
 
 class PkiError(UgaflError):
     """A key or certificate could not be made or read."""
+
+
+_LABEL = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+_NODE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def is_host(name: str) -> bool:
+    """Whether `name` is an IP address or a host name (RFC 1123: dot-separated labels of 1-63
+    letters, digits and inner hyphens, 253 characters at most; no wildcard)."""
+    try:
+        ipaddress.ip_address(name)
+        return True
+    except ValueError:
+        pass
+    return 0 < len(name) <= 253 and all(_LABEL.match(label) for label in name.split("."))
+
+
+def is_node_name(name: str) -> bool:
+    """Whether `name` may name a hospital's key files: 1-64 letters, digits, '.', '_' or '-',
+    starting with a letter or digit (so never a path, '..' or an option)."""
+    return bool(_NODE_NAME.match(name)) and ".." not in name and "\n" not in name
 
 
 def _refuse_existing(*paths: Path) -> None:
@@ -110,7 +132,11 @@ def create_server_cert(cert_path: str | Path, key_path: str | Path, ca_cert: str
             alt.append(x509.DNSName(name))
     key = ec.generate_private_key(CURVE)
     now = dt.datetime.now(dt.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(_name(names[0])).issuer_name(ca.subject)
+    bad = [n for n in names if not is_host(n)]
+    if bad:
+        raise PkiError(f"{', '.join(map(repr, bad))}: not a host name or IP address")
+    common = names[0] if len(names[0]) <= 64 else "ugafl SuperLink"  # a CN holds 64 characters; the SAN holds every name
+    cert = (x509.CertificateBuilder().subject_name(_name(common)).issuer_name(ca.subject)
             .public_key(key.public_key()).serial_number(x509.random_serial_number())
             .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=SERVER_DAYS))
             .add_extension(x509.SubjectAlternativeName(alt), critical=False)
