@@ -60,6 +60,54 @@ def init_coordinator(out_dir: Path, names: str) -> None:
     click.echo("Give hospitals ca.pem and model-signing.pub; keep every .key file on this machine.")
 
 
+@pki.command("renew")
+@DIR
+@click.option("--names", default=None, help="Comma-separated DNS names and IP addresses [default: those of the "
+              "current certificate].")
+def renew(out_dir: Path, names: str | None) -> None:
+    """A new SuperLink TLS certificate and key from the same CA in DIR (hospitals trust the CA, so
+    nothing changes for them); the old pair is kept as superlink.pem.old-DATE. Restart the
+    coordinator (`ugafl server start`) to serve it."""
+    import datetime as dt
+    import shutil
+    import tempfile
+
+    from cryptography import x509
+
+    from ugafl.common.errors import UgaflError
+    from ugafl.common.pki import create_server_cert, is_host, names_of
+
+    cert_path, key_path = out_dir / "superlink.pem", out_dir / "superlink.key"
+    for path in (out_dir / "ca.pem", out_dir / "ca.key", cert_path, key_path):
+        if not path.is_file():
+            raise UgaflError(f"{path}: not found (made by `ugafl pki init-coordinator --dir {out_dir}`)")
+    try:
+        current = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    except ValueError as error:
+        raise UgaflError(f"{cert_path}: not a PEM certificate ({error}); give --names") from None
+    hosts = [n.strip() for n in names.split(",") if n.strip()] if names is not None else names_of(current)
+    bad = [h for h in hosts if not is_host(h)]
+    if not hosts or bad:
+        raise UgaflError(f"--names: {', '.join(map(repr, bad)) or 'nothing given'}: not a host name or IP address")
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    backups = [out_dir / f"{p.name}.old-{stamp}" for p in (cert_path, key_path)]
+    if any(b.exists() for b in backups):
+        raise UgaflError(f"{backups[0]}: already exists; try again in a second")
+    staging = Path(tempfile.mkdtemp(prefix=".ugafl-pki-", dir=out_dir))
+    try:
+        fp = create_server_cert(staging / "superlink.pem", staging / "superlink.key", out_dir / "ca.pem",
+                                out_dir / "ca.key", hosts)
+        shutil.copy2(cert_path, backups[0])
+        shutil.copy2(key_path, backups[1])
+        (staging / "superlink.key").rename(key_path)
+        (staging / "superlink.pem").rename(cert_path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    click.echo(f"SuperLink TLS        {cert_path}  sha256 {fp}  for {', '.join(hosts)}")
+    click.echo(f"the old pair is kept as {backups[0].name} and {backups[1].name}; restart the coordinator to serve "
+               "the new one (hospitals need nothing: they trust the same CA)")
+
+
 @pki.command("node-keys")
 @DIR
 @click.option("--name", required=True, help="The hospital's name: files NAME.key and NAME.pub.")

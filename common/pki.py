@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -173,3 +174,86 @@ def node_fingerprint(public_path: str | Path) -> str:
         raise PkiError(f"{path}: not an OpenSSH public key ({error})") from None
     der = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     return hashlib.sha256(der).hexdigest()
+
+
+EXPIRY_WARNING_DAYS = 30
+
+
+def _load_cert(path: Path) -> x509.Certificate:
+    try:
+        return x509.load_pem_x509_certificate(path.read_bytes())
+    except FileNotFoundError:
+        raise PkiError(f"{path}: not found") from None
+    except ValueError as error:
+        raise PkiError(f"{path}: not a PEM certificate ({error})") from None
+
+
+def _dates(cert: x509.Certificate, path: Path, now: dt.datetime) -> str:
+    """'' or why `cert` is not valid at `now`."""
+    if now < cert.not_valid_before_utc:
+        return f"{path}: not valid before {cert.not_valid_before_utc:%Y-%m-%d %H:%M} UTC (is this machine's clock right?)"
+    if now > cert.not_valid_after_utc:
+        return f"{path}: expired on {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC; make a new one with `ugafl pki renew`"
+    return ""
+
+
+def names_of(cert: x509.Certificate) -> list[str]:
+    """The DNS names and IP addresses a certificate is valid for (its subject alternative names)."""
+    try:
+        alt = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    return [str(name.value) for name in alt if isinstance(name, (x509.DNSName, x509.IPAddress))]  # in its order
+
+
+def _names_host(cert: x509.Certificate, host: str) -> bool:
+    try:
+        wanted = ipaddress.ip_address(host)
+        return any(_same_ip(name, wanted) for name in names_of(cert))
+    except ValueError:
+        return host.lower().rstrip(".") in {n.lower().rstrip(".") for n in names_of(cert)}
+
+
+def _same_ip(name: str, wanted: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    try:
+        return ipaddress.ip_address(name) == wanted
+    except ValueError:
+        return False
+
+
+def check_server_pki(ca_path: str | Path, cert_path: str | Path, key_path: str | Path, host: str,
+                     now: dt.datetime | None = None) -> list[str]:
+    """Check the SuperLink's TLS files before anything starts: the certificate is signed by the CA,
+    both are valid now, it names `host` (how the coordinator's own commands reach it), and the
+    key is its key. PkiError naming the file on the first problem; warnings (a certificate that
+    expires within EXPIRY_WARNING_DAYS) otherwise."""
+    ca_path, cert_path, key_path = Path(ca_path), Path(cert_path), Path(key_path)
+    now = now or dt.datetime.now(dt.timezone.utc)
+    ca, cert = _load_cert(ca_path), _load_cert(cert_path)
+    try:
+        cert.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature):
+        raise PkiError(f"{cert_path}: not signed by the CA {ca_path} (issued by {cert.issuer.rfc4514_string()!r})") from None
+    for problem in (_dates(ca, ca_path, now), _dates(cert, cert_path, now)):
+        if problem:
+            raise PkiError(problem)
+    if not _names_host(cert, host):
+        raise PkiError(f"{cert_path}: not valid for {host} ([coordinator] address); it names "
+                       f"{', '.join(names_of(cert)) or 'nothing'}")
+    try:
+        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+    except FileNotFoundError:
+        raise PkiError(f"{key_path}: not found") from None
+    except (ValueError, TypeError) as error:
+        raise PkiError(f"{key_path}: not a PEM private key without a password ({error})") from None
+    spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    if key.public_key().public_bytes(*spki) != cert.public_key().public_bytes(*spki):
+        raise PkiError(f"{key_path}: does not match {cert_path.name} (a key from another certificate)")
+    warnings = []
+    for path, c in ((ca_path, ca), (cert_path, cert)):
+        left = c.not_valid_after_utc - now
+        if left < dt.timedelta(days=EXPIRY_WARNING_DAYS):
+            warnings.append(f"{path.name} expires in {left.days} days (on {c.not_valid_after_utc:%Y-%m-%d} UTC)"
+                            + ("; renew it with `ugafl pki renew`" if path == cert_path else
+                               "; a new CA means new certificates for every party"))
+    return warnings

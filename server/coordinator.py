@@ -93,7 +93,11 @@ class CoordinatorConfig:
         return FederationSettings.from_section(self.federation, where(self.path, "federation"), **overrides)
 
 
-def preflight(cfg: CoordinatorConfig) -> None:
+def preflight(cfg: CoordinatorConfig) -> list[str]:
+    """Refuse to start (ConfigError or PkiError naming the file) unless every file is there, private
+    keys are private and the TLS set checks out (common.pki.check_server_pki); its warnings."""
+    from ugafl.common.pki import check_server_pki
+
     for name in PKI_FILES:
         file = cfg.pki / name
         if not file.is_file():
@@ -102,6 +106,8 @@ def preflight(cfg: CoordinatorConfig) -> None:
             raise ConfigError(f"{file}: private key readable by others; chmod 600 it")
     if not (cfg.app / "pyproject.toml").is_file():
         raise ConfigError(f"{cfg.path}: [coordinator] app: {cfg.app} has no pyproject.toml (a Flower app folder)")
+    return check_server_pki(cfg.pki / "ca.pem", cfg.pki / "superlink.pem", cfg.pki / "superlink.key",
+                            cfg.address.rsplit(":", 1)[0].strip("[]"))
 
 
 def superlink_argv(cfg: CoordinatorConfig) -> list[str]:
@@ -284,8 +290,10 @@ def serve(config: str | Path) -> int:
     from ugafl.common.supervisor import Child, Supervisor
 
     cfg = CoordinatorConfig.load(config)
-    preflight(cfg)
+    warnings = preflight(cfg)
     add_file_log(cfg.state / "logs" / "coordinator.log")
+    for warning in warnings:
+        log.warning("%s", warning)
     # If the daemon dies without stopping it, the SuperLink gets SIGKILL: on SIGTERM it waits for
     # open connections (a followed run's log stream) without end. Its state database is SQLite,
     # and its SuperExec and ServerApp stop when their parent goes.

@@ -52,3 +52,100 @@ def test_a_long_valid_host_name_and_addresses_work_and_a_retry_after_a_refusal_i
     assert [str(a) for a in alt.get_values_for_type(x509.IPAddress)] == ["127.0.0.1", "::1"]
     assert sorted(p.name for p in (tmp_path / "c").iterdir()) == [
         "ca.key", "ca.pem", "model-signing.key", "model-signing.pub", "superlink.key", "superlink.pem"]
+
+
+# ---------------------------------------------------------------- the coordinator's own certificates
+
+def _coordinator(tmp_path: Path, address: str = "127.0.0.1:9092") -> Path:
+    """A coordinator config over a fresh `pki init-coordinator` set for 127.0.0.1 and localhost."""
+    assert ugafl("init-coordinator", "--dir", tmp_path / "pki", "--names", "127.0.0.1,localhost").returncode == 0
+    (tmp_path / "app").mkdir()
+    (tmp_path / "app" / "pyproject.toml").write_text("[project]\nname = 'x'\n")
+    path = tmp_path / "coordinator.toml"
+    path.write_text(f'[coordinator]\nstate = "state"\npki = "pki"\napp = "app"\naddress = "{address}"\n')
+    return path
+
+
+def _cert(tmp_path: Path, *, days: float = 30, start_days: float = -1, names=("127.0.0.1",), other_ca: bool = False,
+          other_key: bool = False) -> None:
+    """Replace pki/superlink.pem (and .key) with a certificate made as asked."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    pki = tmp_path / "pki"
+    if other_ca:
+        ca_key = ec.generate_private_key(ec.SECP384R1())
+        ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "another CA")])
+    else:
+        ca_key = serialization.load_pem_private_key((pki / "ca.key").read_bytes(), None)
+        ca_name = x509.load_pem_x509_certificate((pki / "ca.pem").read_bytes()).subject
+    key = ec.generate_private_key(ec.SECP384R1())
+    now = dt.datetime.now(dt.timezone.utc)
+    alt = [x509.IPAddress(ipaddress.ip_address(n)) if n[0].isdigit() else x509.DNSName(n) for n in names]
+    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "s")]))
+            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now + dt.timedelta(days=start_days)).not_valid_after(now + dt.timedelta(days=days))
+            .add_extension(x509.SubjectAlternativeName(alt), critical=False).sign(ca_key, hashes.SHA384()))
+    (pki / "superlink.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    if not other_key:
+        (pki / "superlink.key").write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                                              serialization.PrivateFormat.PKCS8,
+                                                              serialization.NoEncryption()))
+
+
+@pytest.mark.parametrize("case, make, message", [
+    ("another CA", dict(other_ca=True), "superlink.pem: not signed by .*ca.pem"),
+    ("expired", dict(days=-1, start_days=-30), "superlink.pem: expired on "),
+    ("not yet valid", dict(start_days=2, days=30), "superlink.pem: not valid before "),
+    ("name missing", dict(names=("10.0.0.7", "fl.example.org")), "superlink.pem: not valid for 127.0.0.1 "
+                                                                  r"\(\[coordinator\] address\); it names 10.0.0.7, fl.example.org"),
+    ("key mismatch", dict(other_key=True), "superlink.key: does not match superlink.pem"),
+])
+def test_the_coordinator_refuses_its_own_bad_certificate_before_starting_anything(
+        tmp_path: Path, case: str, make: dict, message: str) -> None:
+    config = _coordinator(tmp_path)
+    _cert(tmp_path, **make)
+    done = subprocess.run([str(UGAFL), "server", "start", "--config", str(config)], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 2, done.stdout + done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in done.stderr, done.stderr
+    import re
+
+    assert re.search(message, lines[0]), lines[0]
+    assert not (tmp_path / "state").exists()  # nothing started, nothing made
+
+
+def test_a_certificate_about_to_expire_is_a_warning_not_a_refusal(tmp_path: Path) -> None:
+    from ugafl.common.pki import check_server_pki
+
+    config = _coordinator(tmp_path)
+    _cert(tmp_path, days=10, names=("127.0.0.1", "localhost"))
+    warnings = check_server_pki(tmp_path / "pki" / "ca.pem", tmp_path / "pki" / "superlink.pem",
+                                tmp_path / "pki" / "superlink.key", "127.0.0.1")
+    assert len(warnings) == 1 and "superlink.pem expires in 9 days" in warnings[0] and "ugafl pki renew" in warnings[0]
+    assert config.is_file()
+    assert check_server_pki(tmp_path / "pki" / "ca.pem", tmp_path / "pki" / "superlink.pem",
+                            tmp_path / "pki" / "superlink.key", "LOCALHOST") == warnings  # DNS names: any case
+
+
+def test_renew_makes_a_new_server_certificate_from_the_same_ca(tmp_path: Path) -> None:
+    from ugafl.common.pki import check_server_pki
+
+    _coordinator(tmp_path)
+    _cert(tmp_path, days=10, names=("127.0.0.1", "localhost"))
+    pki = tmp_path / "pki"
+    old = (pki / "superlink.pem").read_bytes()
+    ca = (pki / "ca.pem").read_bytes()
+    done = ugafl("renew", "--dir", pki)
+    assert done.returncode == 0, done.stderr
+    assert (pki / "superlink.pem").read_bytes() != old and (pki / "ca.pem").read_bytes() == ca
+    assert [p.read_bytes() for p in pki.glob("superlink.pem.old-*")] == [old]
+    assert len(list(pki.glob("superlink.key.old-*"))) == 1
+    assert check_server_pki(pki / "ca.pem", pki / "superlink.pem", pki / "superlink.key", "localhost") == []
+    assert ugafl("renew", "--dir", pki, "--names", "not a host").returncode == 2
+    assert ugafl("renew", "--dir", tmp_path / "nothing").returncode == 2
