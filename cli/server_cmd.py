@@ -61,6 +61,38 @@ def sites_cmd(config: Path, as_json: bool) -> None:
         click.echo(f"{s['name']:<16} {s['status']:<10} {s['node_id']:<22} {when}")
 
 
+@server.command("remove-site")
+@CONFIG
+@click.argument("name")
+def remove_site_cmd(config: Path, name: str) -> None:
+    """Take a hospital out of the federation: its node is unregistered and its key refused from now on."""
+    from ugafl.server.coordinator import remove_site
+
+    record = remove_site(_cfg(config), name)
+    click.echo(f"removed {name}: node {record['node_id']} unregistered; key sha256 {record['fingerprint']} refused "
+               "from now on")
+
+
+@server.command("stop-run")
+@CONFIG
+@click.argument("run_id", type=int)
+def stop_run_cmd(config: Path, run_id: int) -> None:
+    """Stop a run; the rounds it completed stay signed, and the next run resumes after them."""
+    from ugafl.server.coordinator import stop_run
+
+    click.echo(f"run {run_id}: {stop_run(_cfg(config), run_id)['status']}")
+
+
+@server.command("logs")
+@CONFIG
+@click.argument("run_id", type=int)
+def logs_cmd(config: Path, run_id: int) -> None:
+    """A run's log, as the coordinator's SuperLink holds it."""
+    from ugafl.server.coordinator import run_logs
+
+    click.echo(run_logs(_cfg(config), run_id), nl=False)
+
+
 @server.command("app-hash")
 @CONFIG
 def app_hash_cmd(config: Path) -> None:

@@ -184,6 +184,10 @@ def enrol(cfg: CoordinatorConfig, public_key: Path, name: str) -> dict:
     for other, record in sites.items():
         if record["fingerprint"] == fp:
             raise UgaflError(f"{public_key}: this key is already enrolled as {other!r}")
+    for other, record in removed(cfg).items():
+        if record["fingerprint"] == fp:
+            raise UgaflError(f"{public_key}: this key was removed (site {other!r}, {record['removed_at']}) and stays "
+                             "refused; the hospital makes a new key pair with `ugafl pki node-keys`")
     done = flwr(cfg, "supernode", "register", str(public_key), CONNECTION)
     match = re.search(r"SuperNode (\d+) registered successfully", done.stdout)
     if not match:
@@ -192,6 +196,39 @@ def enrol(cfg: CoordinatorConfig, public_key: Path, name: str) -> dict:
     atomic_write_text(_sites_path(cfg), json.dumps(sites, indent=1, sort_keys=True))
     log.info("enrolled %s: node %s, key sha256 %s", name, match.group(1), fp)
     return sites[name]
+
+
+def _removed_path(cfg: CoordinatorConfig) -> Path:
+    return cfg.state / "removed_sites.json"
+
+
+def removed(cfg: CoordinatorConfig) -> dict[str, dict]:
+    """Sites taken out of the federation: their key fingerprints stay refused."""
+    path = _removed_path(cfg)
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def remove_site(cfg: CoordinatorConfig, name: str) -> dict:
+    """Take a hospital out: unregister its SuperNode key at the SuperLink (its node can no longer
+    connect) and refuse its key for good; the removed record."""
+    from ugafl.common.clock import utc_now
+
+    sites = enrolled(cfg)
+    if name not in sites:
+        raise UgaflError(f"no enrolled site named {name!r} (enrolled: {', '.join(sorted(sites)) or 'none'})")
+    record = sites[name]
+    _flwr_json(cfg, "supernode", "unregister", str(record["node_id"]), CONNECTION)
+    if any(str(n["node-id"]) == str(record["node_id"])
+           for n in _flwr_json(cfg, "supernode", "list", CONNECTION).get("nodes", []) if n.get("status") != "unregistered"):
+        raise UgaflError(f"the coordinator still lists node {record['node_id']} of {name!r}; not removed")
+    gone = removed(cfg)
+    gone[name] = {**record, "removed_at": utc_now()}
+    atomic_write_text(_removed_path(cfg), json.dumps(gone, indent=1, sort_keys=True))
+    del sites[name]
+    atomic_write_text(_sites_path(cfg), json.dumps(sites, indent=1, sort_keys=True))
+    log.info("removed %s: node %s unregistered, key sha256 %s refused from now on", name, record["node_id"],
+             record["fingerprint"])
+    return gone[name]
 
 
 def list_sites(cfg: CoordinatorConfig) -> list[dict]:
@@ -204,6 +241,8 @@ def list_sites(cfg: CoordinatorConfig) -> list[dict]:
                     "online_at": node.get("online-at", ""), "offline_at": node.get("offline-at", ""),
                     "fingerprint": record["fingerprint"]})
     for node_id, node in nodes.items():  # registered with flwr directly, not through `ugafl server enrol`
+        if node.get("status") == "unregistered":  # a removed site's node
+            continue
         out.append({"name": "?", "node_id": node_id, "status": node.get("status", "unknown"),
                     "online_at": node.get("online-at", ""), "offline_at": node.get("offline-at", ""), "fingerprint": ""})
     return out
@@ -268,6 +307,22 @@ def run_status(cfg: CoordinatorConfig, run_id: int) -> dict:
         if int(run["run-id"]) == run_id:
             return run
     raise UgaflError(f"the coordinator knows no run {run_id}")
+
+
+def stop_run(cfg: CoordinatorConfig, run_id: int) -> dict:
+    """Stop a run (`flwr stop`); its status afterwards."""
+    status = run_status(cfg, run_id)["status"]
+    if status.startswith("finished"):
+        raise UgaflError(f"run {run_id} has already ended ({status})")
+    _flwr_json(cfg, "stop", str(run_id), CONNECTION)
+    return run_status(cfg, run_id)
+
+
+def run_logs(cfg: CoordinatorConfig, run_id: int) -> str:
+    """A run's log as the SuperLink holds it (`flwr log --show`)."""
+    run_status(cfg, run_id)  # a clear error for a run the coordinator does not know
+    done = flwr(cfg, "log", str(run_id), CONNECTION, "--show")
+    return re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", done.stdout)
 
 
 def checkpoints(cfg: CoordinatorConfig) -> list[dict]:

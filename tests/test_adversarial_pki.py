@@ -22,20 +22,30 @@ def files(root: Path) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
 
 
-@pytest.mark.parametrize("name", ["../../x", "../x", "a/b", "/tmp/x", ".", "..", "", "-rf", "x" * 65, "umcu\n.pub"])
-def test_a_node_name_cannot_escape_its_folder_or_be_odd(tmp_path: Path, name: str) -> None:
+NODE_NAMES = ["../../x", "../x", "a/b", "/tmp/x", ".", "..", "", "-rf", "x" * 65, "umcu\n.pub", "umcu\n"]
+HOST_NAMES = ["fl example.org", "fl_example.org", "-fl.example.org", "fl..example.org", "../etc", "*.example.org",
+              "a" * 64 + ".org", "not a host", "x" * 250 + ".example.org", ""]
+
+
+def test_node_and_host_names_are_checked() -> None:
+    from ugafl.common.pki import is_host, is_node_name
+
+    assert [n for n in NODE_NAMES if is_node_name(n)] == []
+    assert all(is_node_name(n) for n in ("umcu", "hospital-rst", "RUMC_2", "a.b", "x" * 64))
+    assert [n for n in HOST_NAMES if is_host(n)] == []
+    assert all(is_host(n) for n in ("fl.example.org", "localhost", "127.0.0.1", "::1", "FL.Example.org", "a" * 63))
+
+
+def test_a_node_name_cannot_escape_its_folder(tmp_path: Path) -> None:
     out = tmp_path / "a" / "b" / "keys"
-    done = ugafl("node-keys", "--dir", out, "--name", name)
+    done = ugafl("node-keys", "--dir", out, "--name", "../../x")
     assert done.returncode == 2, done.stdout + done.stderr
     assert done.stderr.startswith("error: --name") and "letters, digits" in done.stderr and "Traceback" not in done.stderr
     assert files(tmp_path) == []
 
 
-@pytest.mark.parametrize("names", ["fl example.org", "fl_example.org", "-fl.example.org", "fl..example.org",
-                                   "../etc", "*.example.org", "a" * 64 + ".org", "fl.example.org,not a host",
-                                   "x" * 250 + ".example.org"])
-def test_superlink_names_must_be_host_names_or_addresses(tmp_path: Path, names: str) -> None:
-    done = ugafl("init-coordinator", "--dir", tmp_path / "c", "--names", names)
+def test_superlink_names_must_be_host_names_or_addresses(tmp_path: Path) -> None:
+    done = ugafl("init-coordinator", "--dir", tmp_path / "c", "--names", "fl.example.org,not a host")
     assert done.returncode == 2, done.stdout + done.stderr
     assert done.stderr.startswith("error: --names") and "not a host name or IP address" in done.stderr
     assert files(tmp_path) == []
@@ -97,27 +107,39 @@ def _cert(tmp_path: Path, *, days: float = 30, start_days: float = -1, names=("1
                                                               serialization.NoEncryption()))
 
 
-@pytest.mark.parametrize("case, make, message", [
-    ("another CA", dict(other_ca=True), "superlink.pem: not signed by .*ca.pem"),
-    ("expired", dict(days=-1, start_days=-30), "superlink.pem: expired on "),
-    ("not yet valid", dict(start_days=2, days=30), "superlink.pem: not valid before "),
-    ("name missing", dict(names=("10.0.0.7", "fl.example.org")), "superlink.pem: not valid for 127.0.0.1 "
-                                                                  r"\(\[coordinator\] address\); it names 10.0.0.7, fl.example.org"),
-    ("key mismatch", dict(other_key=True), "superlink.key: does not match superlink.pem"),
-])
-def test_the_coordinator_refuses_its_own_bad_certificate_before_starting_anything(
-        tmp_path: Path, case: str, make: dict, message: str) -> None:
+CASES = {
+    "another CA": (dict(other_ca=True), "superlink.pem: not signed by the CA .*ca.pem"),
+    "expired": (dict(days=-1, start_days=-30), "superlink.pem: expired on "),
+    "not yet valid": (dict(start_days=2, days=30), "superlink.pem: not valid before "),
+    "name missing": (dict(names=("10.0.0.7", "fl.example.org")),
+                     r"superlink.pem: not valid for 127.0.0.1 \(\[coordinator\] address\); it names 10.0.0.7, fl.example.org"),
+    "key mismatch": (dict(other_key=True), "superlink.key: does not match superlink.pem"),
+}
+
+
+def test_the_coordinator_refuses_its_own_bad_certificate_before_starting_anything(tmp_path: Path) -> None:
+    import re
+
+    from ugafl.common.errors import UgaflError
+    from ugafl.server.coordinator import CoordinatorConfig, preflight
+
     config = _coordinator(tmp_path)
-    _cert(tmp_path, **make)
+    good = {n: (tmp_path / "pki" / n).read_bytes() for n in ("superlink.pem", "superlink.key")}
+    assert preflight(CoordinatorConfig.load(config)) == []
+    for case, (make, message) in CASES.items():
+        _cert(tmp_path, **make)
+        with pytest.raises(UgaflError) as refused:
+            preflight(CoordinatorConfig.load(config))
+        assert re.search(message, str(refused.value)), (case, str(refused.value))
+        for name, data in good.items():
+            (tmp_path / "pki" / name).write_bytes(data)
+    _cert(tmp_path, other_ca=True)  # through the command: one line, exit 2, nothing started or made
     done = subprocess.run([str(UGAFL), "server", "start", "--config", str(config)], capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 2, done.stdout + done.stderr
     lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in done.stderr, done.stderr
-    import re
-
-    assert re.search(message, lines[0]), lines[0]
-    assert not (tmp_path / "state").exists()  # nothing started, nothing made
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "not signed by the CA" in lines[0], done.stderr
+    assert not (tmp_path / "state").exists()
 
 
 def test_a_certificate_about_to_expire_is_a_warning_not_a_refusal(tmp_path: Path) -> None:

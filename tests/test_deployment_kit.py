@@ -169,6 +169,18 @@ def test_coordinator_and_three_hospitals_survive_kills(tmp_path: Path, fixtures_
         runs = kit.ugafl("server", "runs", "--config", str(config)).stdout
         sites_table = kit.ugafl("server", "sites", "--config", str(config)).stdout
         status_text = kit.ugafl("site", "status", "--config", str(sites[victim])).stdout
+        # The coordinator's operations: a run's log, a run stopped, a hospital removed for good.
+        run_id = max(int(line.split()[1]) for line in runs.splitlines() if "finished:completed" in line)
+        run_log = kit.ugafl("server", "logs", "--config", str(config), str(run_id)).stdout
+        started = kit.ugafl("server", "run", "--config", str(config), "--rounds", "5", "--no-follow").stdout
+        fifth = int(re.search(r"run (\d+):", started)[1])
+        stopped = kit.ugafl("server", "stop-run", "--config", str(config), str(fifth)).stdout
+        wait_for("the stopped run to end", lambda: "finished:stopped" in kit.ugafl(
+            "server", "runs", "--config", str(config)).stdout, 120, 2)
+        kit.ugafl("server", "remove-site", "--config", str(config), victim)
+        back = kit.ugafl("server", "enrol", "--config", str(config), str(tmp_path / victim / "keys" / f"{victim}.pub"),
+                         "--name", victim, check=False)
+        after_removal = _sites(kit, config)
     finally:
         left = kit.stop_all()
     assert not left, f"processes still running: {left}"
@@ -205,6 +217,12 @@ def test_coordinator_and_three_hospitals_survive_kills(tmp_path: Path, fixtures_
     assert f"precomputed uncertainty for {new_name}" in kit.output(names[1])
     # Privacy: every reply of every site, weights and scalars only.
     check_outboxes([p.parent / "workspace" for p in sites.values()], central, data, [data, tmp_path])
+    # The operations: the log of run 2 shows its rounds; the stopped run ended as stopped; the
+    # removed hospital is gone and its key refused for good.
+    assert "round 4/4" in run_log and "resuming after round 3" in run_log, run_log[-2000:]
+    assert stopped.startswith(f"run {fifth}: "), stopped  # and `server runs` showed it finished:stopped
+    assert victim not in after_removal and set(after_removal) == set(names) - {victim}, after_removal
+    assert back.returncode == 2 and "this key was removed" in back.stderr, back.stderr
     # The deployment guide shows the commands this test ran, and only those.
     assert guide_commands(GUIDE.read_text()) == kit.ran, (guide_commands(GUIDE.read_text()) ^ kit.ran)
 
