@@ -25,6 +25,7 @@ from ugafl.common.log import get_logger
 from ugafl.common.model import ModelConfig
 from ugafl.server.federation.aggregation import (AGGREGATIONS, AggregationParams, check_aggregate,
                                                  coordinator_weight, weighted_metrics)
+from ugafl.server.federation.privacy import add_noise, clip_update, noise_std
 from ugafl.server.federation.settings import FederationSettings
 from ugafl.server.federation.sites import Reply, Sites
 from ugafl.server.federation.checkpoints import RoundStore
@@ -109,12 +110,19 @@ def aggregate(round_: int, replies: Sequence[Reply], reference: dict[str, np.nda
         return Aggregated(None, {}, 0, refused)
     weights = [weight_of(round_, r, settings) for r in keep]
     votes = [r.arrays for r in keep] + ([reference] * len(idle) if keep_idle else [])
+    if settings.dp_clip_norm > 0:  # central DP: every vote's change clipped before it is averaged
+        votes = [clip_update(v, reference, settings.dp_clip_norm) for v in votes]
     arrays = AGGREGATIONS[settings.aggregation](votes, weights + ([1.0] * len(idle) if keep_idle else []),
                                                 AggregationParams(trim_beta=settings.trim_beta))
     problem = check_aggregate(arrays, reference, votes)
     if problem:
         log.warning("round %d: the aggregate was refused: %s; the global model stays as it was", round_, problem)
         return Aggregated(None, {}, len(keep), refused, aggregate_refused=problem)
+    if settings.dp_noise_multiplier > 0:  # after the check: the noise is meant to move it
+        std = noise_std(settings.dp_noise_multiplier, settings.dp_clip_norm, len(votes))
+        arrays = add_noise(arrays, std, np.random.default_rng([settings.seed, round_]))
+        log.info("round %d: central DP noise with std %.3g added (clip %.3g, %d votes)", round_, std,
+                 settings.dp_clip_norm, len(votes))
     return Aggregated(arrays, weighted_metrics([r.metrics for r in keep], weights), len(keep), refused,
                       len(idle) if keep_idle else 0)
 

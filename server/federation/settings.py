@@ -9,7 +9,7 @@ from typing import Annotated, Any, ClassVar
 
 from pydantic import Field
 
-from ugafl.common.config import NonEmpty, build_section, one_of
+from ugafl.common.config import FieldProblem, NonEmpty, build_section, one_of
 from ugafl.common.anchored_training import LOCAL_TRAININGS
 from ugafl.common.losses import LOSS_NAMES
 from ugafl.common.patch_scoring import PATCH_SCORING_NAMES
@@ -38,6 +38,11 @@ class FederationSettings:
     trim_beta: Annotated[float, Field(ge=0, lt=0.5)] = 0.2  # fedtrimmedavg: share cut at each end
     weighting: Annotated[str, one_of(WEIGHTINGS)] = "sites"  # "sites" (one vote each) or "examples" (by example count)
     max_examples: Count = 1000  # "examples": a site's reported count is capped at this
+    # central differential privacy, Flower's fixed clipping (server.federation.privacy): each
+    # update's change clipped to this L2 norm (0: off), and Gaussian noise of
+    # dp_noise_multiplier * dp_clip_norm / votes on the aggregate; needs weighting = "sites"
+    dp_clip_norm: Annotated[float, Field(ge=0)] = 0.0
+    dp_noise_multiplier: Annotated[float, Field(ge=0)] = 0.0
     # a site with nothing new this round: "keep" (one vote per site: its vote is the global model
     # as it was) or "skip" (left out of the average); see rounds.aggregate
     idle_sites: Annotated[str, one_of(("keep", "skip"))] = "keep"
@@ -85,3 +90,10 @@ class FederationSettings:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def check(self) -> None:
+        """FieldProblem for differential-privacy settings that do not hold together."""
+        if self.dp_noise_multiplier > 0 and self.dp_clip_norm == 0:
+            raise FieldProblem("dp_noise_multiplier", "needs dp_clip_norm > 0 (the noise is scaled by the clipping norm)")
+        if self.dp_clip_norm > 0 and self.weighting != "sites":
+            raise FieldProblem("dp_clip_norm", 'needs weighting = "sites" (the noise assumes one equal vote per site)')
