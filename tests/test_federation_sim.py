@@ -178,7 +178,17 @@ def test_bad_updates_and_a_tampered_model_are_refused_and_the_round_completes(da
     got = dict(zip(header, values))
     assert got["updates-refused"] == "2" and got["updates-aggregated"] == "1", got
     assert "NaN or infinite value(s)" in caplog.text and "wrong shape for" in caplog.text
-    assert "global model of round 1: the weights differ from the ones the coordinator signed (tampered)" in caplog.text
+    # The site that got a tampered model refused it; the coordinator sees only a category and an
+    # error id, and the detail is in the site's own record under that id.
+    from ugafl.client.round.records import read_jsonl
+
+    refusals = read_jsonl(run_dir / "sites" / "3" / "ws" / "federation" / "errors.jsonl")
+    assert sorted(r["message"] for r in refusals) == ["evaluate", "query", "train"], refusals
+    for refusal in refusals:
+        assert refusal["category"] == "model refused" and "(tampered)" in refusal["detail"], refusal
+        assert f"ugafl site error: model refused; error id {refusal['id']}" in caplog.text
+    replied = [r.getMessage() for r in caplog.records if "replied to" in r.getMessage()]
+    assert replied and not any("tampered" in line or "/" in line for line in replied), replied
     # The new global model is the good site's update alone: the very weights RUMC sent (its outbox
     # holds their digest; FedAvg of one update multiplies by 1.0, which is exact).
     from ugafl.common.signing import model_digest
