@@ -168,9 +168,9 @@ def enrolled(cfg: CoordinatorConfig) -> dict[str, dict]:
 def enrol(cfg: CoordinatorConfig, public_key: Path, name: str) -> dict:
     """Register a hospital's SuperNode public key under NAME; its record (node id, fingerprint)."""
     from ugafl.common.clock import utc_now
-    from ugafl.common.pki import node_fingerprint
+    from ugafl.common.pki import is_node_name, node_fingerprint
 
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", name):
+    if not is_node_name(name):
         raise UgaflError(f"--name {name!r}: use letters, digits, '.', '_' or '-'")
     if not public_key.is_file():
         raise UgaflError(f"{public_key}: not found")

@@ -111,6 +111,11 @@ def _dice(path: Path, data: Path, split: str = "test") -> dict[str, float]:
 SLIDE_KEYS = ("slide_id", "centre", "label_type", "tp", "fp", "fn")
 
 
+def _cached_evaluation(cache: Path, content_hash: str, split: str) -> Path:
+    """Where the evaluation of weights `content_hash` on `split` is kept (test: the older, bare name)."""
+    return cache / f"{content_hash[:24]}{'' if split == 'test' else '-' + split}.json"
+
+
 def evaluate_test_slides(path: Path, data: Path, cache: Path | None = None,
                          split: str = "test") -> tuple[dict[str, float], list[dict]]:
     """The model's pooled Dice per centre on the `split` slides (the test slides unless tuning),
@@ -120,8 +125,7 @@ def evaluate_test_slides(path: Path, data: Path, cache: Path | None = None,
     from ugafl.common.checkpoint import load_checkpoint
     from ugafl.server.evaluation import evaluate_model
 
-    suffix = "" if split == "test" else f"-{split}"
-    known = None if cache is None else cache / f"{load_checkpoint(path).content_hash[:24]}{suffix}.json"
+    known = None if cache is None else _cached_evaluation(cache, load_checkpoint(path).content_hash, split)
     if known is not None and known.is_file():
         saved = json.loads(known.read_text())
         return saved["dice"], saved["slides"]
@@ -227,8 +231,7 @@ def _remember_evaluation(model: Path, dice_path: Path, slides_path: Path, cache:
     """Put an evaluation made before the cache existed (the baseline of an older run) in it."""
     from ugafl.common.checkpoint import load_checkpoint
 
-    suffix = "" if split == "test" else f"-{split}"
-    known = cache / f"{load_checkpoint(model).content_hash[:24]}{suffix}.json"
+    known = _cached_evaluation(cache, load_checkpoint(model).content_hash, split)
     if not known.is_file():
         cache.mkdir(parents=True, exist_ok=True)
         atomic_write_text(known, json.dumps({"dice": json.loads(dice_path.read_text()),

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ugafl.server.federation.update_checks import delta_norm
+
 Arrays = Mapping[str, np.ndarray]
 
 
@@ -102,15 +104,6 @@ def weighted_metrics(metrics: Sequence[Mapping[str, float]], weights: Sequence[f
     return out
 
 
-def _norm(arrays: Arrays, reference: Arrays) -> float:
-    """L2 norm of arrays - reference over the floating-point arrays (float64 accumulation)."""
-    total = 0.0
-    for name, ref in reference.items():
-        if np.issubdtype(np.asarray(ref).dtype, np.floating):
-            total += float(np.sum((np.asarray(arrays[name], np.float64) - np.asarray(ref, np.float64)) ** 2))
-    return float(np.sqrt(total))
-
-
 def check_aggregate(aggregate: Arrays, reference: Arrays, updates: Sequence[Arrays], slack: float = 1e-3) -> str:
     """'' when the aggregate is finite and no further from the global model than the accepted
     updates allow; else why not. Every strategy here puts each value between the updates' lowest
@@ -119,8 +112,8 @@ def check_aggregate(aggregate: Arrays, reference: Arrays, updates: Sequence[Arra
     for name, value in aggregate.items():
         if np.issubdtype(np.asarray(value).dtype, np.floating) and not np.isfinite(value).all():
             return f"{name} is not finite"
-    moved = _norm(aggregate, reference)
-    allowed = float(np.sqrt(sum(_norm(u, reference) ** 2 for u in updates)))
+    moved = delta_norm(aggregate, reference)
+    allowed = float(np.sqrt(sum(delta_norm(u, reference) ** 2 for u in updates)))
     if moved > allowed * (1 + slack) + 1e-12:
         return f"it moved the model by {moved:.4f}, more than the accepted updates allow ({allowed:.4f})"
     return ""

@@ -11,6 +11,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from ugafl.server.federation.update_checks import delta_norm
+
 Arrays = Mapping[str, np.ndarray]
 
 
@@ -23,7 +25,7 @@ def clip_update(update: Arrays, reference: Arrays, clip_norm: float) -> dict[str
     (over every floating-point array together)."""
     names = _floating(reference)
     deltas = {k: np.subtract(update[k], reference[k]) for k in names}
-    norm = float(np.sqrt(sum(float(np.linalg.norm(d.ravel())) ** 2 for d in deltas.values())))
+    norm = delta_norm(update, reference)
     scale = min(1.0, clip_norm / norm) if norm > 0 else 1.0
     out = {k: np.asarray(v).copy() for k, v in update.items()}
     for k in names:
