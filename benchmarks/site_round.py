@@ -49,7 +49,7 @@ def one_method(data: Path, ckpt, centre: str, method: str, passes: int, members:
     if members > 1:
         model = MemberStack([copy.deepcopy(ckpt.model) for _ in range(members)], cfg.num_classes).eval()
         cfg = replace(cfg, members=members)
-    recipe = LocalRecipe(training="anchored", steps=100, epochs=2.0, lr=3e-4, proximal_mu=0.01,
+    recipe = LocalRecipe(training="anchored", steps=100, epochs=2.0, lr=1e-3, proximal_mu=0.01,
                          loss="batch-dice-ce", gate=True)
     with tempfile.TemporaryDirectory() as tmp:
         site = site_for(Path(tmp), data, centre)

@@ -69,7 +69,7 @@ def test_a_run_config_section_names_file_section_and_key(tmp_path: Path, old: st
 @pytest.mark.parametrize("old, new, key, problem", [
     ("local_steps = 100", 'local_steps = "many"', "local_steps", "expected an integer, got 'many'"),
     ("local_steps = 100", "local_steps = 0", "local_steps", "expected at least 1, got 0"),
-    ("lr = 0.0003", "lr = true", "lr", "expected a number, got True"),
+    ("lr = 0.001", "lr = true", "lr", "expected a number, got True"),
     ('aggregation = "fedavg"', 'strategy = "fedavg"', "strategy", "unknown key; use aggregation"),
     ('aggregation = "fedavg"', 'aggregation = "krum"', "aggregation",
      "expected one of fedavg, fedprox, fedmedian, fedtrimmedavg, got 'krum'"),
