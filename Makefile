@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 RUN    ?= demo
 
-.PHONY: setup browser demo test uncertainty-report benchmarks clean
+.PHONY: setup system-packages demo test uncertainty-report benchmarks clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,15 +20,16 @@ setup: $(BIN)/.installed
 demo: setup
 	$(BIN)/ugafl demo --config configs/demo.toml --name $(RUN)
 
-# The review app's tests drive Debian's Chromium through its ChromeDriver (no browser download).
-browser:
-	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
+# The review app's tests drive Debian's Chromium through its ChromeDriver (no browser download);
+# the coordinator serves hospitals through Debian's nginx (server/fleet_proxy.py).
+system-packages:
+	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ] || [ ! -x /usr/sbin/nginx ]; then \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo -n ); \
-	  echo "installing Debian's chromium and chromium-driver for the browser tests"; \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	  echo "installing Debian's chromium, chromium-driver and nginx for the tests"; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver nginx >/dev/null; \
 	fi
 
-test: setup browser
+test: setup system-packages
 	$(BIN)/python -m pytest
 
 # The uncertainty figures of the README: on the demo's data and central model, plus a 3-member

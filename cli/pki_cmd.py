@@ -25,7 +25,7 @@ def init_coordinator(out_dir: Path, names: str) -> None:
     import tempfile
 
     from ugafl.common.errors import UgaflError
-    from ugafl.common.pki import create_ca, create_server_cert, is_host
+    from ugafl.common.pki import create_ca, create_server_cert, is_host, with_loopback
     from ugafl.common.signing import generate_signing_key
 
     hosts = [n.strip() for n in names.split(",") if n.strip()]
@@ -55,7 +55,7 @@ def init_coordinator(out_dir: Path, names: str) -> None:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     click.echo(f"CA certificate       {out_dir / 'ca.pem'}  sha256 {ca}")
-    click.echo(f"SuperLink TLS        {out_dir / 'superlink.pem'}  sha256 {server}  for {', '.join(hosts)}")
+    click.echo(f"SuperLink TLS        {out_dir / 'superlink.pem'}  sha256 {server}  for {', '.join(with_loopback(hosts))}")
     click.echo(f"model-signing key    {out_dir / 'model-signing.pub'}  {signing}")
     click.echo("Give hospitals ca.pem and model-signing.pub; keep every .key file on this machine.")
 
@@ -75,7 +75,7 @@ def renew(out_dir: Path, names: str | None) -> None:
     from cryptography import x509
 
     from ugafl.common.errors import UgaflError
-    from ugafl.common.pki import create_server_cert, is_host, names_of
+    from ugafl.common.pki import create_server_cert, is_host, names_of, with_loopback
 
     cert_path, key_path = out_dir / "superlink.pem", out_dir / "superlink.key"
     for path in (out_dir / "ca.pem", out_dir / "ca.key", cert_path, key_path):
@@ -103,7 +103,7 @@ def renew(out_dir: Path, names: str | None) -> None:
         (staging / "superlink.pem").rename(cert_path)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    click.echo(f"SuperLink TLS        {cert_path}  sha256 {fp}  for {', '.join(hosts)}")
+    click.echo(f"SuperLink TLS        {cert_path}  sha256 {fp}  for {', '.join(with_loopback(hosts))}")
     click.echo(f"the old pair is kept as {backups[0].name} and {backups[1].name}; restart the coordinator to serve "
                "the new one (hospitals need nothing: they trust the same CA)")
 

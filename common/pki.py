@@ -28,6 +28,9 @@ from ugafl.common.errors import UgaflError
 
 CURVE = ec.SECP384R1()
 CA_DAYS, SERVER_DAYS = 3650, 825
+# Every SuperLink certificate also names these: the coordinator's proxy (nginx) and its own `flwr`
+# commands reach the SuperLink on its loopback (server/fleet_proxy.py).
+LOOPBACK_NAMES = ("localhost", "127.0.0.1")
 
 
 class PkiError(UgaflError):
@@ -119,10 +122,12 @@ def load_ca(cert_path: str | Path, key_path: str | Path) -> tuple[x509.Certifica
 
 def create_server_cert(cert_path: str | Path, key_path: str | Path, ca_cert: str | Path, ca_key: str | Path,
                        names: Sequence[str]) -> str:
-    """The SuperLink's TLS certificate for `names` (DNS names and/or IP addresses), signed by the CA."""
+    """The SuperLink's TLS certificate for `names` (DNS names and/or IP addresses) and the
+    LOOPBACK_NAMES (where the coordinator's proxy and commands reach it), signed by the CA."""
     cert_path, key_path = Path(cert_path), Path(key_path)
     if not names:
         raise PkiError("a server certificate needs at least one DNS name or IP address")
+    names = with_loopback(names)
     _refuse_existing(cert_path, key_path)
     ca, ca_private = load_ca(ca_cert, ca_key)
     alt: list[x509.GeneralName] = []
@@ -195,6 +200,17 @@ def _dates(cert: x509.Certificate, path: Path, now: dt.datetime) -> str:
     if now > cert.not_valid_after_utc:
         return f"{path}: expired on {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC; make a new one with `ugafl pki renew`"
     return ""
+
+
+def with_loopback(names: Sequence[str]) -> list[str]:
+    """`names`, then those of LOOPBACK_NAMES it lacks."""
+    return [*names, *(n for n in LOOPBACK_NAMES if n not in names)]
+
+
+def missing_loopback_names(cert_path: str | Path) -> list[str]:
+    """The LOOPBACK_NAMES the certificate at `cert_path` is not valid for."""
+    cert = _load_cert(Path(cert_path))
+    return [n for n in LOOPBACK_NAMES if not _names_host(cert, n)]
 
 
 def names_of(cert: x509.Certificate) -> list[str]:

@@ -41,9 +41,10 @@ class CoordinatorSection(ConfigModel):
     state: NonEmpty  # SuperLink database, enrolled sites, checkpoints, logs
     pki: NonEmpty  # from `ugafl pki init-coordinator`
     app: NonEmpty  # the Flower app folder
-    address: HostPort  # how commands here reach the SuperLink: a name in its TLS certificate
-    host: NonEmpty = "0.0.0.0"
-    port: Port = 9092
+    address: HostPort  # how hospitals reach the coordinator: a name in its TLS certificate, and the port
+    host: NonEmpty = "0.0.0.0"  # the public side (nginx, the Fleet API only) listens here ...
+    port: Port = 9092  # ... on this port
+    control_port: Port = 9093  # the SuperLink itself, with run control: on 127.0.0.1 only
 
 
 FEDERATION_PATHS = ("central_checkpoint", "out_dir", "signing_key", "eval_data")  # relative to the file
@@ -62,7 +63,15 @@ class CoordinatorConfig:
     host: str = "0.0.0.0"
     port: int = 9092
     address: str = "127.0.0.1:9092"
+    control_port: int = 9093
     federation: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def control_address(self) -> str:
+        """Where the coordinator's own commands reach the SuperLink (run control): its loopback."""
+        from ugafl.server.fleet_proxy import LOOPBACK
+
+        return f"{LOOPBACK}:{self.control_port}"
 
     @staticmethod
     def load(path: str | Path) -> CoordinatorConfig:
@@ -72,6 +81,9 @@ class CoordinatorConfig:
         path = Path(path).resolve()
         raw = read_sections(path, "coordinator config", ("coordinator", "federation"), required=("coordinator",))
         section = validate(CoordinatorSection, raw["coordinator"], where(path, "coordinator"))
+        if section.control_port == section.port:
+            raise ConfigError(f"{where(path, 'coordinator')}: control_port: {section.control_port} is also `port`; "
+                              "the SuperLink's run control needs a port of its own")
         base = path.parent
         state, pki = (base / section.state).resolve(), (base / section.pki).resolve()
         federation = dict(raw.get("federation", {}))
@@ -84,7 +96,8 @@ class CoordinatorConfig:
         federation.setdefault("out_dir", str(state / "checkpoints"))
         federation.setdefault("signing_key", str(pki / "model-signing.key"))
         return CoordinatorConfig(path=path, state=state, pki=pki, app=(base / section.app).resolve(),
-                                 host=section.host, port=section.port, address=section.address, federation=federation)
+                                 host=section.host, port=section.port, address=section.address,
+                                 control_port=section.control_port, federation=federation)
 
     def run_settings(self, **overrides: Any):
         """The federation settings of a run (refused here, before Flower, if wrong)."""
@@ -95,8 +108,11 @@ class CoordinatorConfig:
 
 def preflight(cfg: CoordinatorConfig) -> list[str]:
     """Refuse to start (ConfigError or PkiError naming the file) unless every file is there, private
-    keys are private and the TLS set checks out (common.pki.check_server_pki); its warnings."""
-    from ugafl.common.pki import check_server_pki
+    keys are private, the TLS set checks out (common.pki.check_server_pki) for the public address
+    and for the loopback names the proxy and the coordinator's commands use, and nginx is
+    installed; its warnings."""
+    from ugafl.common.pki import check_server_pki, missing_loopback_names
+    from ugafl.server.fleet_proxy import find_nginx
 
     for name in PKI_FILES:
         file = cfg.pki / name
@@ -106,15 +122,22 @@ def preflight(cfg: CoordinatorConfig) -> list[str]:
             raise ConfigError(f"{file}: private key readable by others; chmod 600 it")
     if not (cfg.app / "pyproject.toml").is_file():
         raise ConfigError(f"{cfg.path}: [coordinator] app: {cfg.app} has no pyproject.toml (a Flower app folder)")
-    return check_server_pki(cfg.pki / "ca.pem", cfg.pki / "superlink.pem", cfg.pki / "superlink.key",
-                            cfg.address.rsplit(":", 1)[0].strip("[]"))
+    warnings = check_server_pki(cfg.pki / "ca.pem", cfg.pki / "superlink.pem", cfg.pki / "superlink.key",
+                                cfg.address.rsplit(":", 1)[0].strip("[]"))
+    missing = missing_loopback_names(cfg.pki / "superlink.pem")
+    if missing:
+        raise ConfigError(f"{cfg.pki / 'superlink.pem'}: does not name {', '.join(missing)}, where the coordinator's "
+                          f"proxy and commands reach the SuperLink; `ugafl pki renew --dir {cfg.pki}` adds them")
+    find_nginx()
+    return warnings
 
 
 def superlink_argv(cfg: CoordinatorConfig) -> list[str]:
     return [str(BIN / "flower-superlink"), "--ssl-ca-certfile", str(cfg.pki / "ca.pem"),
             "--ssl-certfile", str(cfg.pki / "superlink.pem"), "--ssl-keyfile", str(cfg.pki / "superlink.key"),
             "--enable-supernode-auth", "--database", str(cfg.state / "superlink.db"),
-            "--disable-runtime-dependency-installation", "--host", cfg.host, "--port", str(cfg.port)]
+            "--disable-runtime-dependency-installation", "--host", cfg.control_address.rsplit(":", 1)[0],
+            "--port", str(cfg.control_port)]
 
 
 def flwr_env(cfg: CoordinatorConfig) -> dict[str, str]:
@@ -123,7 +146,7 @@ def flwr_env(cfg: CoordinatorConfig) -> dict[str, str]:
     flower-superexec from PATH)."""
     home = cfg.state / "flwr-home"
     home.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(home / "config.toml", f'[superlink.{CONNECTION}]\naddress = "{cfg.address}"\n'
+    atomic_write_text(home / "config.toml", f'[superlink.{CONNECTION}]\naddress = "{cfg.control_address}"\n'
                                             f'root-certificates = "{cfg.pki / "ca.pem"}"\n')
     return daemon_env({"FLWR_HOME": str(home), "PATH": f"{BIN}:{os.environ.get('PATH', '/usr/bin:/bin')}",
                        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "OMP_WAIT_POLICY": "PASSIVE"})
@@ -137,7 +160,7 @@ def flwr(cfg: CoordinatorConfig, *args: str, timeout_s: float = 120) -> subproce
     except subprocess.TimeoutExpired:
         done = None
     if done is None or "Connection to the SuperLink is unavailable" in done.stdout + done.stderr:
-        raise UgaflError(f"cannot reach the coordinator's SuperLink at {cfg.address}: is it running "
+        raise UgaflError(f"cannot reach the coordinator's SuperLink at {cfg.control_address}: is it running "
                          f"(`ugafl server start --config {cfg.path}`)?")
     return done
 
@@ -150,7 +173,7 @@ def _flwr_json(cfg: CoordinatorConfig, *args: str) -> dict:
         payload = {}
     if not payload.get("success", False):
         detail = payload.get("error-message") or (done.stdout + done.stderr).strip()[-400:]
-        raise UgaflError(f"the coordinator at {cfg.address} did not answer `flwr {' '.join(args)}`: {detail}")
+        raise UgaflError(f"the coordinator at {cfg.control_address} did not answer `flwr {' '.join(args)}`: {detail}")
     return payload
 
 
@@ -340,9 +363,12 @@ def checkpoints(cfg: CoordinatorConfig) -> list[dict]:
 # ---------------------------------------------------------------------- the daemon
 
 def serve(config: str | Path) -> int:
-    """`ugafl server start`: the SuperLink, supervised (restarted if it exits), until SIGTERM."""
+    """`ugafl server start`: the SuperLink on the loopback and nginx in front of it on the public
+    port (the Fleet API only, server.fleet_proxy), both supervised (restarted if they exit), until
+    SIGTERM."""
     from ugafl.common.log import add_file_log
     from ugafl.common.supervisor import Child, Supervisor
+    from ugafl.server.fleet_proxy import find_nginx, nginx_argv, write_nginx_conf
 
     cfg = CoordinatorConfig.load(config)
     warnings = preflight(cfg)
@@ -354,13 +380,18 @@ def serve(config: str | Path) -> int:
     # and its SuperExec and ServerApp stop when their parent goes.
     superlink = Child("superlink", superlink_argv(cfg), env=flwr_env(cfg), cwd=str(cfg.state),
                       death_signal=signal.SIGKILL)
-    supervisor = Supervisor(log, [superlink], pid_file=cfg.state / "processes.json")
+    conf = write_nginx_conf(cfg.state, cfg.host, cfg.port, cfg.control_port, cfg.pki)
+    proxy = Child("fleet-proxy", nginx_argv(find_nginx(), conf), cwd=str(cfg.state))
+    supervisor = Supervisor(log, [superlink, proxy], pid_file=cfg.state / "processes.json")
     supervisor.install_signal_handlers()
-    log.info("coordinator: SuperLink on %s:%d (TLS, SuperNode authentication), state in %s", cfg.host, cfg.port, cfg.state)
+    log.info("coordinator: hospitals reach the Fleet API on %s:%d (nginx, TLS); the SuperLink and its run "
+             "control listen on %s only (SuperNode authentication); state in %s",
+             cfg.host, cfg.port, cfg.control_address, cfg.state)
     status = cfg.state / "status.json"
 
     def tick() -> None:
         text = json.dumps({"pid": os.getpid(), "superlink_pid": superlink.proc.pid if superlink.proc else None,
+                           "proxy_pid": proxy.proc.pid if proxy.proc else None,
                            "restarts": superlink.restarts, "address": cfg.address}, sort_keys=True)
         if not status.is_file() or status.read_text() != text:
             atomic_write_text(status, text)

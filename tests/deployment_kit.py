@@ -99,8 +99,20 @@ class Kit:
                 proc.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 pass
-        ours = re.compile(r"flwr|flower|ugafl")
+        ours = re.compile(r"flwr|flower|ugafl|nginx")
         return stop_tree([p for p in self.pids_seen if alive(p) and ours.search(command_line(p))])
+
+
+def flwr_as_hospital(root: Path, address: str, ca: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """A `flwr` command as an enrolled hospital (or anyone holding the public ca.pem) would run it,
+    against `address`, the coordinator's public side: its own Flower home under `root`. `args` name
+    the connection as `hospital`."""
+    home = root / "hospital-flwr-home"
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "config.toml").write_text(f'[superlink.hospital]\naddress = "{address}"\nroot-certificates = "{ca}"\n')
+    env = {**os.environ, "FLWR_HOME": str(home), "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
+    return subprocess.run([str(BIN / "flwr"), *args], env=env, capture_output=True, text=True, timeout=120,
+                          stdin=subprocess.DEVNULL, cwd=root)
 
 
 def wait_for(what: str, check: Callable[[], object], timeout_s: float, every_s: float = 1.0):

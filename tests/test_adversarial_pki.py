@@ -58,7 +58,7 @@ def test_a_long_valid_host_name_and_addresses_work_and_a_retry_after_a_refusal_i
     assert done.returncode == 0, done.stderr
     cert = x509.load_pem_x509_certificate((tmp_path / "c" / "superlink.pem").read_bytes())
     alt = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    assert alt.get_values_for_type(x509.DNSName) == [long_name, "FL.Example.org"]
+    assert alt.get_values_for_type(x509.DNSName) == [long_name, "FL.Example.org", "localhost"]  # loopback names always added
     assert [str(a) for a in alt.get_values_for_type(x509.IPAddress)] == ["127.0.0.1", "::1"]
     assert sorted(p.name for p in (tmp_path / "c").iterdir()) == [
         "ca.key", "ca.pem", "model-signing.key", "model-signing.pub", "superlink.key", "superlink.pem"]
@@ -114,6 +114,10 @@ CASES = {
     "name missing": (dict(names=("10.0.0.7", "fl.example.org")),
                      r"superlink.pem: not valid for 127.0.0.1 \(\[coordinator\] address\); it names 10.0.0.7, fl.example.org"),
     "key mismatch": (dict(other_key=True), "superlink.key: does not match superlink.pem"),
+    # a certificate made before the proxy: the public name only, not where nginx and `flwr` reach it
+    "loopback missing": (dict(names=("127.0.0.1",)),
+                         r"superlink.pem: does not name localhost, where the coordinator's proxy and commands reach "
+                         r"the SuperLink; `ugafl pki renew --dir .*pki` adds them"),
 }
 
 
@@ -153,6 +157,18 @@ def test_a_certificate_about_to_expire_is_a_warning_not_a_refusal(tmp_path: Path
     assert config.is_file()
     assert check_server_pki(tmp_path / "pki" / "ca.pem", tmp_path / "pki" / "superlink.pem",
                             tmp_path / "pki" / "superlink.key", "LOCALHOST") == warnings  # DNS names: any case
+
+
+def test_renewing_a_certificate_made_before_the_proxy_adds_the_loopback_names(tmp_path: Path) -> None:
+    from ugafl.common.pki import check_server_pki, missing_loopback_names
+
+    _coordinator(tmp_path)
+    pki = tmp_path / "pki"
+    _cert(tmp_path, names=("fl.example.org",))
+    assert missing_loopback_names(pki / "superlink.pem") == ["localhost", "127.0.0.1"]
+    assert ugafl("renew", "--dir", pki).returncode == 0
+    assert missing_loopback_names(pki / "superlink.pem") == []
+    assert check_server_pki(pki / "ca.pem", pki / "superlink.pem", pki / "superlink.key", "fl.example.org") == []
 
 
 def test_renew_makes_a_new_server_certificate_from_the_same_ca(tmp_path: Path) -> None:

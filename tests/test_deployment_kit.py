@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from deployment_kit import GUIDE, Kit, guide_commands, wait_for
+from deployment_kit import GUIDE, Kit, flwr_as_hospital, guide_commands, wait_for
 from federation_helpers import check_outboxes, small_federation
 from flower_deployment import free_port
 from ugafl.common.model import ModelConfig
@@ -29,6 +29,7 @@ from ugafl.common.processes import command_line
 REPO = Path(__file__).resolve().parents[1]
 APP = REPO / "deploy" / "flower_app"
 CENTRES = ("RUMC", "UMCU", "RST")
+PUBLIC = "127.0.0.2"  # the coordinator's public address, as hospitals reach it
 
 
 def _site_toml(folder: Path, name: str, centre: str, data: Path | None, coordinator: str, app_hash: str,
@@ -87,11 +88,13 @@ def test_coordinator_and_three_hospitals_survive_kills(tmp_path: Path, fixtures_
     data, central = small_federation(tmp_path / "fed", CENTRES, ModelConfig(channels=(8, 16, 32)))
     kit = Kit(tmp_path)
     coord = tmp_path / "coordinator"
-    port = free_port()
-    kit.ugafl("pki", "init-coordinator", "--dir", str(coord / "pki"), "--names", "localhost,127.0.0.1")
+    # The coordinator's public side is 127.0.0.2 (what hospitals reach: nginx, the Fleet API only);
+    # its SuperLink, with run control, listens on 127.0.0.1 only.
+    port, control_port = free_port(), free_port()
+    kit.ugafl("pki", "init-coordinator", "--dir", str(coord / "pki"), "--names", PUBLIC)
     (coord / "coordinator.toml").write_text(
-        f'[coordinator]\nstate = "state"\npki = "pki"\napp = "{APP}"\nhost = "127.0.0.1"\nport = {port}\n'
-        f'address = "127.0.0.1:{port}"\n[federation]\ncentral_checkpoint = "{central}"\nnum_rounds = 4\n'
+        f'[coordinator]\nstate = "state"\npki = "pki"\napp = "{APP}"\nhost = "{PUBLIC}"\nport = {port}\n'
+        f'control_port = {control_port}\naddress = "{PUBLIC}:{port}"\n[federation]\ncentral_checkpoint = "{central}"\nnum_rounds = 4\n'
         f'budget = 2\npasses = 2\nlocal_steps = 8\nmin_nodes = 2\nweighting = "sites"\ntimeout_s = 900\n'
         f'patch_um = 512\n'  # small patches: this test is about surviving kills, and runs near its time limit
         f'run_name = "kit-test"\n')
@@ -105,7 +108,7 @@ def test_coordinator_and_three_hospitals_survive_kills(tmp_path: Path, fixtures_
         kit.ugafl("pki", "node-keys", "--dir", str(folder / "keys"), "--name", name)
         for f in ("ca.pem", "model-signing.pub"):  # what the coordinator hands out
             shutil.copy(coord / "pki" / f, folder / f)
-        sites[name] = _site_toml(folder, name, centre, data, f"127.0.0.1:{port}", app_hash, folder / "ca.pem",
+        sites[name] = _site_toml(folder, name, centre, data, f"{PUBLIC}:{port}", app_hash, folder / "ca.pem",
                                  folder / "keys" / f"{name}.key")
     names = list(sites)
     victim = names[2]
@@ -181,6 +184,15 @@ def test_coordinator_and_three_hospitals_survive_kills(tmp_path: Path, fixtures_
         back = kit.ugafl("server", "enrol", "--config", str(config), str(tmp_path / victim / "keys" / f"{victim}.pub"),
                          "--name", victim, check=False)
         after_removal = _sites(kit, config)
+        # A hospital (anyone with the public ca.pem) tries run control on the public side, and
+        # the SuperLink's own port at the public address: refused, while the rounds above ran.
+        hospital_ca = sites[names[0]].parent / "ca.pem"
+        attempts = {what: flwr_as_hospital(tmp_path, f"{PUBLIC}:{port}", hospital_ca, *args) for what, args in (
+            ("start-run", ("run", str(APP), "hospital")), ("stream-logs", ("log", str(run_id), "hospital", "--show")),
+            ("register-node", ("supernode", "register", str(tmp_path / victim / "keys" / f"{victim}.pub"), "hospital")),
+            ("list-runs", ("ls", "hospital")))}
+        direct = flwr_as_hospital(tmp_path, f"{PUBLIC}:{control_port}", hospital_ca, "ls", "hospital")
+        runs_after = kit.ugafl("server", "runs", "--config", str(config)).stdout
     finally:
         left = kit.stop_all()
     assert not left, f"processes still running: {left}"
@@ -223,6 +235,15 @@ def test_coordinator_and_three_hospitals_survive_kills(tmp_path: Path, fixtures_
     assert stopped.startswith(f"run {fifth}: "), stopped  # and `server runs` showed it finished:stopped
     assert victim not in after_removal and set(after_removal) == set(names) - {victim}, after_removal
     assert back.returncode == 2 and "this key was removed" in back.stderr, back.stderr
+    # Run control is not for hospitals: every attempt through the public port is refused by the
+    # proxy (403, in its access log), the SuperLink's port is closed there, and nothing started.
+    access = (coord / "state" / "logs" / "fleet-access.log").read_text()
+    for path, done in attempts.items():
+        assert done.returncode != 0 and "403" in done.stdout + done.stderr, (path, done.stdout, done.stderr)
+        assert re.search(rf'"POST /v1/control/{path} HTTP/1.1" 403 ', access), (path, access[-2000:])
+    assert re.search(r'"POST /v1/fleet/pull-messages HTTP/1.1" 200 ', access)  # the hospitals' rounds went through it
+    assert direct.returncode != 0 and "403" not in direct.stdout + direct.stderr, direct.stdout
+    assert runs_after.count("\n") == runs.count("\n") + 1, (runs, runs_after)  # only the run stopped above was added
     # The deployment guide shows the commands this test ran, and only those.
     assert guide_commands(GUIDE.read_text()) == kit.ran, (guide_commands(GUIDE.read_text()) ^ kit.ran)
 
@@ -244,7 +265,7 @@ def test_unenrolled_and_wrong_ca_hospitals_are_refused(tmp_path: Path) -> None:
     kit.ugafl("pki", "init-coordinator", "--dir", str(tmp_path / "other"), "--names", "127.0.0.1")
     config = coord / "coordinator.toml"
     config.write_text(f'[coordinator]\nstate = "state"\npki = "pki"\napp = "{APP}"\nhost = "127.0.0.1"\n'
-                      f'port = {port}\naddress = "127.0.0.1:{port}"\n')
+                      f'port = {port}\ncontrol_port = {free_port()}\naddress = "127.0.0.1:{port}"\n')
     paths = {}
     for name, ca in (("stranger", coord / "pki" / "ca.pem"), ("misconfigured", tmp_path / "other" / "ca.pem")):
         folder = tmp_path / name
