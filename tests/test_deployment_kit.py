@@ -220,7 +220,7 @@ def test_coordinator_and_three_hospitals_survive_kills(tmp_path: Path, fixtures_
         assert s["connection"]["state"] == "connected" and s["running"], s
         assert s["model_round"] == 3 and s["last_round"]["round"] == 4, s
     assert all(re.search(rf"^{n}\s+online\s", sites_table, re.M) for n in names), sites_table
-    for line in ("daemon             running", "coordinator        127.0.0.1:", "model              ",
+    for line in ("daemon             running", f"coordinator        {PUBLIC}:", "model              ",
                  "last round         run ", "queue              pending"):
         assert line in status_text, status_text
     assert "is approved by this site" in kit.output(names[0])  # every ClientApp passed the app gate
