@@ -97,7 +97,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", type=Path, help="a benchmark run folder with results.json")
     args = parser.parse_args(argv)
-    targets = check_targets(json.loads((args.run_dir / "results.json").read_text()))
+    results = json.loads((args.run_dir / "results.json").read_text())
+    if (args.run_dir / "summary.json").is_file():  # a run with reference arms: the report's summary has the intervals
+        results["summary"] = json.loads((args.run_dir / "summary.json").read_text())
+    targets = check_targets(results)
     atomic_write_text(args.run_dir / "targets.json", json.dumps(targets, indent=1))
     print(markdown(targets))  # noqa: T201 - a command's output
 
