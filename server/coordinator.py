@@ -133,11 +133,12 @@ def preflight(cfg: CoordinatorConfig) -> list[str]:
 
 
 def superlink_argv(cfg: CoordinatorConfig) -> list[str]:
+    from ugafl.server.fleet_proxy import LOOPBACK
+
     return [str(BIN / "flower-superlink"), "--ssl-ca-certfile", str(cfg.pki / "ca.pem"),
             "--ssl-certfile", str(cfg.pki / "superlink.pem"), "--ssl-keyfile", str(cfg.pki / "superlink.key"),
             "--enable-supernode-auth", "--database", str(cfg.state / "superlink.db"),
-            "--disable-runtime-dependency-installation", "--host", cfg.control_address.rsplit(":", 1)[0],
-            "--port", str(cfg.control_port)]
+            "--disable-runtime-dependency-installation", "--host", LOOPBACK, "--port", str(cfg.control_port)]
 
 
 def flwr_env(cfg: CoordinatorConfig) -> dict[str, str]:

@@ -22,6 +22,7 @@ LOOPBACK = "127.0.0.1"
 UPSTREAM_NAME = "localhost"  # the name nginx checks in the SuperLink's certificate (the PKI always adds it)
 MAX_BODY = "512m"  # one message's largest body: a model's weights with room to spare
 IDLE_TIMEOUT_S = 300  # a request the SuperLink takes longer than this to answer is cut
+TEMP_KINDS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")  # nginx's temporary folders, all under state/nginx/tmp
 
 
 def find_nginx() -> str:
@@ -45,8 +46,7 @@ def nginx_conf(folder: Path, host: str, port: int, control_port: int, pki: Path,
     """The proxy's configuration: TLS on host:port, /v1/fleet/ (POST) passed to the SuperLink on
     127.0.0.1:control_port over TLS checked against the coordinator's CA, everything else 403."""
     upstream = f"https://{LOOPBACK}:{control_port}"
-    temp = "\n".join(f"    {kind}_temp_path {folder / 'tmp' / kind};" for kind in
-                     ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    temp = "\n".join(f"    {kind}_temp_path {folder / 'tmp' / kind};" for kind in TEMP_KINDS)
     return f"""# Written by `ugafl server start` (server/fleet_proxy.py) at each start; edits are lost.
 worker_processes 1;
 pid {folder / 'nginx.pid'};
@@ -87,7 +87,7 @@ http {{
 def write_nginx_conf(state: Path, host: str, port: int, control_port: int, pki: Path) -> Path:
     """Write the proxy's folder (state/nginx: config, temporary folders) and return the config file."""
     folder = state / "nginx"
-    for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
+    for kind in TEMP_KINDS:
         (folder / "tmp" / kind).mkdir(parents=True, exist_ok=True)
     (state / "logs").mkdir(parents=True, exist_ok=True)
     conf = folder / "nginx.conf"

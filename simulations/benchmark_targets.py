@@ -1,4 +1,5 @@
-"""Issue 15's targets, checked on a benchmark run (its `results.json`): does a corrected patch
+"""Issue 15's targets, checked on a benchmark run (its report's `summary.json` and its arms'
+results): does a corrected patch
 reliably help? Every figure is the external mean Dice (the mean over the external centres).
 
 * `no_loss`: no strategy's mean at the first count is below the baseline, and no arm's seed loses
@@ -31,9 +32,9 @@ def _external(dice: dict[str, float], centres: list[str]) -> float:
     return float(np.mean([dice[c] for c in centres]))
 
 
-def check_targets(results: dict, max_round_loss: float = 0.01, pooled_gap: float = 0.02) -> dict:
-    """Each target: its figures and whether it holds (`met`); `results` as results.json holds it."""
-    summary, arms = results["summary"], results["arms"]
+def check_targets(summary: dict, arms: list[dict], max_round_loss: float = 0.01, pooled_gap: float = 0.02) -> dict:
+    """Each target: its figures and whether it holds (`met`); `summary` as the report's summary.json
+    holds it, `arms` each arm's result.json."""
     centres, base = summary["external_centres"], summary["baseline_external"]
     counts = sorted({int(k) for a in arms for k in a["dice"]})
     first, last = str(counts[0]), str(counts[-1])
@@ -95,12 +96,10 @@ def markdown(targets: dict) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("run_dir", type=Path, help="a benchmark run folder with results.json")
+    parser.add_argument("run_dir", type=Path, help="a benchmark run folder (summary.json and results.json)")
     args = parser.parse_args(argv)
-    results = json.loads((args.run_dir / "results.json").read_text())
-    if (args.run_dir / "summary.json").is_file():  # a run with reference arms: the report's summary has the intervals
-        results["summary"] = json.loads((args.run_dir / "summary.json").read_text())
-    targets = check_targets(results)
+    arms = json.loads((args.run_dir / "results.json").read_text())["arms"]
+    targets = check_targets(json.loads((args.run_dir / "summary.json").read_text()), arms)
     atomic_write_text(args.run_dir / "targets.json", json.dumps(targets, indent=1))
     print(markdown(targets))  # noqa: T201 - a command's output
 
