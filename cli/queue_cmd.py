@@ -186,14 +186,18 @@ def annotate_cmd(workspace: Path, data_dir: Path, rater: int | None, boundary_no
 @queue.command("export")
 @WORKSPACE
 @click.option("--format", "fmt", type=click.Choice(["geojson", "asap"]), default="geojson", show_default=True)
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="File to write (.geojson or .xml).")
+@click.option("--out", type=click.Path(path_type=Path), required=True,
+              help="Folder to write into: one file per slide, <slide>.geojson or <slide>.xml.")
 @click.option("--state", type=STATE_CHOICE, default="pending", show_default=True)
-def export_cmd(workspace: Path, fmt: str, out: Path, state: str) -> None:
-    """Export queued patches with the model's contour for QuPath (GeoJSON) or ASAP (XML)."""
+@click.option("--slide", default=None, help="Only this slide's items [default: every slide, a file each].")
+def export_cmd(workspace: Path, fmt: str, out: Path, state: str, slide: str | None) -> None:
+    """Export queued patches with the model's contour for QuPath (GeoJSON) or ASAP (XML), one file per slide."""
     from ugafl.client.annotations.exchange import export_queue
 
-    n = export_queue(workspace, out, fmt, state)
-    click.echo(f"exported {n} item(s) in state {state} to {out}")
+    written = export_queue(workspace, out, fmt, state, slide)
+    for done in written:
+        click.echo(f"{done.slide}: {done.items} item(s) -> {done.path}")
+    click.echo(f"exported {sum(d.items for d in written)} item(s) in state {state} of {len(written)} slide(s) to {out}")
 
 
 @queue.command("import")
@@ -201,10 +205,19 @@ def export_cmd(workspace: Path, fmt: str, out: Path, state: str) -> None:
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option("--format", "fmt", type=click.Choice(["geojson", "asap", "png"]), default="geojson", show_default=True)
 @click.option("--item", "item_id", type=int, default=None, help="The item a PNG mask belongs to.")
+@click.option("--slide", default=None,
+              help="The slide the file is for [default: the one it names inside, else its file name].")
+@click.option("--tumour-class", "tumour_classes", multiple=True, metavar="NAME",
+              help="A class (QuPath) or group (ASAP) imported as tumour; repeat for several "
+                   "[default: Tumor, Tumour, metastases, _0, _1; unclassified counts as tumour].")
 @click.option("--who", default=None, help="Who corrected (default: the login name).")
-def import_cmd(workspace: Path, path: Path, fmt: str, item_id: int | None, who: str | None) -> None:
-    """Import corrected annotations (QuPath GeoJSON, ASAP XML, or one item's PNG mask)."""
+def import_cmd(workspace: Path, path: Path, fmt: str, item_id: int | None, slide: str | None,
+               tumour_classes: tuple[str, ...], who: str | None) -> None:
+    """Import one slide's corrected annotations (QuPath GeoJSON, ASAP XML, or one item's PNG mask)."""
     from ugafl.client.annotations.exchange import import_file
+    from ugafl.client.annotations.geometry import TUMOUR_CLASSES
 
-    ids = import_file(workspace, path, fmt, who or _user(), item_id)
-    click.echo(f"imported corrections for {len(ids)} item(s): {', '.join(map(str, ids))}")
+    done = import_file(workspace, path, fmt, who or _user(), item_id, slide, tumour_classes or TUMOUR_CLASSES)
+    for line in done.warnings:
+        click.echo(f"warning: {line}", err=True)
+    click.echo(f"imported corrections for {len(done.ids)} item(s) of slide {done.slide}: {', '.join(map(str, done.ids))}")

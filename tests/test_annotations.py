@@ -199,10 +199,19 @@ def test_geojson_refusals(tmp_path, geometry, message):
 
 
 def test_geojson_outside_its_named_item(tmp_path):
-    path = _write(tmp_path, [_feature({"type": "Polygon", "coordinates": [_square(4000, 2100, 100)]},
+    path = _write(tmp_path, [_feature({"type": "Polygon", "coordinates": [_square(3900, 2100, 100)]},
                                       metadata={"ugafl_item": "12"})])
     with pytest.raises(AnnotationError, match=r"feature 0 lies outside item 12's patch \(x 4096-5120, y 2048-2816\)"):
         qupath_geojson.import_corrections(path, BOXES)
+    # partly outside: clipped to the patch, and said so
+    path = _write(tmp_path, [_feature({"type": "Polygon", "coordinates": [_square(4000, 2100, 200)]},
+                                      metadata={"ugafl_item": "12"})])
+    warnings: list[str] = []
+    got = qupath_geojson.import_corrections(path, BOXES, {12: SHAPE}, warnings=warnings)
+    mask = polygons_to_mask(got[12], BOX, SHAPE)
+    assert mask.sum() == 26 * 50  # the patch pixels whose centre is inside: x 4096-4200 (26), y 2100-2300 (50)
+    assert warnings == [f"{path}: feature 0 reaches 96.0 level-0 px past item 12's patch (x 4096-5120, y 2048-2816); "
+                        f"clipped to the patch"]
     # one patch pixel (4 level-0 px here) of overshoot is tolerated when the patch shape is known
     path = _write(tmp_path, [_feature({"type": "Polygon", "coordinates": [_square(4093, 2100, 100)]},
                                       metadata={"ugafl_item": 12})])

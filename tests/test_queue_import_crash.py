@@ -31,7 +31,7 @@ ws, listing = Path(sys.argv[1]), Path(sys.argv[2])
 print("ready", flush=True)
 for line in listing.read_text().splitlines():
     fmt, path, item = line.split("\\t")
-    ids = import_file(ws, path, fmt, "dr-crash", int(item) if item else None)
+    ids = import_file(ws, path, fmt, "dr-crash", int(item) if item else None).ids
     print(path, *ids, flush=True)
 """
 
@@ -67,7 +67,7 @@ def build(ws: Path, files_dir: Path, n_items: int) -> tuple[list[tuple[str, Path
             Image.fromarray(mask.astype(np.uint8) * 255).save(path)
             expected[group[0]] = mask
         else:
-            module.export_items([ExportPatch(i, boxes[i], corrected_mask(i)) for i in group], path)
+            module.export_items([ExportPatch(i, boxes[i], corrected_mask(i)) for i in group], path, slide="s1.tif")
             polygons = module.import_corrections(path, {i: boxes[i] for i in group}, shapes)
             assert sorted(polygons) == group
             for i in group:
@@ -121,6 +121,6 @@ def test_acknowledged_imports_survive_sigkill(tmp_path: Path, seed: int) -> None
         if any(states[i] != "corrected" for i in group):
             from ugafl.client.annotations.exchange import import_file
 
-            assert import_file(ws, path, fmt, "dr-crash", group[0] if fmt == "png" else None) == group
+            assert import_file(ws, path, fmt, "dr-crash", group[0] if fmt == "png" else None).ids == group
     with CorrectionQueue(ws) as q:
         assert q.counts()["corrected"] == len(expected)

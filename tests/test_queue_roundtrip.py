@@ -4,6 +4,7 @@ back, through the console script; a bad file leaves the queue unchanged."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -55,10 +56,11 @@ def snapshot(ws: Path) -> tuple:
 
 @pytest.mark.parametrize("fmt, suffix", [("geojson", ".geojson"), ("asap", ".xml")])
 def test_export_then_import_corrects_every_item_with_the_drawn_mask(workspace, tmp_path, fmt, suffix):
-    out = tmp_path / f"queue{suffix}"
-    exported = ugafl("queue", "export", "--workspace", workspace, "--format", fmt, "--out", out)
+    exported = ugafl("queue", "export", "--workspace", workspace, "--format", fmt, "--out", tmp_path / "out")
     assert exported.returncode == 0, exported.stderr
-    assert "exported 2 item(s)" in exported.stdout
+    assert "exported 2 item(s) in state pending of 1 slide(s)" in exported.stdout
+    out = tmp_path / "out" / f"s1{suffix}"  # one file per slide, named for it
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [out.name]
     if fmt == "geojson":
         features = json.loads(out.read_text())["features"]
         tumour = {f["properties"]["metadata"]["ugafl_item"]: f for f in features
@@ -85,8 +87,8 @@ def test_export_then_import_corrects_every_item_with_the_drawn_mask(workspace, t
 
 
 def test_importing_twice_is_refused_and_changes_nothing(workspace, tmp_path):
-    out = tmp_path / "q.geojson"
-    assert ugafl("queue", "export", "--workspace", workspace, "--out", out).returncode == 0
+    out = tmp_path / "s1.geojson"
+    assert ugafl("queue", "export", "--workspace", workspace, "--out", tmp_path).returncode == 0
     assert ugafl("queue", "import", "--workspace", workspace, out).returncode == 0
     before = snapshot(workspace)
     again = ugafl("queue", "import", "--workspace", workspace, out)
@@ -96,8 +98,8 @@ def test_importing_twice_is_refused_and_changes_nothing(workspace, tmp_path):
 
 
 def test_a_file_naming_a_finished_item_imports_nothing(workspace, tmp_path):
-    out = tmp_path / "q.geojson"
-    assert ugafl("queue", "export", "--workspace", workspace, "--out", out).returncode == 0
+    out = tmp_path / "s1.geojson"
+    assert ugafl("queue", "export", "--workspace", workspace, "--out", tmp_path).returncode == 0
     with CorrectionQueue(workspace) as q:
         q.reject(2, "dr-b", "out of focus")
     before = snapshot(workspace)
@@ -123,3 +125,153 @@ def test_png_import_for_one_item_and_its_refusals(workspace, tmp_path):
     assert ok.returncode == 0, ok.stderr
     with CorrectionQueue(workspace) as q:
         assert np.array_equal(q.load_correction(1), blob())
+
+
+# ---------------------------------------------------------------------- one file per slide
+
+def two_slides(ws: Path) -> None:
+    """Item 1 on RST_001 and item 2 on UMCU_003, at the same level-0 box (1000, 2000, 256, 256)."""
+    rng = np.random.default_rng(1)
+    with CorrectionQueue(ws) as q:
+        for slide in ("RST_001", "UMCU_003"):
+            pixels = PatchPixels(rng.integers(0, 255, (SIZE, SIZE, 3), dtype=np.uint8), blob(),
+                                 rng.random((SIZE, SIZE)).astype(np.float32))
+            q.add(NewItem(PatchOrigin(slide, (1000, 2000, 256, 256), 2.0), PatchReason(0.5, "uga", "top-k", "v1", 0),
+                          pixels))
+
+
+def square(x: float, y: float, side: float) -> list[list[float]]:
+    return [[x, y], [x + side, y], [x + side, y + side], [x, y + side], [x, y]]
+
+
+def drawn(ring: list[list[float]], **props) -> dict:
+    """A polygon as a pathologist draws it in QuPath: no metadata, maybe a class."""
+    return {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [ring]},
+            "properties": {"objectType": "annotation", **props}}
+
+
+def states(ws: Path) -> dict[int, str]:
+    with CorrectionQueue(ws) as q:
+        return {i.id: i.state for i in q.list()}
+
+
+def test_two_slides_with_overlapping_boxes_import_only_into_the_slide_drawn_on(tmp_path):
+    ws = tmp_path / "ws"
+    two_slides(ws)
+    out = tmp_path / "out"
+    exported = ugafl("queue", "export", "--workspace", ws, "--out", out)
+    assert exported.returncode == 0, exported.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["RST_001.geojson", "UMCU_003.geojson"]
+    for slide, item in (("RST_001", "1"), ("UMCU_003", "2")):
+        features = json.loads((out / f"{slide}.geojson").read_text())["features"]
+        assert {f["properties"]["metadata"]["ugafl_slide"] for f in features} == {slide}  # named inside
+        assert {f["properties"]["metadata"]["ugafl_item"] for f in features} == {item}
+    # The pathologist opens RST_001's file, deletes the model's outline and draws a square, no metadata.
+    rst = out / "RST_001.geojson"
+    features = json.loads(rst.read_text())["features"]
+    region = [f for f in features if f["properties"]["metadata"].get("ugafl_role") == "region"]
+    rst.write_text(json.dumps({"type": "FeatureCollection", "features": region + [drawn(square(1040, 2040, 64))]}))
+    # The same square in a file that names no slide is refused, and changes nothing.
+    loose = tmp_path / "drawn.geojson"
+    loose.write_text(json.dumps({"type": "FeatureCollection", "features": [drawn(square(1040, 2040, 64))]}))
+    refused = ugafl("queue", "import", "--workspace", ws, loose)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert f"{loose}: does not say which slide it is for; name it with --slide" in refused.stderr
+    assert "RST_001, UMCU_003" in refused.stderr
+    # RST_001's file given as UMCU_003's is refused too.
+    wrong = ugafl("queue", "import", "--workspace", ws, rst, "--slide", "UMCU_003")
+    assert wrong.returncode == 2 and "is for slide RST_001, not UMCU_003 (--slide)" in wrong.stderr
+    assert states(ws) == {1: "pending", 2: "pending"}
+
+    done = ugafl("queue", "import", "--workspace", ws, rst, "--who", "dr-a")
+    assert done.returncode == 0, done.stderr
+    assert "imported corrections for 1 item(s) of slide RST_001: 1" in done.stdout
+    assert states(ws) == {1: "corrected", 2: "pending"}  # UMCU_003's patch at the same place is untouched
+    with CorrectionQueue(ws) as q:
+        mask = q.load_correction(1)
+    assert mask.sum() == 16 * 16 and mask[10:26, 10:26].all()  # 64 level-0 px at 4 per patch pixel, from (40, 40)
+
+
+def test_a_file_naming_another_slides_item_is_refused(tmp_path):
+    ws = tmp_path / "ws"
+    two_slides(ws)
+    assert ugafl("queue", "export", "--workspace", ws, "--out", tmp_path / "out", "--format", "asap").returncode == 0
+    # ASAP drops ugafl's attribute when it saves a file again: the file's name says the slide.
+    xml = (tmp_path / "out" / "RST_001.xml").read_text()
+    assert 'ugafl_slide="RST_001"' in xml
+    saved = tmp_path / "RST_001.xml"
+    saved.write_text(xml.replace(' ugafl_slide="RST_001"', ""))
+    mixed = tmp_path / "UMCU_003.xml"  # UMCU_003's name, RST_001's item 1 inside
+    mixed.write_text(saved.read_text())
+    refused = ugafl("queue", "import", "--workspace", ws, mixed, "--format", "asap")
+    assert refused.returncode == 2
+    assert "names item 1, which is on slide RST_001; this file is for slide UMCU_003" in refused.stderr
+    assert states(ws) == {1: "pending", 2: "pending"}
+    done = ugafl("queue", "import", "--workspace", ws, saved, "--format", "asap")
+    assert done.returncode == 0 and "of slide RST_001: 1" in done.stdout, done.stderr
+    assert states(ws) == {1: "corrected", 2: "pending"}
+
+
+def asap_file(path: Path, annotations: list[tuple[str, list[list[float]]]], slide: str, bom: bool = False) -> Path:
+    parts = []
+    for k, (group, ring) in enumerate(annotations):
+        coords = "".join(f'<Coordinate Order="{i}" X="{x}" Y="{y}"/>' for i, (x, y) in enumerate(ring[:-1]))
+        parts.append(f'<Annotation Name="Annotation {k}" Type="Polygon" PartOfGroup="{group}" Color="#F4FA58">'
+                     f'<Coordinates>{coords}</Coordinates></Annotation>')
+    text = (f'<?xml version="1.0"?><ASAP_Annotations ugafl_slide="{slide}"><Annotations>{"".join(parts)}'
+            f'</Annotations><AnnotationGroups/></ASAP_Annotations>')
+    path.write_text(text, encoding="utf-8-sig" if bom else "utf-8")
+    return path
+
+
+def test_geojson_and_asap_import_only_tumour_and_agree_pixel_for_pixel(workspace, tmp_path):
+    """The same drawing in both formats: a tumour polygon with a hole, an unclassified polygon, and
+    a Stroma polygon over both (skipped); both files with a byte-order mark."""
+    tumour, hole, loose, stroma = (square(1020, 2020, 120), square(1060, 2060, 40), square(1160, 2160, 60),
+                                   square(1000, 2000, 256))
+    geojson = tmp_path / "s1.geojson"
+    geojson.write_text(json.dumps({"type": "FeatureCollection", "features": [
+        {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [tumour, hole[::-1]]},
+         "properties": {"objectType": "annotation", "classification": {"name": "Tumor"}}},
+        drawn(loose), drawn(stroma, classification={"name": "Stroma"})]}), encoding="utf-8-sig")
+    xml = asap_file(tmp_path / "s1.xml", [("Tumor", tumour), ("Exclusion", hole), ("None", loose), ("Stroma", stroma)],
+                    "s1", bom=True)
+    masks = {}
+    for fmt, path in (("geojson", geojson), ("asap", xml)):
+        ws = tmp_path / f"ws-{fmt}"
+        shutil.copytree(workspace, ws)
+        done = ugafl("queue", "import", "--workspace", ws, path, "--format", fmt)
+        assert done.returncode == 0, done.stderr
+        assert "of slide s1: 1" in done.stdout and "warning" not in done.stderr  # nothing clipped, item 2 untouched
+        with CorrectionQueue(ws) as q:
+            masks[fmt] = q.load_correction(1)
+    np.testing.assert_array_equal(masks["geojson"], masks["asap"])
+    expected = np.zeros((SIZE, SIZE), bool)
+    expected[5:35, 5:35] = True  # the tumour, 120 level-0 px from (20, 20) at 4 per pixel
+    expected[15:25, 15:25] = False  # its hole
+    expected[40:55, 40:55] = True  # the unclassified square
+    np.testing.assert_array_equal(masks["geojson"], expected)  # and not the Stroma square over the whole patch
+
+
+def test_a_polygon_past_its_patch_is_clipped_with_a_warning(workspace, tmp_path):
+    path = tmp_path / "s1.geojson"
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": [drawn(square(1200, 1900, 200))]}))
+    done = ugafl("queue", "import", "--workspace", workspace, path)
+    assert done.returncode == 0, done.stderr
+    assert "warning:" in done.stderr and "past item 1's patch (x 1000-1256, y 2000-2256); clipped to the patch" in done.stderr
+    with CorrectionQueue(workspace) as q:
+        mask = q.load_correction(1)
+        assert q.get(2).state == "pending"
+    assert mask.sum() == 14 * 25 and mask[:25, 50:].all()  # x 1200-1256, y 2000-2100 of the patch
+
+
+def test_export_refuses_a_file_as_its_folder_and_an_unknown_slide(workspace, tmp_path):
+    a_file = tmp_path / "q.geojson"
+    a_file.write_text("{}")
+    refused = ugafl("queue", "export", "--workspace", workspace, "--out", a_file)
+    assert refused.returncode == 2 and f"--out {a_file}: is a file" in refused.stderr and a_file.read_text() == "{}"
+    unknown = ugafl("queue", "export", "--workspace", workspace, "--out", tmp_path / "o", "--slide", "nope")
+    assert unknown.returncode == 2 and "--slide nope: no item in state pending is on it (slides with such items: s1)" in unknown.stderr
+    assert not (tmp_path / "o").exists()
+    one = ugafl("queue", "export", "--workspace", workspace, "--out", tmp_path / "o", "--slide", "s1", "--format", "asap")
+    assert one.returncode == 0 and [p.name for p in (tmp_path / "o").iterdir()] == ["s1.xml"]

@@ -1,10 +1,13 @@
 """ASAP XML exchange (the Camelyon annotation format), level-0 slide pixels (x right, y down).
 
-Tumour outlines are Polygon annotations in a tumour group ("Tumor", Camelyon16's "_0"/"_1", ...);
-holes are polygons in the "Exclusion" group (Camelyon16: "_2") and are subtracted from the tumour
-polygon that contains them. Export writes per item a "Region" Rectangle named "ugafl item <id>",
-exteriors as "ugafl item <id> part <k>" (group Tumor) and holes as "ugafl item <id> part <k> hole <m>"
-(group Exclusion).
+A file is for one slide. Tumour outlines are Polygon annotations in a tumour group
+(`geometry.TUMOUR_CLASSES`: "Tumor", Camelyon16's "_0"/"_1", Camelyon17's "metastases") or in no
+group; holes are polygons in the "Exclusion" group (Camelyon16: "_2") and are subtracted from the
+tumour polygon that contains them; every other group (Stroma, ...) is skipped, as QuPath classes
+are. Export writes per item a "Region" Rectangle named "ugafl item <id>", exteriors as
+"ugafl item <id> part <k>" (group Tumor) and holes as "ugafl item <id> part <k> hole <m>" (group
+Exclusion), and the slide's name as the root's `ugafl_slide` attribute (ASAP drops it when it
+saves the file again; the file's name, the slide's, then says which slide it is for).
 """
 
 from __future__ import annotations
@@ -17,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ugafl.client.annotations.geometry import (AnnotationError, Box, ExportPatch, Polygon, as_export_patches,
-                                      assign_to_items, atomic_write_bytes, check_box, close_ring, mask_to_polygons,
-                                      ring_bounds, ring_inside, signed_area)
+from ugafl.client.annotations.geometry import (TUMOUR_CLASSES, AnnotationError, Box, ExportPatch, ParsedFile, Polygon,
+                                      as_export_patches, assign_parsed, atomic_write_bytes, check_box, close_ring,
+                                      is_tumour_class, mask_to_polygons, ring_bounds, ring_inside, signed_area)
 
 TUMOUR_GROUP, EXCLUSION_GROUP, REGION_GROUP = "Tumor", "Exclusion", "Region"
 EXCLUSION_GROUPS = {"exclusion", "_2"}
@@ -36,9 +39,10 @@ def _annotation(parent: ET.Element, name: str, group: str, kind: str, points: np
         ET.SubElement(coords, "Coordinate", Order=str(order), X=f"{float(x):.3f}", Y=f"{float(y):.3f}")
 
 
-def export_items(items: Iterable[ExportPatch | tuple], path: str | Path) -> Path:
-    """Write an ASAP XML file for `items` (ExportPatch or (item_id, box, mask, ...)); atomic."""
-    root = ET.Element("ASAP_Annotations")
+def export_items(items: Iterable[ExportPatch | tuple], path: str | Path, slide: str | None = None) -> Path:
+    """Write an ASAP XML file for `items` (ExportPatch or (item_id, box, mask, ...)) of one slide
+    (its name in the queue, written as the root's `ugafl_slide`); atomic."""
+    root = ET.Element("ASAP_Annotations", **({"ugafl_slide": slide} if slide else {}))
     annotations = ET.SubElement(root, "Annotations")
     for item in as_export_patches(items):
         x, y, w, h = check_box(item.box, f"item {item.item_id}")
@@ -82,14 +86,20 @@ def _coordinates(ann: ET.Element, where: str) -> np.ndarray:
 
 
 def import_corrections(path: str | Path, boxes: dict[int, Box] | None = None,
-                       shapes: dict[int, tuple[int, int]] | None = None) -> dict[int, list[Polygon]]:
-    """Tumour polygons (with holes) per item id from an ASAP XML file.
+                       shapes: dict[int, tuple[int, int]] | None = None,
+                       tumour_classes: tuple[str, ...] = TUMOUR_CLASSES,
+                       warnings: list[str] | None = None) -> dict[int, list[Polygon]]:
+    """Tumour polygons (with holes) per item id from an ASAP XML file (see `parse` and
+    `geometry.assign_parsed`: a polygon named "ugafl item <id> ..." belongs to that item, others to
+    every item whose patch holds them; one reaching past its patch is clipped, with a line in
+    `warnings`)."""
+    return assign_parsed(parse(path, tumour_classes), boxes, shapes, str(path), warnings)
 
-    Exclusion polygons become holes of the innermost tumour polygon containing them (dropped when
-    none does). A polygon named "ugafl item <id> ..." belongs to that item; others go to every item
-    whose patch contains them. Boxes come from `boxes` and the file's Region rectangles; `shapes`
-    sets the allowed overshoot to one patch pixel (see geometry.assign_to_items). Keys: every
-    item with a Region rectangle in the file or a polygon."""
+
+def parse(path: str | Path, tumour_classes: tuple[str, ...] = TUMOUR_CLASSES) -> ParsedFile:
+    """The regions, tumour polygons and named slide of an ASAP XML file. Exclusion polygons become
+    holes of the innermost tumour polygon containing them (dropped when none does); annotations in
+    other groups are skipped."""
     path = Path(path)
     try:
         root = ET.parse(path).getroot()
@@ -99,8 +109,8 @@ def import_corrections(path: str | Path, boxes: dict[int, Box] | None = None,
         raise AnnotationError(f"{path}: cannot read ({exc.strerror or exc})") from None
     if root.tag != "ASAP_Annotations":
         raise AnnotationError(f"{path}: root element is <{root.tag}>, expected <ASAP_Annotations>")
-    known: dict[int, Box] = {int(i): check_box(b, f"item {i}") for i, b in (boxes or {}).items()}
-    regions: set[int] = set()
+    slide = root.attrib.get("ugafl_slide", "").strip()
+    regions: dict[int, Box] = {}
     tumour: list[tuple[str, np.ndarray, int | None]] = []
     exclusions: list[tuple[str, np.ndarray]] = []
     for index, ann in enumerate(root.iter("Annotation")):
@@ -116,13 +126,15 @@ def import_corrections(path: str | Path, boxes: dict[int, Box] | None = None,
                 x0, y0, x1, y1 = ring_bounds(_coordinates(ann, where))
                 if x1 <= x0 or y1 <= y0:
                     raise AnnotationError(f"{where}: region of item {item_id} has no area")
-                known.setdefault(item_id, (x0, y0, x1 - x0, y1 - y0))
-                regions.add(item_id)
+                regions.setdefault(item_id, (x0, y0, x1 - x0, y1 - y0))
             continue
+        excluded = group.lower() in EXCLUSION_GROUPS
+        if not excluded and not is_tumour_class(group, tumour_classes):
+            continue  # another group (Stroma, ...): not tumour
         if kind not in ("Polygon", "Spline", "Rectangle"):
             raise AnnotationError(f"{where}: type {kind} cannot be a correction; draw an area (Polygon)")
         ring = _coordinates(ann, where)
-        if group.lower() in EXCLUSION_GROUPS:
+        if excluded:
             exclusions.append((label, ring))
         else:
             tumour.append((label, ring, item_id))
@@ -133,7 +145,4 @@ def import_corrections(path: str | Path, boxes: dict[int, Box] | None = None,
             innermost = min(parents, key=lambda k: abs(signed_area(tumour[k][1])))
             holes[innermost].append(ring)
     polygons = [(label, (exterior, holes[k]), item_id) for k, (label, exterior, item_id) in enumerate(tumour)]
-    out: dict[int, list[Polygon]] = {i: [] for i in sorted(regions)}
-    for item_id, polys in assign_to_items(polygons, known, shapes, str(path)).items():
-        out.setdefault(item_id, []).extend(polys)
-    return out
+    return ParsedFile(regions, polygons, {slide} if slide else set())

@@ -32,6 +32,12 @@ Polygon = tuple[np.ndarray, list[np.ndarray]]  # (exterior, holes)
 Box = tuple[float, float, float, float]  # level-0 (x, y, width, height)
 
 TUMOUR_CLASS = "Tumor"
+# The classes (QuPath) or groups (ASAP) imported as tumour, compared without case: the Camelyon
+# convention ("Tumor"; Camelyon16's "_0" and "_1", Camelyon17's "metastases") and its spelling
+# "Tumour". An annotation without a class (QuPath) or group (ASAP "None") counts as tumour too: it
+# was drawn in a patch ugafl asked about. Every other class (Stroma, Other, ...) is skipped.
+TUMOUR_CLASSES = ("Tumor", "Tumour", "metastases", "_0", "_1")
+UNCLASSIFIED = {"", "none"}
 REGION_CLASS = "Region*"
 TUMOUR_COLOUR = (200, 0, 0)
 REGION_COLOUR = (0, 0, 180)
@@ -39,6 +45,24 @@ REGION_COLOUR = (0, 0, 180)
 
 class AnnotationError(UgaflError):
     """An annotation file or mask that cannot be used; the message names the file and the feature."""
+
+
+def is_tumour_class(name: str | None, tumour_classes: Iterable[str] = TUMOUR_CLASSES) -> bool:
+    """Whether an annotation of class (group) `name` is imported as tumour; None is unclassified."""
+    if name is None or name.strip().lower() in UNCLASSIFIED:
+        return True
+    return name.strip().lower() in {c.strip().lower() for c in tumour_classes}
+
+
+@dataclass(frozen=True)
+class ParsedFile:
+    """What an annotation file holds for the queue: the items' region rectangles it names
+    (item id -> level-0 box), the tumour polygons as (label, polygon, named item id or None), and
+    the slides it says it is for (empty when it names none)."""
+
+    regions: dict[int, Box]
+    tumour: list[tuple[str, Polygon, int | None]]
+    slides: set[str]
 
 
 @dataclass(frozen=True)
@@ -204,28 +228,48 @@ def patch_pixel_tolerance(box: Box, shape: tuple[int, int] | None) -> float:
     return max(box[2] / shape[1], box[3] / shape[0])
 
 
+def overlaps_box(polygon: Polygon, box: Box) -> bool:
+    """Whether the polygon's bounding box and `box` share some area (level-0 pixels)."""
+    x0, y0, x1, y1 = ring_bounds(polygon[0])
+    x, y, w, h = box
+    return min(x1, x + w) > max(x0, x) and min(y1, y + h) > max(y0, y)
+
+
 def assign_to_items(polygons: list[tuple[str, Polygon, int | None]], boxes: dict[int, Box],
-                    shapes: dict[int, tuple[int, int]] | None, source: str) -> dict[int, list[Polygon]]:
+                    shapes: dict[int, tuple[int, int]] | None, source: str,
+                    warnings: list[str] | None = None) -> dict[int, list[Polygon]]:
     """Group (label, polygon, named item or None) triples by item.
 
-    A polygon naming an item must fit that item's box; an unnamed one goes to every item whose box
-    it fits (overlapping patches share it). "Fits" allows one patch pixel of overshoot (one level-0
-    pixel when the patch shape is unknown). Anything else is refused: a correction must fit its patch."""
+    A polygon naming an item goes to that item; an unnamed one goes to every item whose box it
+    fits (overlapping patches share it), or, when it fits none, to every item whose box it crosses.
+    "Fits" allows one patch pixel of overshoot (one level-0 pixel when the patch shape is unknown).
+    A polygon reaching past its patch is clipped to it when rasterised, and a line saying so is
+    appended to `warnings`; one that does not touch its patch (or any patch) is refused."""
     shapes = shapes or {}
     out: dict[int, list[Polygon]] = {}
+
+    def clipped(label: str, polygon: Polygon, item_id: int) -> None:
+        box = boxes[item_id]
+        if not fits_box(polygon, box, patch_pixel_tolerance(box, shapes.get(item_id))) and warnings is not None:
+            warnings.append(f"{source}: {label} reaches {vertex_overshoot(polygon, box):.1f} level-0 px past item "
+                            f"{item_id}'s patch ({describe_box(box)}); clipped to the patch")
+
     for label, polygon, item_id in polygons:
         if item_id is not None:
             if item_id not in boxes:
                 raise AnnotationError(f"{source}: {label} belongs to ugafl item {item_id}, but no box is known for "
                                       f"that item (the file has no region for it and none was given)")
             box = boxes[item_id]
-            if not fits_box(polygon, box, patch_pixel_tolerance(box, shapes.get(item_id))):
+            if not overlaps_box(polygon, box):
                 raise AnnotationError(f"{source}: {label} lies outside item {item_id}'s patch ({describe_box(box)}): "
                                       f"a vertex is {vertex_overshoot(polygon, box):.1f} level-0 px outside; "
                                       f"redraw it inside the patch")
+            clipped(label, polygon, item_id)
             out.setdefault(item_id, []).append(polygon)
             continue
         hits = [i for i, box in boxes.items() if fits_box(polygon, box, patch_pixel_tolerance(box, shapes.get(i)))]
+        if not hits:
+            hits = [i for i, box in boxes.items() if overlaps_box(polygon, box)]
         if not hits:
             x0, y0, x1, y1 = ring_bounds(polygon[0])
             known = "; ".join(f"item {i}: {describe_box(b)}" for i, b in list(boxes.items())[:5])
@@ -233,7 +277,22 @@ def assign_to_items(polygons: list[tuple[str, Polygon, int | None]], boxes: dict
             raise AnnotationError(f"{source}: {label} (x {x0:g}-{x1:g}, y {y0:g}-{y1:g}) lies outside every item's "
                                   f"patch ({known or 'no items known'}{more}); a correction must fit its patch")
         for i in hits:
+            clipped(label, polygon, i)
             out.setdefault(i, []).append(polygon)
+    return out
+
+
+def assign_parsed(parsed: ParsedFile, boxes: dict[int, Box] | None, shapes: dict[int, tuple[int, int]] | None,
+                  source: str, warnings: list[str] | None = None) -> dict[int, list[Polygon]]:
+    """Tumour polygons per item id: boxes from `boxes` and from the file's region rectangles (the
+    given ones win); a key for every item with a region rectangle in the file (an empty list: the
+    pathologist left no tumour in that patch) or a polygon."""
+    known = {int(i): check_box(b, f"item {i}") for i, b in (boxes or {}).items()}
+    for item_id, box in parsed.regions.items():
+        known.setdefault(item_id, box)
+    out: dict[int, list[Polygon]] = {i: [] for i in sorted(parsed.regions)}
+    for item_id, polys in assign_to_items(parsed.tumour, known, shapes, source, warnings).items():
+        out.setdefault(item_id, []).extend(polys)
     return out
 
 

@@ -1,9 +1,11 @@
 """QuPath GeoJSON exchange: export queue items for review in QuPath, import the corrections back.
 
-All coordinates are level-0 slide pixels (x right, y down), as QuPath writes them. Export writes,
-per item, a locked "Region*" rectangle named "ugafl item <id>" (the patch) and the model's tumour
-outline as "Tumor" annotations (Polygon with holes), each with properties.metadata.ugafl_item.
-Import reads QuPath 0.4/0.5 exports with or without classification/metadata.
+All coordinates are level-0 slide pixels (x right, y down), as QuPath writes them. A file is for
+one slide: export writes, per item, a locked "Region*" rectangle named "ugafl item <id>" (the
+patch) and the model's tumour outline as "Tumor" annotations (Polygon with holes), each with
+properties.metadata.ugafl_item and .ugafl_slide (QuPath keeps an object's metadata through its
+own GeoJSON export). Import reads QuPath 0.4/0.5 exports with or without classification/metadata,
+with or without a UTF-8 byte-order mark.
 """
 
 from __future__ import annotations
@@ -17,11 +19,11 @@ from typing import Any
 
 import numpy as np
 
-from ugafl.client.annotations.geometry import (REGION_CLASS, REGION_COLOUR, TUMOUR_CLASS, TUMOUR_COLOUR, AnnotationError,
-                                      Box, ExportPatch, Polygon, as_export_patches, assign_to_items,
-                                      atomic_write_bytes, check_box, mask_to_polygons, ring_bounds)
+from ugafl.client.annotations.geometry import (REGION_CLASS, REGION_COLOUR, TUMOUR_CLASS, TUMOUR_CLASSES, TUMOUR_COLOUR,
+                                      AnnotationError, Box, ExportPatch, ParsedFile, Polygon, as_export_patches,
+                                      assign_parsed, atomic_write_bytes, check_box, is_tumour_class,
+                                      mask_to_polygons, ring_bounds)
 
-TUMOUR_NAMES = {"tumor", "tumour"}
 _ITEM_NAME = re.compile(r"^\s*ugafl item (\d+)\s*$")
 
 
@@ -34,9 +36,11 @@ def _rect_ring(box: Box) -> list[list[float]]:
     return [[x, y], [x + w, y], [x + w, y + h], [x, y + h], [x, y]]
 
 
-def export_items(items: Iterable[ExportPatch | tuple], path: str | Path) -> Path:
-    """Write a QuPath-importable FeatureCollection for `items` (ExportPatch or (item_id, box, mask, ...))."""
+def export_items(items: Iterable[ExportPatch | tuple], path: str | Path, slide: str | None = None) -> Path:
+    """Write a QuPath-importable FeatureCollection for `items` (ExportPatch or (item_id, box, mask, ...))
+    of one slide; `slide` (its name in the queue) goes into every feature's metadata."""
     features: list[dict[str, Any]] = []
+    named = {"ugafl_slide": slide} if slide else {}
     for item in as_export_patches(items):
         box = check_box(item.box, f"item {item.item_id}")
         features.append({
@@ -44,7 +48,7 @@ def export_items(items: Iterable[ExportPatch | tuple], path: str | Path) -> Path
             "geometry": {"type": "Polygon", "coordinates": [_rect_ring(box)]},
             "properties": {"objectType": "annotation", "name": f"ugafl item {item.item_id}", "isLocked": True,
                            "classification": {"name": REGION_CLASS, "color": list(REGION_COLOUR)},
-                           "metadata": {"ugafl_item": str(item.item_id), "ugafl_role": "region"}},
+                           "metadata": {"ugafl_item": str(item.item_id), "ugafl_role": "region", **named}},
         })
         for k, (exterior, holes) in enumerate(mask_to_polygons(item.mask, box)):
             features.append({
@@ -52,7 +56,7 @@ def export_items(items: Iterable[ExportPatch | tuple], path: str | Path) -> Path
                 "geometry": {"type": "Polygon", "coordinates": [_ring_json(exterior)] + [_ring_json(h) for h in holes]},
                 "properties": {"objectType": "annotation", "name": f"ugafl item {item.item_id} tumour {k}",
                                "classification": {"name": TUMOUR_CLASS, "color": list(TUMOUR_COLOUR)},
-                               "metadata": {"ugafl_item": str(item.item_id)}},
+                               "metadata": {"ugafl_item": str(item.item_id), **named}},
             })
     data = json.dumps({"type": "FeatureCollection", "features": features}, indent=1).encode("utf-8")
     return atomic_write_bytes(path, data)
@@ -137,7 +141,7 @@ def _class_name(props: dict, where: str) -> str | None:
 
 def _load(path: Path) -> Any:
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark (Windows editors) is fine
     except OSError as exc:
         raise AnnotationError(f"{path}: cannot read ({exc.strerror or exc})") from None
     except UnicodeDecodeError:
@@ -151,16 +155,22 @@ def _load(path: Path) -> Any:
 
 
 def import_corrections(path: str | Path, boxes: dict[int, Box] | None = None,
-                       shapes: dict[int, tuple[int, int]] | None = None) -> dict[int, list[Polygon]]:
-    """Tumour polygons per item id from a QuPath GeoJSON export.
+                       shapes: dict[int, tuple[int, int]] | None = None,
+                       tumour_classes: tuple[str, ...] = TUMOUR_CLASSES,
+                       warnings: list[str] | None = None) -> dict[int, list[Polygon]]:
+    """Tumour polygons per item id from a QuPath GeoJSON export (see `parse` and
+    `geometry.assign_parsed`: a polygon belongs to the item its metadata names, else to every item
+    whose patch holds it; one reaching past its patch is clipped, with a line in `warnings`)."""
+    return assign_parsed(parse(path, tumour_classes), boxes, shapes, str(path), warnings)
 
-    Tumour = Polygon/MultiPolygon annotations with no classification or class Tumor/Tumour; other
-    classes and non-annotation objects (detections, cells) are skipped. A polygon belongs to the
-    item named by its metadata ugafl_item, else to every item whose patch contains it. Item boxes
-    come from `boxes` (level-0 (x, y, w, h)) and from the file's "Region*" rectangles. `shapes`
-    (patch (H, W) per item) sets the allowed overshoot to one patch pixel (else 1 level-0 pixel).
-    The result has a key for every item with a region rectangle in the file or a polygon (an empty
-    list: the pathologist left no tumour in that patch)."""
+
+def parse(path: str | Path, tumour_classes: tuple[str, ...] = TUMOUR_CLASSES) -> ParsedFile:
+    """The regions, tumour polygons and named slides of a QuPath GeoJSON export.
+
+    Tumour = Polygon/MultiPolygon annotations with no classification or a class in
+    `tumour_classes` (without case); other classes and non-annotation objects (detections, cells)
+    are skipped. Regions: "Region*" rectangles naming a ugafl item. Slides: every
+    metadata.ugafl_slide in the file."""
     path = Path(path)
     data = _load(path)
     if not isinstance(data, dict) or data.get("type") != "FeatureCollection":
@@ -170,10 +180,8 @@ def import_corrections(path: str | Path, boxes: dict[int, Box] | None = None,
     features = data.get("features")
     if not isinstance(features, list):
         raise AnnotationError(f"{path}: FeatureCollection has no features list")
-    known: dict[int, Box] = {}
-    for item_id, box in (boxes or {}).items():
-        known[int(item_id)] = check_box(box, f"item {item_id}")
-    regions: set[int] = set()
+    regions: dict[int, Box] = {}
+    slides: set[str] = set()
     tumour: list[tuple[str, Polygon, int | None]] = []
     for index, feature in enumerate(features):
         label = f"feature {index}"
@@ -196,6 +204,11 @@ def import_corrections(path: str | Path, boxes: dict[int, Box] | None = None,
         if metadata is not None and not isinstance(metadata, dict):
             raise AnnotationError(f"{where}: metadata must be an object")
         metadata = metadata or {}
+        slide = metadata.get("ugafl_slide")
+        if slide is not None:
+            if not isinstance(slide, str) or not slide.strip():
+                raise AnnotationError(f"{where}: metadata ugafl_slide must be a slide name, got {str(slide)[:40]!r}")
+            slides.add(slide.strip())
         is_region = (class_name is not None and class_name.rstrip("*").lower() == "region") \
             or metadata.get("ugafl_role") == "region"
         if is_region:
@@ -208,15 +221,11 @@ def import_corrections(path: str | Path, boxes: dict[int, Box] | None = None,
             x0, y0, x1, y1 = ring_bounds(polygons[0][0])
             if x1 <= x0 or y1 <= y0:
                 raise AnnotationError(f"{where}: region of item {item_id} has no area")
-            known.setdefault(item_id, (x0, y0, x1 - x0, y1 - y0))
-            regions.add(item_id)
+            regions.setdefault(item_id, (x0, y0, x1 - x0, y1 - y0))
             continue
-        if class_name is not None and class_name.lower() not in TUMOUR_NAMES:
+        if not is_tumour_class(class_name, tumour_classes):
             continue  # another class (stroma, ignore, ...): not tumour
         item_id = _item_ref(metadata.get("ugafl_item"), where)
         for k, polygon in enumerate(_geometry_polygons(feature.get("geometry"), where)):
             tumour.append((label if k == 0 else f"{label} part {k}", polygon, item_id))
-    out = {i: [] for i in sorted(regions)}
-    for item_id, polygons in assign_to_items(tumour, known, shapes, str(path)).items():
-        out.setdefault(item_id, []).extend(polygons)
-    return out
+    return ParsedFile(regions, tumour, slides)
