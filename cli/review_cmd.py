@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 from pathlib import Path
 
 import click
@@ -36,14 +35,8 @@ def review(workspace: Path, host: str, port: int, reviewer: str | None, open_bro
         import webbrowser
 
         webbrowser.open(server.url)
-    def stop(signum, frame):  # SIGTERM (a service manager) stops like Ctrl+C: requests finish, files close
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, stop)
     try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
+        server.serve_forever()  # SIGINT and SIGTERM (a service manager) stop it: requests under way finish
     finally:
         server.server_close()
         click.echo("review app stopped")

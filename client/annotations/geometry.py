@@ -307,11 +307,15 @@ def import_png_mask(path: str | Path, shape: tuple[int, int]) -> np.ndarray:
 def decode_png_mask(source: Path | BinaryIO, shape: tuple[int, int], name: str) -> np.ndarray:
     """`import_png_mask` for a file or an open binary stream; `name` opens every error message."""
     path = name
+    want_h, want_w = int(shape[0]), int(shape[1])
     try:
-        with Image.open(source) as im:
+        with Image.open(source) as im:  # reads the header only: the size is checked before decoding
+            if im.size != (want_w, want_h):
+                raise AnnotationError(f"{path}: mask is {im.size[0]}x{im.size[1]} (width x height), "
+                                      f"the patch is {want_w}x{want_h}")
             im.load()
             array = np.asarray(im)
-    except (OSError, ValueError, SyntaxError) as exc:
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise AnnotationError(f"{path}: cannot read as an image ({exc})") from None
     if array.ndim == 3:
         channels = array[..., :3]
@@ -320,7 +324,6 @@ def decode_png_mask(source: Path | BinaryIO, shape: tuple[int, int], name: str) 
         array = channels[..., 0]
     if array.ndim != 2:
         raise AnnotationError(f"{path}: expected a 2-D mask, got shape {array.shape}")
-    want_h, want_w = int(shape[0]), int(shape[1])
     if array.shape != (want_h, want_w):
         raise AnnotationError(f"{path}: mask is {array.shape[1]}x{array.shape[0]} (width x height), "
                               f"the patch is {want_w}x{want_h}")

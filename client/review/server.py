@@ -1,10 +1,19 @@
 """HTTP glue for the review web app: serves the page (client/review/static/) and a small JSON API
-over `ReviewService`. Standard library only; one thread per request.
+over `ReviewService`, as a Starlette app on uvicorn.
 
-Safety for a server on a pathologist's machine: it binds 127.0.0.1 unless told otherwise; it
-answers only requests whose Host header names the address it serves (no DNS rebinding); and
-every POST must carry the random token embedded in the page, which another web site open in the
-same browser cannot read, so it cannot post corrections either.
+Safety for a server on a pathologist's machine or behind a hospital's proxy:
+- it binds 127.0.0.1 unless told otherwise, and answers only requests whose Host header names
+  the address it serves or a configured host name (no DNS rebinding);
+- every POST carries the random token embedded in the page, which another web site open in the
+  same browser cannot read, so it cannot post corrections either;
+- a request body is refused before it is read when its Content-Length is missing, malformed,
+  negative or over the limit, and while it is read when it runs past its length or stalls;
+  a connection that has not sent a whole request head within `HEAD_TIMEOUT_S` is closed; no
+  request holds a thread while it is being received, and blocking work runs in anyio's bounded
+  pool of worker threads;
+- a mask's PNG size is checked from its header before it is decoded, and every text field has
+  a length limit;
+- every response says `frame-ancestors 'none'` (no framing), `nosniff`, `no-store`.
 
 API (JSON bodies, all POSTs with "token", "tab" and "reviewer"):
   POST /api/next                      -> {"item": {...} | null, "progress": {...}}
@@ -16,62 +25,291 @@ API (JSON bodies, all POSTs with "token", "tab" and "reviewer"):
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import ipaddress
 import json
-import re
 import secrets
+import signal
+import socket
 import threading
+import time
+from dataclasses import dataclass
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from pathlib import Path
 
-from ugafl.client.review.service import REJECT_REASONS, HeldByOtherTab, ReviewError, ReviewService
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
 from ugafl.client.queue.store import QueueError
+from ugafl.client.review.service import REJECT_REASONS, HeldByOtherTab, ReviewError, ReviewService
 from ugafl.common.errors import UgaflError
 from ugafl.common.log import get_logger
 
 log = get_logger("review")
 
 MAX_BODY_BYTES = 16 << 20  # a 2048 x 2048 mask PNG, base64-encoded, is far below this
+BODY_TIMEOUT_S = 30.0  # the longest wait for the next part of a request body
+HEAD_TIMEOUT_S = 10.0  # the longest a connection may take to send a whole request head
+MAX_REASON_CHARS = 500
+MAX_REVIEWER_CHARS = 100
+MAX_ITEM_ID = 2**63 - 1  # SQLite's largest integer: any larger id names no item
 STATIC = {"review.js": "text/javascript; charset=utf-8", "review.css": "text/css; charset=utf-8"}
 PICTURES = {"image.png": "image", "model_mask.png": "model_mask", "uncertainty.png": "uncertainty"}
-_ITEM_PATH = re.compile(r"^/api/items/(\d+)(?:/([a-z_]+(?:\.png)?))?$")
+SECURITY_HEADERS = [
+    (b"cache-control", b"no-store"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"content-security-policy", b"default-src 'self'; img-src 'self' data: blob:; style-src 'self'; "
+                                 b"script-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'"),
+]
 
 
 def _static(name: str) -> bytes:
     return resources.files("ugafl.client.review").joinpath("static", name).read_bytes()
 
 
-class ReviewServer(ThreadingHTTPServer):
-    """The review app for `workspace` on (host, port); port 0 picks a free one (see `.url`)."""
+@dataclass(frozen=True)
+class ReviewLimits:
+    """What one request may cost: body bytes, seconds between body parts, seconds for a request
+    head, and open connections at once."""
 
-    daemon_threads = True
+    max_body_bytes: int = MAX_BODY_BYTES
+    body_timeout_s: float = BODY_TIMEOUT_S
+    head_timeout_s: float = HEAD_TIMEOUT_S
+    max_connections: int = 512  # open connections (uvicorn answers 503 beyond); worker threads are anyio's 40
 
-    def __init__(self, workspace: str | Path, host: str = "127.0.0.1", port: int = 0, reviewer: str = ""):
-        self.service = ReviewService(workspace)
-        self.token = secrets.token_urlsafe(24)
-        self.default_reviewer = reviewer
+
+class _Refused(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+class _Guard:
+    """ASGI middleware in front of every route: the Host check, the body's length and pace, and the
+    security headers on every response (errors included)."""
+
+    def __init__(self, app, allowed_hosts: set[str], limits: ReviewLimits):
+        self.app, self.allowed_hosts, self.limits = app, allowed_hosts, limits
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def send_secured(message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), *SECURITY_HEADERS]}
+            await send(message)
+
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        refusal = self._check(scope, headers)
+        if refusal is not None:
+            return await refusal(scope, receive, send_secured)
+        declared = int(headers.get("content-length", "0") or 0)
+        received = 0
+
+        async def receive_bounded():
+            nonlocal received
+            try:
+                message = await asyncio.wait_for(receive(), self.limits.body_timeout_s)
+            except asyncio.TimeoutError:
+                raise _Refused(HTTPStatus.REQUEST_TIMEOUT, f"request body stalled for {self.limits.body_timeout_s:g} s") from None
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > declared:
+                    raise _Refused(HTTPStatus.BAD_REQUEST, "request body longer than its Content-Length")
+            return message
+
         try:
-            super().__init__((host, port), _Handler)
-        except BaseException:
-            self.service.close()
-            raise
-        bound_host, bound_port = self.server_address[:2]
-        self.url = f"http://{_url_host(host)}:{bound_port}/"
-        self.allowed_hosts = {f"{h}:{bound_port}" for h in (_url_host(host), "127.0.0.1", "localhost", "[::1]")}
+            await self.app(scope, receive_bounded, send_secured)
+        except _Refused as refused:  # raised while the body was read: nothing has been answered yet
+            log.warning("%s %s refused: %s", scope["method"], scope["path"], refused.message)
+            await _error(refused.status, refused.message)(scope, receive, send_secured)
 
-    def server_close(self) -> None:
-        super().server_close()
-        self.service.close()
+    def _check(self, scope, headers: dict[str, str]) -> Response | None:
+        if headers.get("host", "") not in self.allowed_hosts:
+            return _error(HTTPStatus.FORBIDDEN, "unexpected Host header; open the address ugafl review printed")
+        if scope["method"] != "POST":
+            return None
+        if "transfer-encoding" in headers:
+            return _error(HTTPStatus.LENGTH_REQUIRED, "send the body with a Content-Length, not chunked")
+        raw = headers.get("content-length")
+        if raw is None or not raw.strip().isdigit():  # isdigit: no sign, so no negative length
+            return _error(HTTPStatus.LENGTH_REQUIRED, "Content-Length required (a whole number of bytes)")
+        if int(raw) > self.limits.max_body_bytes:
+            return _error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"request body over {self.limits.max_body_bytes} bytes")
+        return None
 
-    def start_background(self) -> threading.Thread:
-        """Serve on a daemon thread (for embedding and tests); stop with shutdown()."""
-        thread = threading.Thread(target=self.serve_forever, name="review-server", daemon=True)
-        thread.start()
-        return thread
+
+class _HeadDeadline(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol, plus a deadline for each request head: a connection that has
+    not sent a whole request head `HEAD_TIMEOUT_S` after it opened (or after its last response)
+    is closed, so half-sent requests cannot pile up."""
+
+    head_timeout_s = HEAD_TIMEOUT_S
+
+    def connection_made(self, transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._arm()
+
+    def _arm(self) -> None:
+        self.loop.call_later(self.head_timeout_s, self._expire, self.cycle)
+
+    def _expire(self, cycle_then) -> None:
+        if self.cycle is cycle_then and not self.transport.is_closing():  # no new request since
+            log.info("closing a connection that sent no whole request in %g s", self.head_timeout_s)
+            self.transport.close()
+
+
+def build_app(service: ReviewService, token: str, reviewer: str, allowed_hosts: set[str],
+              limits: ReviewLimits = ReviewLimits()) -> _Guard:
+    """The review app as an ASGI application."""
+
+    def page(request: Request) -> Response:
+        text = _static("index.html").decode()
+        text = text.replace("{{TOKEN}}", token).replace("{{REVIEWER}}", _html_attr(reviewer))
+        text = text.replace("{{REASONS}}", "".join(f"<option>{_html_attr(r)}</option>" for r in REJECT_REASONS))
+        return Response(text, media_type="text/html; charset=utf-8")
+
+    def static(request: Request) -> Response:
+        name = request.path_params["name"]
+        if name not in STATIC:
+            return _error(HTTPStatus.NOT_FOUND, f"no such resource {request.url.path}")
+        return Response(_static(name), media_type=STATIC[name])
+
+    def progress(request: Request) -> Response:
+        return JSONResponse(service.progress())
+
+    def item(request: Request) -> Response:
+        return _answer(lambda: JSONResponse(service.item_json(_item_id(request))))
+
+    def picture(request: Request) -> Response:
+        part = request.path_params["part"]
+        if part not in PICTURES:
+            return _error(HTTPStatus.NOT_FOUND, f"no such resource {request.url.path}")
+        return _answer(lambda: Response(service.pictures(_item_id(request))[PICTURES[part]], media_type="image/png"))
+
+    async def next_item(request: Request) -> Response:
+        body = await _body(request, token)
+        if isinstance(body, Response):
+            return body
+        return await _in_thread(lambda: JSONResponse({"item": service.next_item(body.get("tab"), body["reviewer"]),
+                                                      "progress": service.progress()}))
+
+    async def action(request: Request) -> Response:
+        name = request.path_params["action"]
+        if name not in ("correction", "reject", "skip"):
+            return _error(HTTPStatus.NOT_FOUND, f"no such action {request.url.path}")
+        body = await _body(request, token)
+        if isinstance(body, Response):
+            return body
+        tab, who = body.get("tab"), body["reviewer"]
+
+        def run() -> Response:
+            item_id = _item_id(request)
+            if name == "correction":
+                service.submit(tab, item_id, _decode_png(body.get("mask_png")), who)
+            elif name == "reject":
+                service.reject(tab, item_id, who, _reason(body.get("reason")))
+            else:
+                service.skip(tab, item_id, who)
+            log.info("item %d: %s by %s", item_id, name, who)
+            return JSONResponse({"progress": service.progress()})
+
+        return await _in_thread(run)
+
+    app = Starlette(routes=[
+        Route("/", page), Route("/index.html", page), Route("/static/{name}", static),
+        Route("/api/progress", progress), Route("/api/items/{item_id:int}", item),
+        Route("/api/items/{item_id:int}/{part}", picture, methods=["GET"]),
+        Route("/api/next", next_item, methods=["POST"]),
+        Route("/api/items/{item_id:int}/{action}", action, methods=["POST"]),
+    ], exception_handlers={404: lambda r, e: _error(HTTPStatus.NOT_FOUND, f"no such resource {r.url.path}"),
+                           405: lambda r, e: _error(HTTPStatus.METHOD_NOT_ALLOWED, f"{r.method} is not allowed here")})
+    return _Guard(app, allowed_hosts, limits)
+
+
+async def _in_thread(fn) -> Response:
+    """Run a blocking queue operation off the event loop, turning refusals into JSON errors."""
+    import anyio
+
+    return await anyio.to_thread.run_sync(lambda: _answer(fn))
+
+
+def _answer(fn) -> Response:
+    try:
+        return fn()
+    except HeldByOtherTab as error:
+        return _error(HTTPStatus.CONFLICT, str(error))
+    except QueueError as error:
+        return _error(HTTPStatus.NOT_FOUND if "no item" in str(error) else HTTPStatus.CONFLICT, str(error))
+    except UgaflError as error:
+        return _error(HTTPStatus.BAD_REQUEST, str(error))
+
+
+def _item_id(request: Request) -> int:
+    item_id = request.path_params["item_id"]
+    if item_id > MAX_ITEM_ID:
+        raise QueueError(f"no item {str(item_id)[:20]}{'...' if len(str(item_id)) > 20 else ''}")
+    return item_id
+
+
+async def _body(request: Request, token: str) -> dict | Response:
+    """The request's JSON object, once its token and reviewer are checked; else the refusal."""
+    try:
+        body = json.loads(await request.body() or b"{}")
+    except _Refused as refused:  # too long or stalled (see _Guard)
+        return _error(refused.status, refused.message)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        return _error(HTTPStatus.BAD_REQUEST, "request body is not JSON")
+    if not isinstance(body, dict):
+        return _error(HTTPStatus.BAD_REQUEST, "request body must be a JSON object")
+    if not secrets.compare_digest(str(body.get("token", "")), token):
+        return _error(HTTPStatus.FORBIDDEN, "missing or wrong page token; reload the page")
+    reviewer = body.get("reviewer")
+    if not isinstance(reviewer, str) or not reviewer.strip() or len(reviewer) > MAX_REVIEWER_CHARS:
+        return _error(HTTPStatus.BAD_REQUEST, f"enter your name (1 to {MAX_REVIEWER_CHARS} characters) before reviewing")
+    body["reviewer"] = reviewer.strip()
+    return body
+
+
+def _reason(value: object) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ReviewError("give a reason to reject the patch")
+    if len(value) > MAX_REASON_CHARS:
+        raise ReviewError(f"the reason is {len(value)} characters; at most {MAX_REASON_CHARS}")
+    return value.strip()
+
+
+def _decode_png(value: object) -> bytes:
+    if not isinstance(value, str) or not value:
+        raise ReviewError("mask_png missing: send the corrected mask as a base64 PNG")
+    if value.startswith("data:"):
+        value = value.split(",", 1)[-1]
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise ReviewError("mask_png is not valid base64") from None
+
+
+def _html_attr(text: str) -> str:
+    return text.replace("&", "&amp;").replace('"', "&quot;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def _url_host(host: str) -> str:
@@ -90,150 +328,61 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-class _Handler(BaseHTTPRequestHandler):
-    server: ReviewServer
-    server_version = "ugafl-review"
-    protocol_version = "HTTP/1.1"
+class ReviewServer:
+    """The review app for `workspace` on (host, port), served by uvicorn; port 0 picks a free one
+    (see `.url`). `serve_forever()` in the foreground, or `start_background()` and `shutdown()`."""
 
-    def log_message(self, fmt: str, *args) -> None:  # route http.server's lines to our logger
-        log.debug("%s %s", self.address_string(), fmt % args)
+    def __init__(self, workspace: str | Path, host: str = "127.0.0.1", port: int = 0, reviewer: str = "",
+                 limits: ReviewLimits = ReviewLimits()):
+        self.service = ReviewService(workspace)
+        self.token = secrets.token_urlsafe(24)
+        try:
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            self._socket = socket.socket(family, socket.SOCK_STREAM)
+            self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self._socket.bind((host, port))
+            self._socket.listen(128)  # connections wait in the backlog until uvicorn serves them
+        except BaseException:
+            self.service.close()
+            raise
+        bound_port = self._socket.getsockname()[1]
+        self.url = f"http://{_url_host(host)}:{bound_port}/"
+        self.allowed_hosts = {f"{h}:{bound_port}" for h in (_url_host(host), "127.0.0.1", "localhost", "[::1]")}
+        app = build_app(self.service, self.token, reviewer, self.allowed_hosts, limits)
+        protocol = type("HeadDeadline", (_HeadDeadline,), {"head_timeout_s": limits.head_timeout_s})
+        config = uvicorn.Config(app, http=protocol, ws="none", lifespan="off", log_config=None, access_log=False,
+                                limit_concurrency=limits.max_connections, timeout_keep_alive=5,
+                                h11_max_incomplete_event_size=16 << 10)
+        self._server = uvicorn.Server(config)
+        self._thread: threading.Thread | None = None
 
-    # ------------------------------------------------------------------ responses
-
-    def _send(self, status: int, body: bytes, content_type: str) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-store")
-        self.send_header("X-Content-Type-Options", "nosniff")
-        self.send_header("Content-Security-Policy",
-                         "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'")
-        self.end_headers()
-        self.wfile.write(body)
-
-    def _json(self, status: int, payload: dict) -> None:
-        self._send(status, json.dumps(payload).encode(), "application/json")
-
-    def _error(self, status: int, message: str) -> None:
-        self._json(status, {"error": message})
-
-    def _host_ok(self) -> bool:
-        if self.headers.get("Host", "") in self.server.allowed_hosts:
-            return True
-        self._error(HTTPStatus.FORBIDDEN, "unexpected Host header; open the address ugafl review printed")
-        return False
-
-    # ------------------------------------------------------------------ GET
-
-    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-        if not self._host_ok():
+    def serve_forever(self) -> None:
+        """Serve until SIGINT or SIGTERM (uvicorn's handlers: requests under way finish), then
+        return. (uvicorn raises the signal it caught again once it has stopped; in the main
+        thread that lands on a handler that ignores it, so the caller ends normally.)"""
+        if threading.current_thread() is not threading.main_thread():
+            self._server.run(sockets=[self._socket])
             return
-        path = self.path.split("?", 1)[0]
-        service = self.server.service
+        previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
-            if path in ("/", "/index.html"):
-                page = _static("index.html").decode()
-                page = page.replace("{{TOKEN}}", self.server.token)
-                page = page.replace("{{REVIEWER}}", _html_attr(self.server.default_reviewer))
-                page = page.replace("{{REASONS}}", "".join(f"<option>{_html_attr(r)}</option>" for r in REJECT_REASONS))
-                self._send(HTTPStatus.OK, page.encode(), "text/html; charset=utf-8")
-            elif path.startswith("/static/") and path[len("/static/"):] in STATIC:
-                name = path[len("/static/"):]
-                self._send(HTTPStatus.OK, _static(name), STATIC[name])
-            elif path == "/api/progress":
-                self._json(HTTPStatus.OK, service.progress())
-            elif match := _ITEM_PATH.match(path):
-                item_id, part = int(match.group(1)), match.group(2)
-                if part is None:
-                    self._json(HTTPStatus.OK, service.item_json(item_id))
-                elif part in PICTURES:
-                    self._send(HTTPStatus.OK, service.pictures(item_id)[PICTURES[part]], "image/png")
-                else:
-                    self._error(HTTPStatus.NOT_FOUND, f"no such resource {path}")
-            else:
-                self._error(HTTPStatus.NOT_FOUND, f"no such resource {path}")
-        except QueueError as error:
-            self._error(HTTPStatus.NOT_FOUND if "no item" in str(error) else HTTPStatus.CONFLICT, str(error))
-        except UgaflError as error:
-            self._error(HTTPStatus.BAD_REQUEST, str(error))
+            self._server.run(sockets=[self._socket])
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
-    # ------------------------------------------------------------------ POST
+    def start_background(self) -> threading.Thread:
+        """Serve on a daemon thread (for embedding and tests); stop with shutdown()."""
+        self._thread = threading.Thread(target=self.serve_forever, name="review-server", daemon=True)
+        self._thread.start()
+        while not self._server.started and self._thread.is_alive():  # until it listens, or failed
+            time.sleep(0.01)
+        return self._thread
 
-    def _body(self) -> dict | None:
-        try:
-            length = int(self.headers.get("Content-Length", ""))
-        except ValueError:
-            self._error(HTTPStatus.LENGTH_REQUIRED, "Content-Length required")
-            return None
-        if length > MAX_BODY_BYTES:
-            self._error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"request body over {MAX_BODY_BYTES} bytes")
-            self.close_connection = True
-            return None
-        try:
-            body = json.loads(self.rfile.read(length) or b"{}")
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            self._error(HTTPStatus.BAD_REQUEST, "request body is not JSON")
-            return None
-        if not isinstance(body, dict):
-            self._error(HTTPStatus.BAD_REQUEST, "request body must be a JSON object")
-            return None
-        if not secrets.compare_digest(str(body.get("token", "")), self.server.token):
-            self._error(HTTPStatus.FORBIDDEN, "missing or wrong page token; reload the page")
-            return None
-        reviewer = body.get("reviewer")
-        if not isinstance(reviewer, str) or not reviewer.strip() or len(reviewer) > 100:
-            self._error(HTTPStatus.BAD_REQUEST, "enter your name (1 to 100 characters) before reviewing")
-            return None
-        body["reviewer"] = reviewer.strip()
-        return body
+    def shutdown(self) -> None:
+        self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=10)
 
-    def do_POST(self) -> None:  # noqa: N802
-        if not self._host_ok():
-            return
-        body = self._body()
-        if body is None:
-            return
-        service, path = self.server.service, self.path.split("?", 1)[0]
-        tab, reviewer = body.get("tab"), body["reviewer"]
-        try:
-            if path == "/api/next":
-                item = service.next_item(tab, reviewer)
-                self._json(HTTPStatus.OK, {"item": item, "progress": service.progress()})
-                return
-            match = _ITEM_PATH.match(path)
-            if match is None or match.group(2) not in ("correction", "reject", "skip"):
-                self._error(HTTPStatus.NOT_FOUND, f"no such action {path}")
-                return
-            item_id, action = int(match.group(1)), match.group(2)
-            if action == "correction":
-                service.submit(tab, item_id, _decode_png(body.get("mask_png")), reviewer)
-            elif action == "reject":
-                reason = body.get("reason")
-                if not isinstance(reason, str) or not reason.strip():
-                    raise ReviewError("give a reason to reject the patch")
-                service.reject(tab, item_id, reviewer, reason.strip())
-            else:
-                service.skip(tab, item_id, reviewer)
-            log.info("item %d: %s by %s", item_id, action, reviewer)
-            self._json(HTTPStatus.OK, {"progress": service.progress()})
-        except HeldByOtherTab as error:
-            self._error(HTTPStatus.CONFLICT, str(error))
-        except QueueError as error:
-            self._error(HTTPStatus.NOT_FOUND if "no item" in str(error) else HTTPStatus.CONFLICT, str(error))
-        except UgaflError as error:
-            self._error(HTTPStatus.BAD_REQUEST, str(error))
-
-
-def _decode_png(value: object) -> bytes:
-    if not isinstance(value, str) or not value:
-        raise ReviewError("mask_png missing: send the corrected mask as a base64 PNG")
-    if value.startswith("data:"):
-        value = value.split(",", 1)[-1]
-    try:
-        return base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError):
-        raise ReviewError("mask_png is not valid base64") from None
-
-
-def _html_attr(text: str) -> str:
-    return (text.replace("&", "&amp;").replace('"', "&quot;").replace("<", "&lt;").replace(">", "&gt;"))
+    def server_close(self) -> None:
+        self._socket.close()
+        self.service.close()
