@@ -1,36 +1,51 @@
-"""`ugafl review`: the pathologist's review web app for a site workspace's correction queue."""
+"""`ugafl review`: the pathologist's review web app for a site workspace's correction queue, and
+`ugafl review add-user` for its built-in accounts."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
 
-from ugafl.cli.queue_cmd import WORKSPACE, _user
+from ugafl.common.errors import UgaflError
 
 
-@click.command("review")
-@WORKSPACE
+@click.group("review", invoke_without_command=True)
+@click.option("--workspace", type=click.Path(path_type=Path), default=None, help="Site workspace folder.")
 @click.option("--host", default="127.0.0.1", show_default=True,
-              help="Address to listen on. Anything but loopback exposes the queue to the network (no TLS, no login).")
+              help="Address to listen on. Anything but loopback needs --auth accounts or proxy (and TLS in front).")
 @click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True, help="0 picks a free port.")
-@click.option("--reviewer", default=None, help="Name filled in on the page [default: your login name].")
+@click.option("--auth", type=click.Choice(["local", "proxy", "accounts"]), default="local", show_default=True,
+              help="Who reviews: local = the account running this (loopback only); proxy = the hospital's "
+                   "authenticating proxy's header; accounts = built-in accounts (review add-user).")
+@click.option("--user-header", default="X-Remote-User", show_default=True, help="auth proxy: the header naming the user.")
+@click.option("--trusted-proxy", "trusted_proxies", multiple=True, default=("127.0.0.1",), show_default=True,
+              help="auth proxy: an address whose user header is believed; repeat for several.")
+@click.option("--host-name", "host_names", multiple=True, help="A host name browsers or the proxy use for this app "
+              "(the Host header is checked); repeat for several.")
+@click.option("--url-prefix", default="", help="The path the app is served under behind a proxy, e.g. /review.")
 @click.option("--open-browser/--no-open-browser", default=False, show_default=True, help="Open the page in the default browser.")
-def review(workspace: Path, host: str, port: int, reviewer: str | None, open_browser: bool) -> None:
+@click.pass_context
+def review(ctx: click.Context, workspace: Path | None, host: str, port: int, auth: str, user_header: str,
+           trusted_proxies: tuple[str, ...], host_names: tuple[str, ...], url_prefix: str, open_browser: bool) -> None:
     """Serve the review web app: next patch by priority, correct, accept, reject or skip."""
-    from ugafl.client.review.server import ReviewServer, is_loopback
-    from ugafl.common.log import get_logger
+    if ctx.invoked_subcommand is not None:
+        return
+    if workspace is None:
+        raise click.UsageError("Missing option '--workspace'.")
+    from ugafl.client.review.auth import AuthSettings
+    from ugafl.client.review.server import ReviewServer
 
-    log = get_logger("review")
-    if not is_loopback(host):
-        log.warning("listening on %s: anyone who can reach this address can read and change the queue", host)
+    settings = AuthSettings(mode=auth, user_header=user_header, trusted_proxies=trusted_proxies)
     try:
-        server = ReviewServer(workspace, host, port, reviewer or _user())
+        server = ReviewServer(workspace, host, port, settings, host_names, url_prefix)
     except OSError as error:
         raise click.ClickException(f"cannot listen on {host}:{port}: {error.strerror or error}") from None
     counts = server.service.progress()
+    users = f", {len(server.identity.accounts.users())} account(s)" if auth == "accounts" else ""
     click.echo(f"review app for {workspace}: {server.url}  ({counts['pending']} pending, "
-               f"{counts['in_review']} in review); Ctrl+C to stop", )
+               f"{counts['in_review']} in review; sign-in: {auth}{users}); Ctrl+C to stop")
     if open_browser:
         import webbrowser
 
@@ -40,3 +55,23 @@ def review(workspace: Path, host: str, port: int, reviewer: str | None, open_bro
     finally:
         server.server_close()
         click.echo("review app stopped")
+
+
+@review.command("add-user")
+@click.option("--workspace", type=click.Path(path_type=Path), required=True, help="Site workspace folder.")
+@click.argument("name")
+@click.option("--password-stdin", is_flag=True, help="Read the password from standard input (else prompted twice).")
+@click.option("--replace", is_flag=True, help="Set a new password for an existing user.")
+def add_user(workspace: Path, name: str, password_stdin: bool, replace: bool) -> None:
+    """Add a built-in account (for --auth accounts); the password is stored as a scrypt hash."""
+    from ugafl.client.review.auth import Accounts, check_user_name
+
+    check_user_name(name, "NAME")
+    if not (workspace / "queue.db").is_file():
+        raise UgaflError(f"--workspace {workspace}: no correction queue there (queue.db); is it a site workspace?")
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    Accounts(workspace).add(name, password, replace=replace)
+    click.echo(f"{'password set for' if replace else 'added'} {name} ({workspace / 'review' / 'accounts.json'})")

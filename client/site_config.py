@@ -60,10 +60,22 @@ class CoordinatorSection(ConfigModel):
 
 
 class ReviewSection(ConfigModel):
-    """[review]: the pathologists' review app."""
+    """[review]: the pathologists' review app: where it listens, how it knows who reviews
+    (`auth`: local, proxy or accounts; see client/review/auth.py), and how a proxy serves it."""
 
     host: NonEmpty = "127.0.0.1"
     port: Port = 8765
+    auth: Annotated[str, one_of(("local", "proxy", "accounts"))] = "local"
+    user_header: NonEmpty = "X-Remote-User"  # auth = "proxy": the header naming the user
+    trusted_proxies: tuple[NonEmpty, ...] = ("127.0.0.1",)  # auth = "proxy": whose header is believed
+    host_names: tuple[NonEmpty, ...] = ()  # names browsers or the proxy use for the app (Host header)
+    url_prefix: str = ""  # the path the app is served under behind a proxy, e.g. "/review"
+
+    def command_options(self) -> list[str]:
+        """These settings as `ugafl review` options."""
+        out = ["--host", self.host, "--port", str(self.port), "--auth", self.auth, "--user-header", self.user_header]
+        out += [f"--trusted-proxy={p}" for p in self.trusted_proxies] + [f"--host-name={h}" for h in self.host_names]
+        return out + ([f"--url-prefix={self.url_prefix}"] if self.url_prefix else [])
 
 
 class DaemonSection(ConfigModel):

@@ -52,11 +52,14 @@ def chromium(tmp: Path):
 
 
 @contextmanager
-def review_process(workspace: Path, reviewer: str = "Dr. Test"):
-    """`ugafl review` on 127.0.0.1 and a free port, as a child process; yields its URL. Stopped
-    with SIGTERM (then SIGKILL) by process id on exit."""
-    command = [str(Path(sys.executable).with_name("ugafl")), "review", "--workspace", str(workspace), "--port", "0",
-               "--reviewer", reviewer]
+def review_process(workspace: Path, user: str = "Dr. Test", password: str = "pathology rocks"):
+    """`ugafl review --auth accounts` on 127.0.0.1 and a free port, as a child process, with the
+    built-in account `user` added first (`ugafl review add-user`); yields its URL. Stopped with
+    SIGTERM (then SIGKILL) by process id on exit."""
+    ugafl = str(Path(sys.executable).with_name("ugafl"))
+    subprocess.run([ugafl, "review", "add-user", "--workspace", str(workspace), user, "--password-stdin"],
+                   input=password + "\n", text=True, check=True, capture_output=True, timeout=60)
+    command = [ugafl, "review", "--workspace", str(workspace), "--port", "0", "--auth", "accounts"]
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         url, seen, deadline = None, [], time.monotonic() + 60
@@ -79,3 +82,14 @@ def review_process(workspace: Path, reviewer: str = "Dr. Test"):
                 proc.kill()
                 proc.wait()
         proc.stdout.close()
+
+
+def sign_in(driver, url: str, user: str = "Dr. Test", password: str = "pathology rocks") -> None:
+    """Open `url`: the app sends the browser to its sign-in page; sign in there as a person would."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver.get(url)
+    WebDriverWait(driver, 30).until(lambda d: d.execute_script("return document.body.dataset.state") == "login")
+    driver.find_element("id", "login-user").send_keys(user)
+    driver.find_element("id", "login-password").send_keys(password + "\ue007")  # Enter submits
+    WebDriverWait(driver, 30).until(lambda d: d.execute_script("return document.body.dataset.state") != "login")

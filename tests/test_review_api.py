@@ -1,6 +1,7 @@
 """The review app's HTTP API, served by a real ReviewServer on 127.0.0.1 and spoken to with
-urllib: priority order, tab ownership, the page token and Host checks, and bad corrections
-refused with one clear message and the queue left unchanged."""
+urllib: priority order, tab ownership, the page token and Host checks, bad corrections refused
+with one clear message and the queue left unchanged, and who reviews: the user named by a trusted
+proxy (here), never a name in the request."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from PIL import Image
 from review_helpers import SIZE, make_review_workspace, ring_mask
 from test_queue_store import snapshot
 from ugafl.client.queue.store import CorrectionQueue
+from ugafl.client.review.auth import AuthSettings
 from ugafl.client.review.server import ReviewServer
 
 TAB_A, TAB_B = "a" * 16, "b" * 16
@@ -27,7 +29,7 @@ TAB_A, TAB_B = "a" * 16, "b" * 16
 def server(tmp_path: Path):
     ws = tmp_path / "ws"
     make_review_workspace(ws, [0.2, 0.9, 0.5])  # ids 1, 2, 3: priority order 2, 3, 1
-    srv = ReviewServer(ws, "127.0.0.1", 0, reviewer="dr-test")
+    srv = ReviewServer(ws, "127.0.0.1", 0, AuthSettings(mode="proxy"))  # the test speaks as the proxy
     srv.start_background()
     yield srv
     srv.shutdown()
@@ -35,13 +37,15 @@ def server(tmp_path: Path):
 
 
 def call(srv: ReviewServer, path: str, body: dict | None = None, *, host: str | None = None,
-         token: str | None = None) -> tuple[int, dict | bytes]:
+         token: str | None = None, user: str | None = "dr-test") -> tuple[int, dict | bytes]:
     data = None
     if body is not None:
-        data = json.dumps({"token": srv.token if token is None else token, "reviewer": "dr-test", **body}).encode()
+        data = json.dumps({"token": srv.token if token is None else token, **body}).encode()
     request = urllib.request.Request(srv.url.rstrip("/") + path, data=data, method="POST" if data else "GET")
     if host:
         request.add_header("Host", host)
+    if user is not None:
+        request.add_header("X-Remote-User", user)
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
             status, payload, kind = response.status, response.read(), response.headers["Content-Type"]
@@ -58,7 +62,7 @@ def png(mask: np.ndarray) -> str:
 
 def test_page_and_pictures_are_served(server: ReviewServer) -> None:
     status, page = call(server, "/")
-    assert status == 200 and server.token.encode() in page and b'value="dr-test"' in page
+    assert status == 200 and server.token.encode() in page and b'<strong id="user">dr-test</strong>' in page
     status, image = call(server, "/api/items/1/image.png")
     assert status == 200 and Image.open(io.BytesIO(image)).size == (SIZE, SIZE)
     status, unc = call(server, "/api/items/1/uncertainty.png")
@@ -73,11 +77,18 @@ def test_page_and_pictures_are_served(server: ReviewServer) -> None:
 def test_next_follows_priority_and_a_reload_gets_the_same_item(server: ReviewServer) -> None:
     status, first = call(server, "/api/next", {"tab": TAB_A})
     assert status == 200 and first["item"]["id"] == 2 and first["item"]["score"] == pytest.approx(0.9)
-    assert first["progress"]["in_review"] == 1 and first["progress"]["pending"] == 2
+    assert first["progress"]["in_review"] == 0 and first["progress"]["pending"] == 3  # opened, not claimed
     _, again = call(server, "/api/next", {"tab": TAB_A})  # a reload of the same tab
     assert again["item"]["id"] == 2
     _, other = call(server, "/api/next", {"tab": TAB_B})  # another tab never gets the same item
     assert other["item"]["id"] == 3
+    # The claim is recorded when the pathologist starts correcting: their first stroke.
+    status, claimed = call(server, "/api/items/2/claim", {"tab": TAB_A})
+    assert status == 200 and claimed["progress"]["in_review"] == 1
+    status, error = call(server, "/api/items/2/claim", {"tab": TAB_B})
+    assert status == 409 and "open in another tab" in error["error"]
+    with CorrectionQueue(server.service.queue.workspace) as q:
+        assert [(e.action, e.who) for e in q.history(2)] == [("add", q.history(2)[0].who), ("claim", "dr-test")]
 
 
 def test_accept_reject_skip_move_the_queue(server: ReviewServer) -> None:
@@ -145,7 +156,8 @@ def test_an_item_corrected_elsewhere_is_not_overwritten(server: ReviewServer) ->
     assert snapshot(server.service.queue.workspace) == before
 
 
-@pytest.mark.parametrize("case", ["no token", "wrong token", "foreign host", "no name"])
+@pytest.mark.parametrize("case", ["no token", "wrong token", "foreign host", "no user", "a name in the body",
+                                  "a user name too long"])
 def test_requests_without_the_page_token_or_from_elsewhere_are_refused(server: ReviewServer, case: str) -> None:
     ws = server.service.queue.workspace
     before = snapshot(ws)
@@ -154,12 +166,14 @@ def test_requests_without_the_page_token_or_from_elsewhere_are_refused(server: R
         assert status == 403 and "Host" in error["error"]
         status, _ = call(server, "/", host="evil.example:80")
         assert status == 403
-    elif case == "no name":
-        request = urllib.request.Request(server.url + "api/next", method="POST",
-                                         data=json.dumps({"token": server.token, "tab": TAB_A, "reviewer": " "}).encode())
-        with pytest.raises(urllib.error.HTTPError) as raised:
-            urllib.request.urlopen(request, timeout=10)
-        assert raised.value.code == 400 and "enter your name" in json.loads(raised.value.read())["error"]
+    elif case in ("no user", "a name in the body"):  # a name typed into a request is not an identity
+        status, error = call(server, "/api/next", {"tab": TAB_A, "reviewer": "dr-test", "user": "dr-test"}, user=None)
+        assert status == 401 and "did not say who you are" in error["error"]
+        status, error = call(server, "/api/items/1/image.png", user=None)  # patient data: pictures too
+        assert status == 401
+    elif case == "a user name too long":
+        status, error = call(server, "/api/next", {"tab": TAB_A}, user="x" * 101)
+        assert status == 401
     else:
         status, error = call(server, "/api/next", {"tab": TAB_A}, token="" if case == "no token" else "guess")
         assert status == 403 and "token" in error["error"]

@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from selenium.webdriver.support.ui import WebDriverWait
 
-from browser import chromium, review_process
+from browser import chromium, review_process, sign_in
 from review_helpers import RING_INNER, SIZE, make_review_workspace, ring_mask
 from ugafl.client.queue.store import CorrectionQueue
 
@@ -107,13 +108,15 @@ def test_a_full_correction_in_the_browser(tmp_path: Path) -> None:
     with CorrectionQueue(ws) as queue:
         raw_patch = queue.load_image(2)
     with review_process(ws) as url, chromium(tmp_path) as driver:
-        driver.get(url)
+        sign_in(driver, url)
         now = wait_for(driver, "ready", "2")
-        assert "0 of 3 done" in now["progress"] and "2 pending · 1 in review" in now["progress"]
+        assert "0 of 3 done" in now["progress"] and "3 pending · 0 in review" in now["progress"]  # opened only
         assert (page_mask(driver) == model).all()  # the correction starts from the model's mask
+        assert "Signed in as Dr. Test" in driver.find_element("id", "who").text
 
         keys(driver, "f")
-        click_at(driver, SIZE / 2, SIZE / 2)  # fill the ring's hole
+        click_at(driver, SIZE / 2, SIZE / 2)  # fill the ring's hole: the first edit claims the item
+        WebDriverWait(driver, 30).until(lambda d: "2 pending · 1 in review" in page(d)["progress"])
         keys(driver, "e")
         drag(driver, (24, 64), (46, 64))  # erase across the ring's left band (brush 6 px)
         keys(driver, "b", "]", "]")  # brush, 8 px
@@ -184,7 +187,7 @@ def test_two_tabs_never_touch_each_others_items(tmp_path: Path) -> None:
     ws = tmp_path / "ws"
     make_review_workspace(ws, [0.9, 0.8, 0.1])
     with review_process(ws) as url, chromium(tmp_path) as driver:
-        driver.get(url)
+        sign_in(driver, url)
         wait_for(driver, "ready", "1")
         tab_a = driver.current_window_handle
         keys(driver, "e")
@@ -201,7 +204,7 @@ def test_two_tabs_never_touch_each_others_items(tmp_path: Path) -> None:
             const done = arguments[arguments.length - 1];
             fetch('/api/items/1/correction', {method: 'POST', body: JSON.stringify({
                 token: document.querySelector('meta[name="ugafl-token"]').content, tab: window.ugafl.tab,
-                reviewer: 'Dr. Test', mask_png: 'iVBORw0KGgo='})})
+                mask_png: 'iVBORw0KGgo='})})
               .then(r => r.json().then(j => done([r.status, j.error])));""")
         assert status[0] == 409 and "open in another tab" in status[1]
         mask_b = page_mask(driver)
@@ -223,5 +226,5 @@ def test_two_tabs_never_touch_each_others_items(tmp_path: Path) -> None:
     with CorrectionQueue(ws) as queue:
         assert (queue.load_correction(1) == mask_a).all()
         assert (queue.load_correction(2) == mask_b).all()
-        assert queue.get(3).state == "in_review"
-        assert [e.action for e in queue.history(1)] == ["add", "claim", "correct"]
+        assert queue.get(3).state == "pending"  # tab B opened it but never drew: not claimed
+        assert [(e.action, e.who) for e in queue.history(1)][1:] == [("claim", "Dr. Test"), ("correct", "Dr. Test")]

@@ -199,6 +199,30 @@ class CorrectionQueue:
             self._audit(db, row["id"], now, who, "claim", "pending", "in_review", {})
             return self._item(self._row(db, row["id"]))
 
+    def peek_pending(self, skip: Iterable[int] = ()) -> Item | None:
+        """The highest-score pending item not in `skip`, without claiming it; None when none is left."""
+        skip_ids = sorted({int(i) for i in skip})
+        not_in = f" AND id NOT IN ({', '.join('?' * len(skip_ids))})" if skip_ids else ""
+        with self._lock:
+            row = self._conn.execute(f"SELECT * FROM items WHERE state='pending'{not_in} ORDER BY score DESC, id ASC "
+                                     f"LIMIT 1", skip_ids).fetchone()
+            return None if row is None else self._item(row)
+
+    def claim(self, item_id: int, who: str) -> Item:
+        """`who` starts correcting the item (pending -> in_review); a no-op when `who` holds it already."""
+        who = need_who(who)
+        with self._write() as db:
+            item = self._item(self._row(db, item_id))
+            if item.state == "in_review" and item.reviewer == who:
+                return item
+            if item.state != "pending":
+                by = f" by {item.reviewer}" if item.reviewer else ""
+                raise QueueError(f"item {item.id} is {item.state}{by}; it cannot be claimed")
+            now = utc_now()
+            db.execute("UPDATE items SET state='in_review', reviewer=?, updated_at=? WHERE id=?", (who, now, item.id))
+            self._audit(db, item.id, now, who, "claim", "pending", "in_review", {})
+            return self._item(self._row(db, item.id))
+
     def submit_correction(self, item_id: int, mask: np.ndarray, who: str) -> None:
         """Store `who`'s corrected mask for the item (pending/in_review -> corrected). The mask must
         have the patch's shape and hold only 0/1 or 0/255 (bool or uint8). When this returns the

@@ -15,8 +15,15 @@ Safety for a server on a pathologist's machine or behind a hospital's proxy:
   a length limit;
 - every response says `frame-ancestors 'none'` (no framing), `nosniff`, `no-store`.
 
-API (JSON bodies, all POSTs with "token", "tab" and "reviewer"):
-  POST /api/next                      -> {"item": {...} | null, "progress": {...}}
+Who reviews comes from `auth.Identity` (the OS account, the hospital's proxy, or a built-in
+account's session), never from the request body; every API call needs it (401 otherwise).
+
+API, under the URL prefix (JSON bodies; all POSTs with "token" and, but for login, "tab"):
+  POST /api/login                     {"user", "password"} -> session cookie (auth = "accounts")
+  POST /api/logout
+  GET  /api/me                        -> {"user": name, "auth": mode}
+  POST /api/next                      -> {"item": {...} | null, "progress": {...}}: the tab opens it
+  POST /api/items/<id>/claim          the pathologist starts correcting it (pending -> in review)
   POST /api/items/<id>/correction     {"mask_png": base64 PNG}  -> {"progress": {...}}
   POST /api/items/<id>/reject         {"reason": text}
   POST /api/items/<id>/skip
@@ -43,11 +50,12 @@ from pathlib import Path
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.routing import Mount, Route
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from ugafl.client.queue.store import QueueError
+from ugafl.client.review.auth import SESSION_COOKIE, AuthSettings, Identity
 from ugafl.client.review.service import REJECT_REASONS, HeldByOtherTab, ReviewError, ReviewService
 from ugafl.common.errors import UgaflError
 from ugafl.common.log import get_logger
@@ -58,9 +66,9 @@ MAX_BODY_BYTES = 16 << 20  # a 2048 x 2048 mask PNG, base64-encoded, is far belo
 BODY_TIMEOUT_S = 30.0  # the longest wait for the next part of a request body
 HEAD_TIMEOUT_S = 10.0  # the longest a connection may take to send a whole request head
 MAX_REASON_CHARS = 500
-MAX_REVIEWER_CHARS = 100
 MAX_ITEM_ID = 2**63 - 1  # SQLite's largest integer: any larger id names no item
-STATIC = {"review.js": "text/javascript; charset=utf-8", "review.css": "text/css; charset=utf-8"}
+STATIC = {"review.js": "text/javascript; charset=utf-8", "review.css": "text/css; charset=utf-8",
+          "login.js": "text/javascript; charset=utf-8"}
 PICTURES = {"image.png": "image", "model_mask.png": "model_mask", "uncertainty.png": "uncertainty"}
 SECURITY_HEADERS = [
     (b"cache-control", b"no-store"),
@@ -101,8 +109,8 @@ class _Guard:
     """ASGI middleware in front of every route: the Host check, the body's length and pace, and the
     security headers on every response (errors included)."""
 
-    def __init__(self, app, allowed_hosts: set[str], limits: ReviewLimits):
-        self.app, self.allowed_hosts, self.limits = app, allowed_hosts, limits
+    def __init__(self, app, allowed_hosts: set[str], host_names: set[str], limits: ReviewLimits):
+        self.app, self.allowed_hosts, self.host_names, self.limits = app, allowed_hosts, host_names, limits
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -139,7 +147,8 @@ class _Guard:
             await _error(refused.status, refused.message)(scope, receive, send_secured)
 
     def _check(self, scope, headers: dict[str, str]) -> Response | None:
-        if headers.get("host", "") not in self.allowed_hosts:
+        host = headers.get("host", "")
+        if host not in self.allowed_hosts and host.rsplit(":", 1)[0].lower() not in self.host_names:
             return _error(HTTPStatus.FORBIDDEN, "unexpected Host header; open the address ugafl review printed")
         if scope["method"] != "POST":
             return None
@@ -177,15 +186,37 @@ class _HeadDeadline(H11Protocol):
             self.transport.close()
 
 
-def build_app(service: ReviewService, token: str, reviewer: str, allowed_hosts: set[str],
-              limits: ReviewLimits = ReviewLimits()) -> _Guard:
-    """The review app as an ASGI application."""
+def build_app(service: ReviewService, token: str, identity: Identity, allowed_hosts: set[str],
+              host_names: set[str] = frozenset(), prefix: str = "", limits: ReviewLimits = ReviewLimits()) -> _Guard:
+    """The review app as an ASGI application, served under `prefix` ("" or "/something")."""
+    mode = identity.settings.mode
+
+    def who(request: Request) -> str | None:
+        return identity.user(request.client.host if request.client else None,
+                             {k: v for k, v in request.headers.items()}, dict(request.cookies))
+
+    def template(name: str, html: dict[str, str] | None = None, **values: str) -> Response:
+        """A page of static/ with {{KEY}} filled in: `values` escaped, `html` as it is."""
+        text = _static(name).decode()
+        for key, value in {"TOKEN": token, "AUTH": mode, "PREFIX": prefix, **values}.items():
+            text = text.replace("{{" + key + "}}", _html_attr(value))
+        for key, value in (html or {}).items():
+            text = text.replace("{{" + key + "}}", value)
+        return Response(text, media_type="text/html; charset=utf-8")
 
     def page(request: Request) -> Response:
-        text = _static("index.html").decode()
-        text = text.replace("{{TOKEN}}", token).replace("{{REVIEWER}}", _html_attr(reviewer))
-        text = text.replace("{{REASONS}}", "".join(f"<option>{_html_attr(r)}</option>" for r in REJECT_REASONS))
-        return Response(text, media_type="text/html; charset=utf-8")
+        user = who(request)
+        if user is None:
+            if mode == "accounts":
+                return RedirectResponse("login", status_code=HTTPStatus.SEE_OTHER)
+            return _error(HTTPStatus.UNAUTHORIZED, _unknown(mode, identity))
+        reasons = "".join(f"<option>{_html_attr(r)}</option>" for r in REJECT_REASONS)
+        return template("index.html", {"REASONS": reasons}, USER=user)
+
+    def login_page(request: Request) -> Response:
+        if mode != "accounts":
+            return RedirectResponse("./", status_code=HTTPStatus.SEE_OTHER)
+        return template("login.html")
 
     def static(request: Request) -> Response:
         name = request.path_params["name"]
@@ -193,56 +224,124 @@ def build_app(service: ReviewService, token: str, reviewer: str, allowed_hosts: 
             return _error(HTTPStatus.NOT_FOUND, f"no such resource {request.url.path}")
         return Response(_static(name), media_type=STATIC[name])
 
-    def progress(request: Request) -> Response:
-        return JSONResponse(service.progress())
+    def signed_in(fn):
+        """The endpoint, for a request whose user is known; 401 otherwise."""
+        async def endpoint(request: Request) -> Response:
+            user = who(request)
+            if user is None:
+                return _error(HTTPStatus.UNAUTHORIZED, _unknown(mode, identity))
+            return await fn(request, user)
+        return endpoint
 
-    def item(request: Request) -> Response:
-        return _answer(lambda: JSONResponse(service.item_json(_item_id(request))))
+    async def me(request: Request, user: str) -> Response:
+        return JSONResponse({"user": user, "auth": mode})
 
-    def picture(request: Request) -> Response:
+    async def progress(request: Request, user: str) -> Response:
+        return await _in_thread(lambda: JSONResponse(service.progress()))
+
+    async def item(request: Request, user: str) -> Response:
+        return await _in_thread(lambda: JSONResponse(service.item_json(_item_id(request))))
+
+    async def picture(request: Request, user: str) -> Response:
         part = request.path_params["part"]
         if part not in PICTURES:
             return _error(HTTPStatus.NOT_FOUND, f"no such resource {request.url.path}")
-        return _answer(lambda: Response(service.pictures(_item_id(request))[PICTURES[part]], media_type="image/png"))
+        return await _in_thread(lambda: Response(service.pictures(_item_id(request))[PICTURES[part]],
+                                                 media_type="image/png"))
 
-    async def next_item(request: Request) -> Response:
+    async def login(request: Request) -> Response:
         body = await _body(request, token)
         if isinstance(body, Response):
             return body
-        return await _in_thread(lambda: JSONResponse({"item": service.next_item(body.get("tab"), body["reviewer"]),
+        if mode != "accounts":
+            return _error(HTTPStatus.BAD_REQUEST, f"this review app knows its users from {mode} sign-in; no login")
+        user = await anyio_thread(lambda: identity.accounts.verify(body.get("user"), body.get("password")))
+        if user is None:
+            log.warning("failed login for %r from %s", str(body.get("user"))[:100], request.client.host if request.client else "?")
+            return _error(HTTPStatus.UNAUTHORIZED, "wrong user name or password")
+        log.info("%s signed in", user)
+        response = JSONResponse({"user": user})
+        response.set_cookie(SESSION_COOKIE, identity.sessions.create(user), max_age=int(identity.sessions.seconds),
+                            path=(prefix or "") + "/", httponly=True, samesite="strict", secure=_https(request, identity))
+        return response
+
+    async def logout(request: Request, user: str) -> Response:
+        body = await _body(request, token)
+        if isinstance(body, Response):
+            return body
+        identity.sessions.end(request.cookies.get(SESSION_COOKIE))
+        response = JSONResponse({"user": None})
+        response.delete_cookie(SESSION_COOKIE, path=(prefix or "") + "/")
+        return response
+
+    async def next_item(request: Request, user: str) -> Response:
+        body = await _body(request, token)
+        if isinstance(body, Response):
+            return body
+        return await _in_thread(lambda: JSONResponse({"item": service.next_item(body.get("tab"), user),
                                                       "progress": service.progress()}))
 
-    async def action(request: Request) -> Response:
+    async def action(request: Request, user: str) -> Response:
         name = request.path_params["action"]
-        if name not in ("correction", "reject", "skip"):
+        if name not in ("claim", "correction", "reject", "skip"):
             return _error(HTTPStatus.NOT_FOUND, f"no such action {request.url.path}")
         body = await _body(request, token)
         if isinstance(body, Response):
             return body
-        tab, who = body.get("tab"), body["reviewer"]
+        tab = body.get("tab")
 
         def run() -> Response:
             item_id = _item_id(request)
-            if name == "correction":
-                service.submit(tab, item_id, _decode_png(body.get("mask_png")), who)
+            if name == "claim":
+                service.claim(tab, item_id, user)
+            elif name == "correction":
+                service.submit(tab, item_id, _decode_png(body.get("mask_png")), user)
             elif name == "reject":
-                service.reject(tab, item_id, who, _reason(body.get("reason")))
+                service.reject(tab, item_id, user, _reason(body.get("reason")))
             else:
-                service.skip(tab, item_id, who)
-            log.info("item %d: %s by %s", item_id, name, who)
+                service.skip(tab, item_id, user)
+            log.info("item %d: %s by %s", item_id, name, user)
             return JSONResponse({"progress": service.progress()})
 
         return await _in_thread(run)
 
-    app = Starlette(routes=[
-        Route("/", page), Route("/index.html", page), Route("/static/{name}", static),
-        Route("/api/progress", progress), Route("/api/items/{item_id:int}", item),
-        Route("/api/items/{item_id:int}/{part}", picture, methods=["GET"]),
-        Route("/api/next", next_item, methods=["POST"]),
-        Route("/api/items/{item_id:int}/{action}", action, methods=["POST"]),
-    ], exception_handlers={404: lambda r, e: _error(HTTPStatus.NOT_FOUND, f"no such resource {r.url.path}"),
-                           405: lambda r, e: _error(HTTPStatus.METHOD_NOT_ALLOWED, f"{r.method} is not allowed here")})
-    return _Guard(app, allowed_hosts, limits)
+    routes = [
+        Route("/", page), Route("/index.html", page), Route("/login", login_page), Route("/static/{name}", static),
+        Route("/api/login", login, methods=["POST"]), Route("/api/logout", signed_in(logout), methods=["POST"]),
+        Route("/api/me", signed_in(me)), Route("/api/progress", signed_in(progress)),
+        Route("/api/items/{item_id:int}", signed_in(item)),
+        Route("/api/items/{item_id:int}/{part}", signed_in(picture), methods=["GET"]),
+        Route("/api/next", signed_in(next_item), methods=["POST"]),
+        Route("/api/items/{item_id:int}/{action}", signed_in(action), methods=["POST"]),
+    ]
+    if prefix:
+        routes = [Route(prefix, lambda r: RedirectResponse(prefix + "/", status_code=HTTPStatus.SEE_OTHER)),
+                  Mount(prefix, routes=routes)]
+    app = Starlette(routes=routes, exception_handlers={
+        404: lambda r, e: _error(HTTPStatus.NOT_FOUND, f"no such resource {r.url.path}"),
+        405: lambda r, e: _error(HTTPStatus.METHOD_NOT_ALLOWED, f"{r.method} is not allowed here")})
+    return _Guard(app, allowed_hosts, {h.lower() for h in host_names}, limits)
+
+
+def _unknown(mode: str, identity: Identity) -> str:
+    if mode == "proxy":
+        return (f"the hospital's sign-in did not say who you are (no {identity.settings.user_header} header from a "
+                f"trusted proxy); open the review app through the hospital's address")
+    return "sign in first"
+
+
+def _https(request: Request, identity: Identity) -> bool:
+    """Whether the browser reached us over HTTPS (directly, or through a trusted proxy that says so)."""
+    if request.url.scheme == "https":
+        return True
+    proxied = request.client is not None and request.client.host in identity.settings.trusted_proxies
+    return proxied and request.headers.get("x-forwarded-proto", "").lower() == "https"
+
+
+async def anyio_thread(fn):
+    import anyio
+
+    return await anyio.to_thread.run_sync(fn)
 
 
 async def _in_thread(fn) -> Response:
@@ -271,7 +370,7 @@ def _item_id(request: Request) -> int:
 
 
 async def _body(request: Request, token: str) -> dict | Response:
-    """The request's JSON object, once its token and reviewer are checked; else the refusal."""
+    """The request's JSON object, once its page token is checked; else the refusal."""
     try:
         body = json.loads(await request.body() or b"{}")
     except _Refused as refused:  # too long or stalled (see _Guard)
@@ -282,10 +381,6 @@ async def _body(request: Request, token: str) -> dict | Response:
         return _error(HTTPStatus.BAD_REQUEST, "request body must be a JSON object")
     if not secrets.compare_digest(str(body.get("token", "")), token):
         return _error(HTTPStatus.FORBIDDEN, "missing or wrong page token; reload the page")
-    reviewer = body.get("reviewer")
-    if not isinstance(reviewer, str) or not reviewer.strip() or len(reviewer) > MAX_REVIEWER_CHARS:
-        return _error(HTTPStatus.BAD_REQUEST, f"enter your name (1 to {MAX_REVIEWER_CHARS} characters) before reviewing")
-    body["reviewer"] = reviewer.strip()
     return body
 
 
@@ -312,6 +407,19 @@ def _html_attr(text: str) -> str:
     return text.replace("&", "&amp;").replace('"', "&quot;").replace("<", "&lt;").replace(">", "&gt;")
 
 
+class ReviewConfigError(UgaflError):
+    """Review app settings that cannot work together."""
+
+
+def check_prefix(prefix: str) -> str:
+    """"" or "/name[/name...]": the path the app is served under (no trailing slash)."""
+    prefix = (prefix or "").rstrip("/")
+    if prefix and not all(part and all(c.isalnum() or c in "-_." for c in part) for part in prefix[1:].split("/")) \
+            or (prefix and not prefix.startswith("/")):
+        raise ReviewConfigError(f"url_prefix must look like /review (letters, digits, - _ .), got {prefix!r}")
+    return prefix
+
+
 def _url_host(host: str) -> str:
     try:
         return f"[{host}]" if ipaddress.ip_address(host).version == 6 else host
@@ -330,10 +438,18 @@ def is_loopback(host: str) -> bool:
 
 class ReviewServer:
     """The review app for `workspace` on (host, port), served by uvicorn; port 0 picks a free one
-    (see `.url`). `serve_forever()` in the foreground, or `start_background()` and `shutdown()`."""
+    (see `.url`). `serve_forever()` in the foreground, or `start_background()` and `shutdown()`.
+    `host_names`: the names a proxy or the browser may use besides the address itself (the Host
+    header is checked); `prefix`: the path the app is served under ("" or "/review")."""
 
-    def __init__(self, workspace: str | Path, host: str = "127.0.0.1", port: int = 0, reviewer: str = "",
+    def __init__(self, workspace: str | Path, host: str = "127.0.0.1", port: int = 0,
+                 auth: AuthSettings = AuthSettings(), host_names: tuple[str, ...] = (), prefix: str = "",
                  limits: ReviewLimits = ReviewLimits()):
+        if auth.mode == "local" and not is_loopback(host):
+            raise ReviewConfigError(f"auth = \"local\" serves only loopback, not {host}: with anyone else able to "
+                                    f"reach it, use auth = \"accounts\" or \"proxy\"")
+        prefix = check_prefix(prefix)
+        self.identity = Identity(auth, workspace)
         self.service = ReviewService(workspace)
         self.token = secrets.token_urlsafe(24)
         try:
@@ -346,9 +462,9 @@ class ReviewServer:
             self.service.close()
             raise
         bound_port = self._socket.getsockname()[1]
-        self.url = f"http://{_url_host(host)}:{bound_port}/"
+        self.url = f"http://{_url_host(host)}:{bound_port}{prefix}/"
         self.allowed_hosts = {f"{h}:{bound_port}" for h in (_url_host(host), "127.0.0.1", "localhost", "[::1]")}
-        app = build_app(self.service, self.token, reviewer, self.allowed_hosts, limits)
+        app = build_app(self.service, self.token, self.identity, self.allowed_hosts, set(host_names), prefix, limits)
         protocol = type("HeadDeadline", (_HeadDeadline,), {"head_timeout_s": limits.head_timeout_s})
         config = uvicorn.Config(app, http=protocol, ws="none", lifespan="off", log_config=None, access_log=False,
                                 limit_concurrency=limits.max_connections, timeout_keep_alive=5,

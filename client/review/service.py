@@ -3,8 +3,9 @@ priority order, render its pictures, and pass its decision (correction, rejectio
 correction queue. `review_server` is only HTTP glue over this.
 
 Tabs: each browser tab has a random tab id (kept in the tab's sessionStorage, so it survives a
-reload). An item claimed for a tab is *held* by it: a reload gets the same item back, and another
-tab can neither be given it nor submit to it. So two tabs never overwrite each other's work; the
+reload). An item opened in a tab is *held* by it: a reload gets the same item back, and another
+tab can neither be given it nor submit to it. The queue records the claim (pending -> in review,
+with who) when the pathologist starts correcting (`claim`), not when the page opens. So two tabs never overwrite each other's work; the
 queue's own state checks refuse a second decision on an item in any case. Holds live in this
 process's memory; after a restart, claims left in review go back with `ugafl queue reset-stale`.
 
@@ -118,23 +119,31 @@ class ReviewService:
     # ------------------------------------------------------------------ claiming
 
     def next_item(self, tab_id: str, reviewer: str) -> dict | None:
-        """The item `tab_id` works on: the one it holds if still in review (after a reload), else
-        the highest-score pending item it has not skipped, claimed for `reviewer`. None: nothing left."""
+        """The item `tab_id` works on: the one it holds if still open (after a reload), else the
+        highest-score pending item it has not skipped and no other tab holds. The tab holds it from
+        now on, but the queue records a claim only when `reviewer` starts correcting it (`claim`,
+        or a decision). None: nothing left."""
         tab_id = _need_tab(tab_id)
         with self._lock:
             tab = self._tabs.setdefault(tab_id, _Tab())
             if tab.item_id is not None:
                 held = self.queue.get(tab.item_id)
-                if held.state == "in_review":
+                if held.state == "pending" or (held.state == "in_review" and held.reviewer == reviewer):
                     return self.item_json(held.id)
                 self._drop(tab)
-            item = self.queue.next_pending(reviewer, skip=tab.skipped)
+            item = self.queue.peek_pending(skip=tab.skipped | set(self._holder))
             if item is None:
                 return None
             tab.item_id = item.id
             self._holder[item.id] = tab_id
-        log.info("item %d claimed by %s (tab %s)", item.id, reviewer, tab_id[:8])
+        log.info("item %d opened by %s (tab %s)", item.id, reviewer, tab_id[:8])
         return self.item_json(item.id)
+
+    def claim(self, tab_id: str, item_id: int, reviewer: str) -> None:
+        """`reviewer` starts correcting the item the tab holds: pending -> in_review, in the audit."""
+        with self._lock:
+            self._check_holder(_need_tab(tab_id), item_id)
+            self.queue.claim(item_id, reviewer)
 
     def _drop(self, tab: _Tab) -> None:
         if tab.item_id is not None:
@@ -175,10 +184,11 @@ class ReviewService:
         """Give the item back to the queue (pending) and pass over it for the rest of this tab."""
         with self._lock:
             tab = self._check_holder(_need_tab(tab_id), item_id)
-            try:
-                self.queue.release(item_id, reviewer)
-            except QueueError:
-                pass  # already pending (reset as stale): skipping still applies to this tab
+            if self.queue.get(item_id).state == "in_review":
+                try:
+                    self.queue.release(item_id, reviewer)
+                except QueueError:
+                    pass  # reset as stale meanwhile: skipping still applies to this tab
             tab.skipped.add(item_id)
             self._drop(tab)
 

@@ -20,15 +20,17 @@ const st = {
 
 // ---------------------------------------------------------------- server
 
+// Paths are relative: the app may be served under a prefix (behind the hospital's proxy).
 async function post(path, extra = {}) {
-  const body = JSON.stringify({ token: TOKEN, tab: TAB, reviewer: reviewer(), ...extra });
+  const body = JSON.stringify({ token: TOKEN, tab: TAB, ...extra });
   const res = await fetch(path, { method: "POST", headers: { "Content-Type": "application/json" }, body });
+  if (res.status === 401 && AUTH === "accounts") { window.location.assign("login"); throw new Error("signed out"); }
   const data = await res.json().catch(() => ({ error: `server answered ${res.status}` }));
   if (!res.ok) throw new Error(data.error || `server answered ${res.status}`);
   return data;
 }
 
-function reviewer() { return $("reviewer").value.trim(); }
+const AUTH = document.querySelector('meta[name="ugafl-auth"]').content;
 
 function showProgress(p) {
   if (!p) return;
@@ -68,11 +70,9 @@ function pixelsOf(img) {
 }
 
 async function next(notice = "") {
-  if (!reviewer()) { say("Enter your name at the top first.", true); $("reviewer").focus(); return; }
-  localStorage.setItem("ugafl-reviewer", reviewer());
   setState("loading");
   try {
-    const data = await post("/api/next");
+    const data = await post("api/next");
     showProgress(data.progress);
     if (!data.item) { showDone(); if (notice) say(notice); return; }
     await show(data.item, notice);
@@ -80,13 +80,14 @@ async function next(notice = "") {
 }
 
 async function show(item, notice = "") {
-  const base = `/api/items/${item.id}`;
+  const base = `api/items/${item.id}`;
   const [patch, model, unc] = await Promise.all(
     ["image.png", "model_mask.png", "uncertainty.png"].map((n) => loadImage(`${base}/${n}?v=${Date.now()}`)));
   st.item = item; st.w = item.width; st.h = item.height;
   st.model = pixelsOf(model);
   st.mask = st.model.slice();
   st.undo = [];
+  st.claimed = item.state === "in_review";
   for (const id of ["unc-layer", "model-layer", "mask-layer", "cursor-layer", "model-panel"]) {
     $(id).width = st.w; $(id).height = st.h;
   }
@@ -194,9 +195,19 @@ function patchPoint(ev) {
   };
 }
 
+// The queue records who corrects an item when they start: the first edit claims it.
+function claim() {
+  if (!st.item || st.claimed) return;
+  st.claimed = true;
+  const id = st.item.id;
+  post(`api/items/${id}/claim`).then((data) => showProgress(data.progress))
+    .catch((err) => { say(`Item ${id}: ${err.message}`, true); });
+}
+
 function onDown(ev) {
   if (!st.item || st.busy || ev.button !== 0) return;
   ev.preventDefault();
+  claim();
   $("cursor-layer").setPointerCapture(ev.pointerId);
   const p = patchPoint(ev);
   pushUndo();
@@ -255,7 +266,7 @@ async function decide(action, extra, done) {
   st.busy = true; setState("saving");
   const id = st.item.id;
   try {
-    const data = await post(`/api/items/${id}/${action}`, extra);
+    const data = await post(`api/items/${id}/${action}`, extra);
     showProgress(data.progress);
     st.busy = false;
     await next(done(id));
@@ -289,10 +300,7 @@ function onRejectClose() {
 function onKey(ev) {
   if ($("reject-dialog").open) return;  // the dialog handles Enter and Esc itself
   const t = ev.target;
-  if (t instanceof HTMLInputElement && t.type !== "checkbox" && t.type !== "range") {
-    if (ev.key === "Enter" && t.id === "reviewer") { t.blur(); if (!st.item) next(); }
-    return;
-  }
+  if (t instanceof HTMLInputElement && t.type !== "checkbox" && t.type !== "range") return;
   if ((ev.ctrlKey || ev.metaKey) && ev.key.toLowerCase() === "z") { ev.preventDefault(); undo(); return; }
   if (ev.ctrlKey || ev.metaKey || ev.altKey) return;
   const toggle = (id) => { $(id).checked = !$(id).checked; drawAll(); };
@@ -316,7 +324,6 @@ function maskBase64() {
 }
 
 function start() {
-  if (!$("reviewer").value) $("reviewer").value = localStorage.getItem("ugafl-reviewer") || "";
   const layer = $("cursor-layer");
   layer.addEventListener("pointerdown", onDown);
   layer.addEventListener("pointermove", onMove);
@@ -325,7 +332,7 @@ function start() {
   for (const b of document.querySelectorAll("[data-tool]")) b.addEventListener("click", () => setTool(b.dataset.tool));
   $("size").addEventListener("input", () => setSize(Number($("size").value)));
   $("undo").addEventListener("click", undo);
-  $("reset").addEventListener("click", () => { if (st.item) { pushUndo(); st.mask = st.model.slice(); drawAll(); } });
+  $("reset").addEventListener("click", () => { if (st.item) { claim(); pushUndo(); st.mask = st.model.slice(); drawAll(); } });
   for (const id of ["show-mask", "show-model", "show-unc"]) $(id).addEventListener("change", drawAll);
   $("accept").addEventListener("click", accept);
   $("reject").addEventListener("click", openReject);
@@ -333,12 +340,13 @@ function start() {
   $("refresh").addEventListener("click", () => next());
   $("reject-dialog").addEventListener("close", onRejectClose);
   $("reject-cancel").addEventListener("click", () => $("reject-dialog").close("cancel"));
-  $("reviewer").addEventListener("change", () => { if (!st.item && reviewer()) next(); });
+  $("logout").hidden = AUTH !== "accounts";
+  $("logout").addEventListener("click", () => post("api/logout").finally(() => window.location.assign("login")));
   document.addEventListener("keydown", onKey);
   setTool("brush"); setSize(6);
   // For tests and support: the mask the page would save now, as 0/1 row-major base64.
   window.ugafl = { tab: TAB, maskBase64, state: st };
-  if (reviewer()) next(); else { say("Enter your name at the top to start."); setState("need-name"); $("reviewer").focus(); }
+  next();
 }
 
 start();

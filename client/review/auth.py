@@ -1,0 +1,165 @@
+"""Who is reviewing: the review app never takes a name from a text box. Three modes (`[review] auth`):
+
+- `local`: the account that started `ugafl review` on a pathologist's own machine; loopback only;
+- `proxy`: the hospital's authenticating reverse proxy names the user in a header
+  (`user_header`), trusted only on connections from `trusted_proxies`;
+- `accounts`: built-in accounts (`ugafl review add-user`), passwords hashed with scrypt (RFC 7914,
+  hashlib's), sessions as random tokens in an HttpOnly, SameSite=Strict cookie (Secure over
+  HTTPS), held in the server's memory for `session_hours`.
+"""
+
+from __future__ import annotations
+
+import getpass
+import hashlib
+import hmac
+import json
+import os
+import re
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ugafl.common.atomic import atomic_write_text
+from ugafl.common.errors import UgaflError
+
+AUTH_MODES = ("local", "proxy", "accounts")
+ACCOUNTS_FILE = Path("review") / "accounts.json"  # under the workspace
+SESSION_COOKIE = "ugafl_session"
+USER_NAME = re.compile(r"^[A-Za-z0-9._@+-][A-Za-z0-9._@+ -]{0,99}$")  # 1-100 characters, no control characters
+SCRYPT = {"n": 2**14, "r": 8, "p": 1}  # 16 MiB and about 50 ms per hash on one core
+MAX_PASSWORD_CHARS = 1024
+
+
+class AuthError(UgaflError):
+    """A login or account request that was refused."""
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    """How the review app knows who is reviewing (see the module's docstring)."""
+
+    mode: str = "local"
+    user_header: str = "X-Remote-User"
+    trusted_proxies: tuple[str, ...] = ("127.0.0.1",)
+    session_hours: float = 12.0
+
+
+def check_user_name(name: object, where: str = "user name") -> str:
+    if not isinstance(name, str) or not USER_NAME.match(name.strip()) or name != name.strip():
+        raise AuthError(f"{where} must be 1 to 100 letters, digits, spaces or . _ @ + -, got {str(name)[:40]!r}")
+    return name
+
+
+def _hash(password: str, salt: bytes, n: int, r: int, p: int) -> bytes:
+    return hashlib.scrypt(password.encode(), salt=salt, n=n, r=r, p=p, maxmem=64 << 20, dklen=32)
+
+
+class Accounts:
+    """The built-in accounts of a workspace (`WS/review/accounts.json`, readable by its owner only):
+    per user, the scrypt parameters, salt and hash of the password; never the password."""
+
+    def __init__(self, workspace: str | Path):
+        self.path = Path(workspace) / ACCOUNTS_FILE
+        self._lock = threading.Lock()
+
+    def _read(self) -> dict[str, dict]:
+        if not self.path.is_file():
+            return {}
+        try:
+            data = json.loads(self.path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise AuthError(f"{self.path}: cannot read the accounts ({type(exc).__name__})") from None
+        if not isinstance(data, dict):
+            raise AuthError(f"{self.path}: not an accounts file")
+        return data
+
+    def users(self) -> list[str]:
+        return sorted(self._read())
+
+    def add(self, name: str, password: str, replace: bool = False) -> None:
+        """Add `name` (or set a new password with `replace`)."""
+        check_user_name(name)
+        if not isinstance(password, str) or not 8 <= len(password) <= MAX_PASSWORD_CHARS:
+            raise AuthError(f"the password must be 8 to {MAX_PASSWORD_CHARS} characters")
+        with self._lock:
+            data = self._read()
+            if name in data and not replace:
+                raise AuthError(f"{self.path}: user {name} exists; --replace sets a new password")
+            salt = secrets.token_bytes(16)
+            data[name] = {"scheme": "scrypt", **SCRYPT, "salt": salt.hex(), "hash": _hash(password, salt, **SCRYPT).hex()}
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.path, json.dumps(data, indent=1, sort_keys=True))
+            os.chmod(self.path, 0o600)
+
+    def verify(self, name: object, password: object) -> str | None:
+        """The user name when the password is theirs, else None (as slow for an unknown user)."""
+        if not isinstance(name, str) or not isinstance(password, str) or len(password) > MAX_PASSWORD_CHARS:
+            return None
+        entry = self._read().get(name)
+        if entry is None:
+            _hash(password, b"\0" * 16, **SCRYPT)  # the same work, so timing does not tell who exists
+            return None
+        got = _hash(password, bytes.fromhex(entry["salt"]), entry["n"], entry["r"], entry["p"])
+        return name if hmac.compare_digest(got.hex(), entry["hash"]) else None
+
+
+class Sessions:
+    """Logged-in browsers: random token -> (user, expiry), in memory (a restart logs everyone out)."""
+
+    def __init__(self, hours: float):
+        self.seconds = hours * 3600
+        self._lock = threading.Lock()
+        self._by_token: dict[str, tuple[str, float]] = {}
+
+    def create(self, user: str) -> str:
+        token = secrets.token_urlsafe(32)
+        with self._lock:
+            now = time.monotonic()
+            self._by_token = {t: v for t, v in self._by_token.items() if v[1] > now}  # drop the expired
+            self._by_token[token] = (user, now + self.seconds)
+        return token
+
+    def user(self, token: str | None) -> str | None:
+        if not token:
+            return None
+        with self._lock:
+            entry = self._by_token.get(token)
+            if entry is None or entry[1] <= time.monotonic():
+                self._by_token.pop(token, None)
+                return None
+            return entry[0]
+
+    def end(self, token: str | None) -> None:
+        with self._lock:
+            self._by_token.pop(token or "", None)
+
+
+class Identity:
+    """Who sent a request, by the configured mode."""
+
+    def __init__(self, settings: AuthSettings, workspace: str | Path):
+        if settings.mode not in AUTH_MODES:
+            raise AuthError(f"[review] auth must be one of {', '.join(AUTH_MODES)}, got {settings.mode!r}")
+        self.settings = settings
+        self.local_user = getpass.getuser() if settings.mode == "local" else ""
+        self.accounts = Accounts(workspace)
+        self.sessions = Sessions(settings.session_hours)
+        self.header = settings.user_header.lower().encode("latin-1")
+
+    def user(self, client_host: str | None, headers: dict[str, str], cookies: dict[str, str]) -> str | None:
+        """The request's user, or None when it does not say (or may not say) who it is."""
+        mode = self.settings.mode
+        if mode == "local":
+            return self.local_user
+        if mode == "proxy":
+            if client_host not in self.settings.trusted_proxies:
+                return None
+            name = headers.get(self.settings.user_header.lower(), "")
+            try:
+                return check_user_name(name)
+            except AuthError:
+                return None
+        return self.sessions.user(cookies.get(SESSION_COOKIE))
