@@ -30,8 +30,9 @@ def require_chromium() -> None:
 
 
 @contextmanager
-def chromium(tmp: Path):
-    """A headless Chromium with its own empty profile under `tmp`; quit (and its processes gone) on exit."""
+def chromium(tmp: Path, *extra_flags: str):
+    """A headless Chromium with its own empty profile under `tmp` (and `extra_flags`); quit (and its
+    processes gone) on exit."""
     require_chromium()
     os.environ.setdefault("SE_OFFLINE", "true")  # Selenium Manager must not try to download a driver
     from selenium import webdriver
@@ -39,7 +40,7 @@ def chromium(tmp: Path):
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for flag in FLAGS:
+    for flag in (*FLAGS, *extra_flags):
         options.add_argument(flag)
     profile = Path(tempfile.mkdtemp(prefix="chromium-", dir=tmp))
     options.add_argument(f"--user-data-dir={profile}")

@@ -1,0 +1,117 @@
+"""The review app behind the hospital's proxy, for real: `deploy/hospital/nginx-review.conf` run by
+Debian's nginx on loopback (TLS, the sign-in it ships with: HTTP basic authentication), `ugafl
+review --auth proxy` behind it under /review/, and Debian's Chromium signed in through it. The
+proxy names the user; a header a browser sends cannot; without signing in nothing is served; the
+audit names the signed-in pathologist."""
+
+from __future__ import annotations
+
+import base64
+import getpass
+import json
+import re
+import ssl
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from browser import chromium, review_process
+from deployment_kit import wait_for
+from flower_deployment import free_port
+from review_helpers import make_review_workspace
+from test_review_browser import drag, keys, page, wait_for as wait_for_page
+from ugafl.client.queue.store import CorrectionQueue
+from ugafl.server.fleet_proxy import find_nginx
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE = REPO / "deploy" / "hospital" / "nginx-review.conf"
+UGAFL = Path(sys.executable).with_name("ugafl")
+USER, PASSWORD = "dr-visser", "tumour border"
+
+
+def local_conf(folder: Path, port: int, app_port: int, pki: Path, htpasswd: Path) -> Path:
+    """The example with only its lines marked `test:` changed: loopback ports and files under `folder`."""
+    values = {"user": getpass.getuser(), "pid": str(folder / "nginx.pid"), "access_log": str(folder / "access.log"),
+              "listen": f"127.0.0.1:{port} ssl", "server_name": "127.0.0.1",
+              "ssl_certificate": str(pki / "superlink.pem"), "ssl_certificate_key": str(pki / "superlink.key"),
+              "auth_basic_user_file": str(htpasswd), "proxy_pass": f"http://127.0.0.1:{app_port}"}
+    lines, changed = [], set()
+    for line in EXAMPLE.read_text().splitlines():
+        if match := re.match(r"^(\s*)(\w+) .*;\s+# test: (\w+)\b.*$", line):
+            indent, directive, key = match.groups()
+            assert directive == key, line
+            line = f"{indent}{directive} {values[key]};"
+            changed.add(key)
+        lines.append(line)
+    assert changed == set(values), set(values) - changed
+    conf = folder / "nginx.conf"
+    conf.write_text("\n".join(lines) + "\n")
+    return conf
+
+
+def fetch(url: str, ca: Path, headers: dict | None = None) -> tuple[int, bytes]:
+    context = ssl.create_default_context(cafile=str(ca))
+    request = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=20, context=context) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+def test_a_pathologist_signed_in_at_the_proxy_corrects_a_patch(tmp_path: Path) -> None:
+    ws = tmp_path / "ws"
+    make_review_workspace(ws, [0.3, 0.8])
+    pki = tmp_path / "pki"
+    subprocess.run([str(UGAFL), "pki", "init-coordinator", "--dir", str(pki), "--names", "127.0.0.1"], check=True,
+                   capture_output=True, timeout=60)
+    hashed = subprocess.run(["openssl", "passwd", "-6", "-stdin"], input=PASSWORD, capture_output=True, text=True,
+                            check=True).stdout.strip()
+    htpasswd = tmp_path / "review.htpasswd"
+    htpasswd.write_text(f"{USER}:{hashed}\n")
+    port, app_port = free_port(), free_port()
+    conf = local_conf(tmp_path, port, app_port, pki, htpasswd)
+    app = subprocess.Popen([str(UGAFL), "review", "--workspace", str(ws), "--port", str(app_port), "--auth", "proxy",
+                            "--host-name", "127.0.0.1", "--url-prefix", "/review"],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    nginx = subprocess.Popen([find_nginx(), "-e", "stderr", "-p", str(tmp_path), "-c", str(conf), "-g", "daemon off;"],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"https://127.0.0.1:{port}/review/"
+    ca = pki / "ca.pem"
+    signed_in = {"Authorization": "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()}
+    try:
+        assert "review app for" in app.stdout.readline()
+        wait_for("nginx", lambda: fetch(url, ca)[0] == 401, 30, 0.2)  # without signing in: nothing
+        status, body = fetch(url + "api/me", ca, {**signed_in, "X-Remote-User": "dr-evil"})
+        assert (status, json.loads(body)) == (200, {"user": USER, "auth": "proxy"})  # the proxy's name, not ours
+        status, _ = fetch(url + "api/me", ca, {"Authorization": "Basic " + base64.b64encode(b"dr-visser:guess").decode()})
+        assert status == 401
+        assert fetch(f"https://127.0.0.1:{port}/", ca, signed_in)[0] == 404  # only the app's prefix
+
+        with chromium(tmp_path, "--ignore-certificate-errors") as driver:
+            driver.execute_cdp_cmd("Network.enable", {})
+            driver.execute_cdp_cmd("Network.setExtraHTTPHeaders", {"headers": signed_in})  # as after the sign-in prompt
+            driver.get(url)
+            wait_for_page(driver, "ready", "2")
+            assert f"Signed in as {USER}" in driver.find_element("id", "who").text
+            assert not driver.find_element("id", "logout").is_displayed()  # the proxy signs out, not the app
+            keys(driver, "b")
+            drag(driver, (10, 10), (40, 10))
+            keys(driver, "\ue007")  # accept
+            now = wait_for_page(driver, "ready", "1")
+            assert "Saved your correction of item 2" in now["message"], page(driver)
+    finally:
+        for process in (nginx, app):
+            process.terminate()
+            print(process.args[0], process.communicate(timeout=30)[0][-3000:])  # their logs, for a failure
+    with CorrectionQueue(ws) as queue:
+        assert [(e.action, e.who) for e in queue.history(2)][1:] == [("claim", USER), ("correct", USER)]
+        assert queue.load_correction(2)[9:12, 12:38].all()
+    access = (tmp_path / "access.log").read_text()
+    assert re.search(r'"POST /review/api/items/2/correction HTTP/1.1" 200 ', access), access[-1500:]
+    assert f" {USER} [" in access  # nginx logged who
