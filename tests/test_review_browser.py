@@ -64,6 +64,13 @@ def ctrl_z(driver) -> None:
     ActionChains(driver).key_down(Keys.CONTROL).send_keys("z").key_up(Keys.CONTROL).perform()
 
 
+def ctrl_y(driver) -> None:
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.keys import Keys
+
+    ActionChains(driver).key_down(Keys.CONTROL).send_keys("y").key_up(Keys.CONTROL).perform()
+
+
 def _offset(p: float) -> int:
     """CSS offset from the editor's centre to the centre of patch pixel p."""
     return round((p + 0.5) * SCALE - SIZE * SCALE / 2)
@@ -123,7 +130,23 @@ def test_a_full_correction_in_the_browser(tmp_path: Path) -> None:
         drag(driver, (96, 12), (120, 12))  # paint a new streak top right
         drag(driver, (8, 110), (30, 110))  # a slip ...
         ctrl_z(driver)  # ... taken back
+        before_redo = page_mask(driver)
+        ctrl_y(driver)  # redo brings the slip back, undo takes it away again
+        assert page_mask(driver)[108:113, 12:27].all()
+        ctrl_z(driver)
+        assert (page_mask(driver) == before_redo).all()
+        keys(driver, "p")  # polygon: four corners on the glass, bottom right; Enter closes it
+        for corner in ((100, 96), (120, 96), (120, 116), (100, 116)):
+            click_at(driver, *corner)
+        keys(driver, "\ue007")
+        assert page(driver)["item"] == "2"  # Enter closed the polygon; it did not accept
         expected = page_mask(driver)
+        assert expected[97:116, 101:120].all() and not expected[97:116, 121:126].any()
+        driver.execute_script("const s = document.getElementById('mask-opacity'); s.value = 40;"
+                              " s.dispatchEvent(new Event('input'));")
+        assert driver.execute_script("return document.getElementById('mask-layer').style.opacity") == "0.4"
+        driver.execute_script("const s = document.getElementById('mask-opacity'); s.value = 100;"
+                              " s.dispatchEvent(new Event('input'));")
 
         yy, xx = np.mgrid[:SIZE, :SIZE] + 0.5
         radius = np.hypot(yy - SIZE / 2, xx - SIZE / 2)
@@ -135,6 +158,7 @@ def test_a_full_correction_in_the_browser(tmp_path: Path) -> None:
         untouched[radius <= RING_INNER + 1] = False
         untouched[56:73, 18:59] = False
         untouched[4:21, 88:129] = False
+        untouched[95:118, 99:122] = False
         assert (expected[untouched] == model[untouched]).all(), "pixels away from every stroke changed"
 
         # What the pathologist sees, read off a screenshot: the patch as stored, tinted yellow
@@ -227,4 +251,40 @@ def test_two_tabs_never_touch_each_others_items(tmp_path: Path) -> None:
         assert (queue.load_correction(1) == mask_a).all()
         assert (queue.load_correction(2) == mask_b).all()
         assert queue.get(3).state == "pending"  # tab B opened it but never drew: not claimed
+        assert [(e.action, e.who) for e in queue.history(1)][1:] == [("claim", "Dr. Test"), ("correct", "Dr. Test")]
+
+
+def test_the_drawing_survives_the_server_going_away(tmp_path: Path) -> None:
+    """The server stops while a pathologist draws: a banner says so, Accept keeps the drawing; the
+    server comes back (a new process: new page token, sessions gone), they sign in again and the
+    same patch opens with their drawing, which Accept then saves."""
+    from flower_deployment import free_port
+
+    ws = tmp_path / "ws"
+    make_review_workspace(ws, [0.8, 0.3])
+    port = free_port()
+    with chromium(tmp_path) as driver:
+        with review_process(ws, port=port) as url:
+            sign_in(driver, url)
+            wait_for(driver, "ready", "1")
+            keys(driver, "b")
+            drag(driver, (5, 5), (40, 5))  # tumour on the glass: a stroke the model never drew
+            drawn = page_mask(driver)
+        keys(driver, "\ue007")  # Accept, with the server gone
+        wait_for(driver, "offline")
+        assert driver.find_element("id", "offline").is_displayed()
+        assert "cannot be reached; your drawing is kept" in page(driver)["message"]
+        assert (page_mask(driver) == drawn).all()
+        with review_process(ws, port=port, add_user=False) as url:
+            WebDriverWait(driver, 30).until(lambda d: not d.find_element("id", "offline").is_displayed())
+            keys(driver, "\ue007")  # Accept again: the session is gone, so: sign in ...
+            WebDriverWait(driver, 30).until(lambda d: d.execute_script("return document.body.dataset.state") == "login")
+            sign_in(driver, url)
+            now = wait_for(driver, "ready", "1")  # ... and the same patch, with the drawing
+            assert "unsaved drawing on this patch was restored" in now["message"]
+            assert (page_mask(driver) == drawn).all()
+            keys(driver, "\ue007")
+            wait_for(driver, "ready", "2")
+    with CorrectionQueue(ws) as queue:
+        assert (queue.load_correction(1) == drawn).all()
         assert [(e.action, e.who) for e in queue.history(1)][1:] == [("claim", "Dr. Test"), ("correct", "Dr. Test")]

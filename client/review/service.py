@@ -131,7 +131,11 @@ class ReviewService:
                 if held.state == "pending" or (held.state == "in_review" and held.reviewer == reviewer):
                     return self.item_json(held.id)
                 self._drop(tab)
-            item = self.queue.peek_pending(skip=tab.skipped | set(self._holder))
+            # An item this reviewer claimed that no tab holds (the server restarted): theirs to finish.
+            mine = [i for i in self.queue.list("in_review") if i.reviewer == reviewer and i.id not in self._holder
+                    and i.id not in tab.skipped]
+            item = max(mine, key=lambda i: i.score) if mine else \
+                self.queue.peek_pending(skip=tab.skipped | set(self._holder))
             if item is None:
                 return None
             tab.item_id = item.id

@@ -14,8 +14,8 @@ const TAB = sessionStorage.getItem("ugafl-tab") || (() => {
 const UNDO_LIMIT = 50;
 
 const st = {
-  item: null, w: 0, h: 0, mask: null, model: null, undo: [],
-  tool: "brush", size: 6, drawing: false, last: null, busy: false,
+  item: null, w: 0, h: 0, mask: null, model: null, undo: [], redo: [], polygon: [],
+  tool: "brush", size: 6, drawing: false, last: null, busy: false, offline: false,
 };
 
 // ---------------------------------------------------------------- server
@@ -23,11 +23,55 @@ const st = {
 // Paths are relative: the app may be served under a prefix (behind the hospital's proxy).
 async function post(path, extra = {}) {
   const body = JSON.stringify({ token: TOKEN, tab: TAB, ...extra });
-  const res = await fetch(path, { method: "POST", headers: { "Content-Type": "application/json" }, body });
+  let res;
+  try {
+    res = await fetch(path, { method: "POST", headers: { "Content-Type": "application/json" }, body });
+  } catch (err) {  // no answer at all: the server (or the network) is down
+    goOffline();
+    throw new Error("the review server cannot be reached; your drawing is kept");
+  }
   if (res.status === 401 && AUTH === "accounts") { window.location.assign("login"); throw new Error("signed out"); }
   const data = await res.json().catch(() => ({ error: `server answered ${res.status}` }));
+  if (res.status === 403 && /page token/.test(data.error || "")) {  // the server restarted: a new page, same drawing
+    window.location.reload();
+    throw new Error("the review server restarted; reloading (your drawing is kept)");
+  }
   if (!res.ok) throw new Error(data.error || `server answered ${res.status}`);
   return data;
+}
+
+// ---------------------------------------------------------------- the server going away
+
+function goOffline() {
+  if (st.offline) return;
+  st.offline = true;
+  $("offline").hidden = false;
+  setState("offline");
+  const poll = async () => {
+    try {
+      const res = await fetch("api/progress", { cache: "no-store" });
+      if (res.ok || res.status === 401) {
+        st.offline = false; $("offline").hidden = true;
+        say("The review server is back. Your drawing was kept; Accept saves it.");
+        setState(st.item ? "ready" : "done");
+        return;
+      }
+    } catch (err) { /* still down */ }
+    setTimeout(poll, 2000);
+  };
+  setTimeout(poll, 2000);
+}
+
+// Every edit is kept in this tab's sessionStorage until the item is decided: a reload, a restart
+// of the server or a lost connection does not lose it.
+const draftKey = (id) => `ugafl-draft-${id}`;
+function saveDraft() { if (st.item) sessionStorage.setItem(draftKey(st.item.id), maskBase64()); }
+function loadDraft(id, n) {
+  const text = sessionStorage.getItem(draftKey(id));
+  if (!text) return null;
+  const raw = atob(text);
+  if (raw.length !== n) return null;
+  return Uint8Array.from(raw, (c) => c.charCodeAt(0));
 }
 
 const AUTH = document.querySelector('meta[name="ugafl-auth"]').content;
@@ -85,8 +129,10 @@ async function show(item, notice = "") {
     ["image.png", "model_mask.png", "uncertainty.png"].map((n) => loadImage(`${base}/${n}?v=${Date.now()}`)));
   st.item = item; st.w = item.width; st.h = item.height;
   st.model = pixelsOf(model);
-  st.mask = st.model.slice();
-  st.undo = [];
+  const draft = loadDraft(item.id, st.model.length);
+  st.mask = draft || st.model.slice();
+  st.undo = []; st.redo = []; st.polygon = [];
+  if (draft) notice = `${notice} Your unsaved drawing on this patch was restored.`.trim();
   st.claimed = item.state === "in_review";
   for (const id of ["unc-layer", "model-layer", "mask-layer", "cursor-layer", "model-panel"]) {
     $(id).width = st.w; $(id).height = st.h;
@@ -147,7 +193,21 @@ function drawAll() {
   paintMask($("model-panel"), st.model, [0, 229, 255], 110, 255, true);
   const u = $("unc-layer").getContext("2d");
   u.clearRect(0, 0, st.w, st.h);
-  if ($("show-unc").checked && st.uncImage) { u.globalAlpha = 0.6; u.drawImage(st.uncImage, 0, 0); }
+  if ($("show-unc").checked && st.uncImage) { u.globalAlpha = 1; u.drawImage(st.uncImage, 0, 0); }
+  $("unc-layer").style.opacity = String(Number($("unc-opacity").value) / 100);
+  $("mask-layer").style.opacity = String(Number($("mask-opacity").value) / 100);
+  drawPolygon();
+}
+
+function drawPolygon() {
+  const c = $("cursor-layer").getContext("2d");
+  c.clearRect(0, 0, st.w, st.h);
+  if (!st.polygon.length) return;
+  c.strokeStyle = "#ff2d95"; c.fillStyle = "#ff2d95"; c.lineWidth = Math.max(0.5, st.w / 256);
+  c.beginPath();
+  st.polygon.forEach((p, k) => (k ? c.lineTo(p.x, p.y) : c.moveTo(p.x, p.y)));
+  c.stroke();
+  for (const p of st.polygon) c.fillRect(p.x - c.lineWidth, p.y - c.lineWidth, 2 * c.lineWidth, 2 * c.lineWidth);
 }
 
 // ---------------------------------------------------------------- editing
@@ -155,6 +215,33 @@ function drawAll() {
 function pushUndo() {
   st.undo.push(st.mask.slice());
   if (st.undo.length > UNDO_LIMIT) st.undo.shift();
+  st.redo = [];
+}
+
+// The polygon: pixels whose centre lies inside the closed outline (even-odd rule).
+function fillPolygon(points, value) {
+  const n = points.length;
+  for (let y = 0; y < st.h; y++) {
+    const cy = y + 0.5, xs = [];
+    for (let k = 0; k < n; k++) {
+      const a = points[k], b = points[(k + 1) % n];
+      if ((a.y <= cy) !== (b.y <= cy)) xs.push(a.x + ((cy - a.y) * (b.x - a.x)) / (b.y - a.y));
+    }
+    xs.sort((p, q) => p - q);
+    for (let k = 0; k + 1 < xs.length; k += 2) {
+      for (let x = Math.max(0, Math.ceil(xs[k] - 0.5)); x < st.w && x + 0.5 < xs[k + 1]; x++) st.mask[y * st.w + x] = value;
+    }
+  }
+}
+
+function closePolygon(background) {
+  if (st.polygon.length >= 3) {
+    claim(); pushUndo();
+    fillPolygon(st.polygon, background ? 0 : 1);
+    saveDraft();
+  }
+  st.polygon = [];
+  drawAll();
 }
 
 function stamp(cx, cy, value) {
@@ -210,9 +297,16 @@ function onDown(ev) {
   claim();
   $("cursor-layer").setPointerCapture(ev.pointerId);
   const p = patchPoint(ev);
+  if (st.tool === "polygon") {
+    const first = st.polygon[0], near = st.w / 64;
+    if (st.polygon.length >= 3 && Math.hypot(p.x - first.x, p.y - first.y) <= near) closePolygon(ev.shiftKey);
+    else { st.polygon.push(p); drawPolygon(); }
+    return;
+  }
   pushUndo();
   if (st.tool === "fill") {
     flood(Math.floor(p.x), Math.floor(p.y), ev.shiftKey ? 0 : 1);
+    saveDraft();
   } else {
     st.drawing = true; st.last = p;
     stamp(p.x, p.y, st.tool === "brush" ? 1 : 0);
@@ -228,9 +322,13 @@ function onMove(ev) {
   drawAll();
 }
 
-function onUp() { st.drawing = false; st.last = null; }
+function onUp() {
+  if (st.drawing) saveDraft();
+  st.drawing = false; st.last = null;
+}
 
 function setTool(tool) {
+  if (tool !== "polygon" && st.polygon.length) { st.polygon = []; drawAll(); }
   st.tool = tool;
   for (const b of document.querySelectorAll("[data-tool]")) b.setAttribute("aria-pressed", String(b.dataset.tool === tool));
 }
@@ -241,9 +339,18 @@ function setSize(n) {
 }
 
 function undo() {
+  if (st.polygon.length) { st.polygon.pop(); drawPolygon(); return; }
   if (!st.undo.length) return;
+  st.redo.push(st.mask);
   st.mask = st.undo.pop();
-  drawAll();
+  saveDraft(); drawAll();
+}
+
+function redo() {
+  if (!st.redo.length) return;
+  st.undo.push(st.mask);
+  st.mask = st.redo.pop();
+  saveDraft(); drawAll();
 }
 
 // ---------------------------------------------------------------- decisions
@@ -267,13 +374,14 @@ async function decide(action, extra, done) {
   const id = st.item.id;
   try {
     const data = await post(`api/items/${id}/${action}`, extra);
+    sessionStorage.removeItem(draftKey(id));
     showProgress(data.progress);
     st.busy = false;
     await next(done(id));
   } catch (err) {
     st.busy = false;
     say(`Item ${id}: ${err.message}`, true);
-    setState("error");
+    if (!st.offline) setState("error");
   }
 }
 
@@ -301,11 +409,18 @@ function onKey(ev) {
   if ($("reject-dialog").open) return;  // the dialog handles Enter and Esc itself
   const t = ev.target;
   if (t instanceof HTMLInputElement && t.type !== "checkbox" && t.type !== "range") return;
-  if ((ev.ctrlKey || ev.metaKey) && ev.key.toLowerCase() === "z") { ev.preventDefault(); undo(); return; }
+  const ctrl = ev.ctrlKey || ev.metaKey, key = ev.key.toLowerCase();
+  if (ctrl && (key === "y" || (key === "z" && ev.shiftKey))) { ev.preventDefault(); redo(); return; }
+  if (ctrl && key === "z") { ev.preventDefault(); undo(); return; }
+  if (st.polygon.length && (key === "enter" || key === "escape")) {  // Enter closes the polygon, Esc drops it
+    ev.preventDefault();
+    if (key === "enter") closePolygon(ev.shiftKey); else { st.polygon = []; drawAll(); }
+    return;
+  }
   if (ev.ctrlKey || ev.metaKey || ev.altKey) return;
   const toggle = (id) => { $(id).checked = !$(id).checked; drawAll(); };
   const keys = {
-    b: () => setTool("brush"), e: () => setTool("eraser"), f: () => setTool("fill"),
+    b: () => setTool("brush"), e: () => setTool("eraser"), f: () => setTool("fill"), p: () => setTool("polygon"),
     "[": () => setSize(st.size - 1), "]": () => setSize(st.size + 1),
     m: () => toggle("show-mask"), c: () => toggle("show-model"), u: () => toggle("show-unc"),
     enter: accept, a: accept, r: openReject, s: skip,
@@ -332,7 +447,9 @@ function start() {
   for (const b of document.querySelectorAll("[data-tool]")) b.addEventListener("click", () => setTool(b.dataset.tool));
   $("size").addEventListener("input", () => setSize(Number($("size").value)));
   $("undo").addEventListener("click", undo);
-  $("reset").addEventListener("click", () => { if (st.item) { claim(); pushUndo(); st.mask = st.model.slice(); drawAll(); } });
+  $("redo").addEventListener("click", redo);
+  for (const id of ["mask-opacity", "unc-opacity"]) $(id).addEventListener("input", drawAll);
+  $("reset").addEventListener("click", () => { if (st.item) { claim(); pushUndo(); st.mask = st.model.slice(); saveDraft(); drawAll(); } });
   for (const id of ["show-mask", "show-model", "show-unc"]) $(id).addEventListener("change", drawAll);
   $("accept").addEventListener("click", accept);
   $("reject").addEventListener("click", openReject);
