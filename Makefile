@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 RUN    ?= demo
 
-.PHONY: setup system-packages demo test uncertainty-report benchmarks clean
+.PHONY: setup system-packages demo test uncertainty-report benchmarks clean vendor-check
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -53,3 +53,11 @@ benchmarks: setup
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+
+# The review app's viewer, OpenSeadragon, is committed in client/review/static/ (no download at
+# install or run time); this fetches the same release from npm again and checks it is the one committed.
+OSD_VERSION := 6.1.1
+vendor-check:
+	cd $$(mktemp -d) && npm pack --silent openseadragon@$(OSD_VERSION) >/dev/null && tar xzf openseadragon-$(OSD_VERSION).tgz && \
+	cmp package/build/openseadragon/openseadragon.min.js $(CURDIR)/client/review/static/openseadragon.min.js && \
+	cmp package/LICENSE.txt $(CURDIR)/client/review/static/openseadragon-LICENSE.txt && echo "OpenSeadragon $(OSD_VERSION): same as committed"

@@ -25,10 +25,14 @@ from ugafl.common.errors import UgaflError
 @click.option("--host-name", "host_names", multiple=True, help="A host name browsers or the proxy use for this app "
               "(the Host header is checked); repeat for several.")
 @click.option("--url-prefix", default="", help="The path the app is served under behind a proxy, e.g. /review.")
+@click.option("--slides", type=click.Path(path_type=Path), default=None,
+              help="The folder of the slides the patches come from (the site's inbox): the viewer shows each "
+                   "patch in its slide [default: the patch alone].")
 @click.option("--open-browser/--no-open-browser", default=False, show_default=True, help="Open the page in the default browser.")
 @click.pass_context
 def review(ctx: click.Context, workspace: Path | None, host: str, port: int, auth: str, user_header: str,
-           trusted_proxies: tuple[str, ...], host_names: tuple[str, ...], url_prefix: str, open_browser: bool) -> None:
+           trusted_proxies: tuple[str, ...], host_names: tuple[str, ...], url_prefix: str, slides: Path | None,
+           open_browser: bool) -> None:
     """Serve the review web app: next patch by priority, correct, accept, reject or skip."""
     if ctx.invoked_subcommand is not None:
         return
@@ -39,7 +43,7 @@ def review(ctx: click.Context, workspace: Path | None, host: str, port: int, aut
 
     settings = AuthSettings(mode=auth, user_header=user_header, trusted_proxies=trusted_proxies)
     try:
-        server = ReviewServer(workspace, host, port, settings, host_names, url_prefix)
+        server = ReviewServer(workspace, host, port, settings, host_names, url_prefix, slides=slides)
     except OSError as error:
         raise click.ClickException(f"cannot listen on {host}:{port}: {error.strerror or error}") from None
     counts = server.service.progress()

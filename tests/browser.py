@@ -54,7 +54,7 @@ def chromium(tmp: Path, *extra_flags: str):
 
 @contextmanager
 def review_process(workspace: Path, user: str = "Dr. Test", password: str = "pathology rocks", port: int = 0,
-                   add_user: bool = True):
+                   add_user: bool = True, slides: Path | None = None):
     """`ugafl review --auth accounts` on 127.0.0.1 and `port` (0: a free one), as a child process,
     with the built-in account `user` added first (`ugafl review add-user`) unless `add_user` is
     False; yields its URL. Stopped with SIGTERM (then SIGKILL) by process id on exit."""
@@ -63,6 +63,8 @@ def review_process(workspace: Path, user: str = "Dr. Test", password: str = "pat
         subprocess.run([ugafl, "review", "add-user", "--workspace", str(workspace), user, "--password-stdin"],
                        input=password + "\n", text=True, check=True, capture_output=True, timeout=60)
     command = [ugafl, "review", "--workspace", str(workspace), "--port", str(port), "--auth", "accounts"]
+    if slides is not None:
+        command += ["--slides", str(slides)]
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         url, seen, deadline = None, [], time.monotonic() + 60

@@ -178,3 +178,44 @@ def test_requests_without_the_page_token_or_from_elsewhere_are_refused(server: R
         status, error = call(server, "/api/next", {"tab": TAB_A}, token="" if case == "no token" else "guess")
         assert status == 403 and "token" in error["error"]
     assert snapshot(ws) == before
+
+
+def test_the_viewer_gets_tiles_of_queued_slides_only(tmp_path: Path, synthetic_tiff) -> None:
+    """Deep Zoom of the slides the queue's patches come from: the descriptor and tiles in level-0
+    frame for a queued slide; nothing for another slide in the folder, a bad address, or a
+    request without a user."""
+    import shutil
+    import xml.etree.ElementTree as ET
+
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    shutil.copy(synthetic_tiff.path, inbox / "slide.tiff")
+    shutil.copy(synthetic_tiff.path, inbox / "other.tiff")  # in the folder, but no item comes from it
+    ws = tmp_path / "ws"
+    make_review_workspace(ws, [0.5], slide="slide")
+    srv = ReviewServer(ws, "127.0.0.1", 0, AuthSettings(mode="proxy"), slides=inbox)
+    srv.start_background()
+    try:
+        status, item = call(srv, "/api/items/1")
+        assert status == 200 and item["slide_dzi"] == "api/slides/slide.dzi"
+        status, xml = call(srv, "/api/slides/slide.dzi")
+        size = ET.fromstring(xml).find("{http://schemas.microsoft.com/deepzoom/2008}Size").attrib
+        assert status == 200 and (size["Width"], size["Height"]) == ("2048", "1536")
+        status, tile = call(srv, "/api/slides/slide_files/11/0_0.jpeg")  # level 11: 2048 px wide, 9 x 7 tiles
+        assert status == 200 and Image.open(io.BytesIO(tile)).size == (255, 255)
+        for path in ("/api/slides/other.dzi", "/api/slides/other_files/11/0_0.jpeg", "/api/slides/slide_files/11/99_0.jpeg",
+                     "/api/slides/slide_files/40/0_0.jpeg", "/api/slides/slide_files/11/0_0_0.jpeg",
+                     "/api/slides/..%2Fslide.dzi", "/api/slides/slide_files/11/-1_0.jpeg"):
+            assert call(srv, path)[0] == 404, path
+        assert call(srv, "/api/slides/slide.dzi", user=None)[0] == 401
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    srv = ReviewServer(ws, "127.0.0.1", 0, AuthSettings(mode="proxy"))  # no slides folder: the patch alone
+    srv.start_background()
+    try:
+        assert call(srv, "/api/items/1")[1]["slide_dzi"] is None
+        assert call(srv, "/api/slides/slide.dzi")[0] == 404
+    finally:
+        srv.shutdown()
+        srv.server_close()

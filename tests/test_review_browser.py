@@ -21,7 +21,6 @@ from review_helpers import RING_INNER, SIZE, make_review_workspace, ring_mask
 from ugafl.client.queue.store import CorrectionQueue
 
 pytestmark = pytest.mark.slow
-SCALE = 4  # CSS px per patch px: the editor is 512 px wide for a 128 px patch
 
 
 def page(driver) -> dict:
@@ -71,16 +70,22 @@ def ctrl_y(driver) -> None:
     ActionChains(driver).key_down(Keys.CONTROL).send_keys("y").key_up(Keys.CONTROL).perform()
 
 
-def _offset(p: float) -> int:
-    """CSS offset from the editor's centre to the centre of patch pixel p."""
-    return round((p + 0.5) * SCALE - SIZE * SCALE / 2)
+def _scale(driver) -> float:
+    """CSS px per patch px: the patch's overlay in the viewer, as zoomed now."""
+    return driver.execute_script("return document.getElementById('cursor-layer').getBoundingClientRect().width") / SIZE
+
+
+def _offset(p: float, scale: float) -> int:
+    """CSS offset from the patch overlay's centre to the centre of patch pixel p."""
+    return round((p + 0.5 - SIZE / 2) * scale)
 
 
 def click_at(driver, x: float, y: float) -> None:
     from selenium.webdriver.common.action_chains import ActionChains
 
     layer = driver.find_element("id", "cursor-layer")
-    ActionChains(driver).move_to_element_with_offset(layer, _offset(x), _offset(y)).click().perform()
+    scale = _scale(driver)
+    ActionChains(driver).move_to_element_with_offset(layer, _offset(x, scale), _offset(y, scale)).click().perform()
 
 
 def drag(driver, start: tuple[float, float], end: tuple[float, float], steps: int = 8) -> None:
@@ -88,11 +93,13 @@ def drag(driver, start: tuple[float, float], end: tuple[float, float], steps: in
     from selenium.webdriver.common.action_chains import ActionChains
 
     layer = driver.find_element("id", "cursor-layer")
-    actions = ActionChains(driver).move_to_element_with_offset(layer, _offset(start[0]), _offset(start[1])).click_and_hold()
+    scale = _scale(driver)
+    actions = ActionChains(driver).move_to_element_with_offset(layer, _offset(start[0], scale),
+                                                               _offset(start[1], scale)).click_and_hold()
     for k in range(1, steps + 1):
         x = start[0] + (end[0] - start[0]) * k / steps
         y = start[1] + (end[1] - start[1]) * k / steps
-        actions.move_to_element_with_offset(layer, _offset(x), _offset(y))
+        actions.move_to_element_with_offset(layer, _offset(x, scale), _offset(y, scale))
     actions.release().perform()
 
 
@@ -168,7 +175,7 @@ def test_a_full_correction_in_the_browser(tmp_path: Path) -> None:
         driver.save_screenshot(str(shot_path))
         shot = np.asarray(Image.open(shot_path).convert("RGB"))
         editor, model_panel, unc_panel = (element_box(driver, i) for i in ("stack", "model-panel", "unc-panel"))
-        assert editor[2:] == (SIZE * SCALE, SIZE * SCALE)
+        assert editor[2] == editor[3] >= 2 * SIZE, editor  # the patch, zoomed to fit the viewer
         raw = raw_patch.astype(int)
         for px, py in [(100, 64), (64, 64), (70, 90)]:  # tumour (kept, filled): yellow tint
             seen, under = screen_pixel(shot, editor, px, py), raw[py, px]
@@ -288,3 +295,68 @@ def test_the_drawing_survives_the_server_going_away(tmp_path: Path) -> None:
     with CorrectionQueue(ws) as queue:
         assert (queue.load_correction(1) == drawn).all()
         assert [(e.action, e.who) for e in queue.history(1)][1:] == [("claim", "Dr. Test"), ("correct", "Dr. Test")]
+
+
+CONTROLS = "#workspace button, #workspace input, #workspace select, #workspace label, header button, #viewer"
+
+
+def unseen_controls(driver) -> list[str]:
+    """Controls of the page not wholly inside the window (nothing may need scrolling)."""
+    return driver.execute_script(f"""
+        const out = [];
+        for (const el of document.querySelectorAll("{CONTROLS}")) {{
+          const r = el.getBoundingClientRect();
+          if (r.width === 0 || r.top < 0 || r.left < 0 || r.bottom > innerHeight + 0.5 || r.right > innerWidth + 0.5)
+            out.push(el.id || el.textContent.trim().slice(0, 30));
+        }}
+        if (document.scrollingElement.scrollHeight > innerHeight) out.push("the page scrolls");
+        return out;""")
+
+
+def test_the_patch_in_its_slide_at_every_zoom_and_screen_size(tmp_path: Path, synthetic_tiff) -> None:
+    """The viewer shows the patch in its slide (OpenSlide's Deep Zoom tiles, level-0 frame), zooms
+    to the scanner's full resolution and back, and every control fits 1920x1080 and 1280x720."""
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    shutil.copy(synthetic_tiff.path, inbox / "slide.tiff")
+    ws = tmp_path / "ws"
+    make_review_workspace(ws, [0.8, 0.3], slide="slide")  # item 1's box: level-0 (0, 1024), 256 x 256
+    shots = os.environ.get("UGAFL_SCREENSHOTS")  # a folder: keep the pictures for a person to look at
+    with review_process(ws, slides=inbox) as url, chromium(tmp_path) as driver:
+        sign_in(driver, url)
+        wait_for(driver, "ready", "1")
+        world = driver.execute_script("const v = window.ugafl.state.viewer, i = v.world.getItemAt(0),"
+                                      " c = i.getContentSize(), o = document.getElementById('stack').getBoundingClientRect(),"
+                                      " a = v.viewport.viewerElementToImageCoordinates(new OpenSeadragon.Point("
+                                      "   o.left - v.element.getBoundingClientRect().left, o.top - v.element.getBoundingClientRect().top)),"
+                                      " b = v.viewport.viewerElementToImageCoordinates(new OpenSeadragon.Point("
+                                      "   o.right - v.element.getBoundingClientRect().left, o.bottom - v.element.getBoundingClientRect().top));"
+                                      " return [c.x, c.y, a.x, a.y, b.x, b.y, window.ugafl.state.item.slide_dzi];")
+        assert world[:2] == [2048, 1536]  # the whole slide, level 0
+        assert np.allclose(world[2:6], [0, 1024, 256, 1280], atol=2), world  # the overlay sits on the box
+        assert world[6] == "api/slides/slide.dzi"
+
+        def zoom() -> float:
+            return float(driver.execute_script("return document.getElementById('viewer').dataset.zoom"))
+
+        fitted = zoom()
+        keys(driver, "1")  # the scanner's full resolution: one screen pixel per slide pixel
+        WebDriverWait(driver, 30).until(lambda d: abs(zoom() - 1) < 0.02)
+        keys(driver, "0")  # and back to the patch
+        WebDriverWait(driver, 30).until(lambda d: abs(zoom() - fitted) < 0.02)
+        keys(driver, "b")
+        drag(driver, (10, 10), (50, 10))
+        drawn = page_mask(driver)
+        keys(driver, "\ue007")
+        wait_for(driver, "ready", "2")
+
+        for width, height in ((1920, 1080), (1280, 720)):
+            driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                                   {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False})
+            driver.refresh()
+            wait_for(driver, "ready", "2")
+            assert unseen_controls(driver) == [], (width, height)
+            if shots:
+                driver.save_screenshot(str(Path(shots) / f"review_app_{width}x{height}.png"))
+    with CorrectionQueue(ws) as queue:
+        assert (queue.load_correction(1) == drawn).all() and drawn[9:12, 12:48].all()

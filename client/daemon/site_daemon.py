@@ -147,7 +147,8 @@ class SiteDaemon:
         watcher = Child("inbox", [str(BIN / "python"), "-m", "ugafl.client.daemon.inbox_watcher", str(cfg.path),
                                   str(cfg.inbox_poll_s)], env=env, cwd=str(self.dir))
         review = Child("review", [str(BIN / "ugafl"), "review", "--workspace", str(self.ws),
-                                  *cfg.site.review.command_options()], env=env, cwd=str(self.dir))
+                                  *cfg.site.review.command_options(), "--slides", str(cfg.site.slides)],
+                       env=env, cwd=str(self.dir))
         return [supernode, watcher, review]
 
     def _set(self, state: str, detail: str = "") -> None:

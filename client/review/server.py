@@ -57,6 +57,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from ugafl.client.queue.store import QueueError
 from ugafl.client.review.auth import SESSION_COOKIE, AuthSettings, Identity
 from ugafl.client.review.service import REJECT_REASONS, HeldByOtherTab, ReviewError, ReviewService
+from ugafl.client.review.tiles import SlideTiles
 from ugafl.common.errors import UgaflError
 from ugafl.common.log import get_logger
 
@@ -68,7 +69,8 @@ HEAD_TIMEOUT_S = 10.0  # the longest a connection may take to send a whole reque
 MAX_REASON_CHARS = 500
 MAX_ITEM_ID = 2**63 - 1  # SQLite's largest integer: any larger id names no item
 STATIC = {"review.js": "text/javascript; charset=utf-8", "review.css": "text/css; charset=utf-8",
-          "login.js": "text/javascript; charset=utf-8"}
+          "login.js": "text/javascript; charset=utf-8",
+          "openseadragon.min.js": "text/javascript; charset=utf-8"}  # OpenSeadragon 6.1.1 (BSD-3-Clause), see the Makefile
 PICTURES = {"image.png": "image", "model_mask.png": "model_mask", "uncertainty.png": "uncertainty"}
 SECURITY_HEADERS = [
     (b"cache-control", b"no-store"),
@@ -187,9 +189,19 @@ class _HeadDeadline(H11Protocol):
 
 
 def build_app(service: ReviewService, token: str, identity: Identity, allowed_hosts: set[str],
-              host_names: set[str] = frozenset(), prefix: str = "", limits: ReviewLimits = ReviewLimits()) -> _Guard:
-    """The review app as an ASGI application, served under `prefix` ("" or "/something")."""
+              host_names: set[str] = frozenset(), prefix: str = "", limits: ReviewLimits = ReviewLimits(),
+              tiles: SlideTiles | None = None) -> _Guard:
+    """The review app as an ASGI application, served under `prefix` ("" or "/something");
+    `tiles` serves the slides behind the patches to the viewer."""
     mode = identity.settings.mode
+    tiles = tiles or SlideTiles(None)
+
+    def with_slide(summary: dict) -> dict:
+        """An item's JSON, with where the viewer finds its slide's tiles (null: the patch alone)."""
+        return {**summary, "slide_dzi": f"api/slides/{summary['slide']}.dzi" if tiles.available(summary["slide"]) else None}
+
+    def queued_slide(stem: str) -> bool:
+        return bool(service.queue.list(slide=stem))
 
     def who(request: Request) -> str | None:
         return identity.user(request.client.host if request.client else None,
@@ -240,7 +252,32 @@ def build_app(service: ReviewService, token: str, identity: Identity, allowed_ho
         return await _in_thread(lambda: JSONResponse(service.progress()))
 
     async def item(request: Request, user: str) -> Response:
-        return await _in_thread(lambda: JSONResponse(service.item_json(_item_id(request))))
+        return await _in_thread(lambda: JSONResponse(with_slide(service.item_json(_item_id(request)))))
+
+    async def slide_dzi(request: Request, user: str) -> Response:
+        name = request.path_params["name"]
+        stem = name[:-len(".dzi")] if name.endswith(".dzi") else None
+
+        def run() -> Response:
+            xml = tiles.dzi(stem) if stem and queued_slide(stem) else None
+            if xml is None:
+                return _error(HTTPStatus.NOT_FOUND, f"no slide {name[:80]} to show")
+            return Response(xml, media_type="application/xml")
+        return await _in_thread(run)
+
+    async def slide_tile(request: Request, user: str) -> Response:
+        stem, level, tile = (request.path_params[k] for k in ("stem", "level", "tile"))
+        col_row = tile.removesuffix(".jpeg").split("_")
+
+        def run() -> Response:
+            data = None
+            if len(col_row) == 2 and all(v.isdigit() and len(v) < 9 for v in col_row) and level < 64 \
+                    and queued_slide(stem):
+                data = tiles.tile(stem, level, int(col_row[0]), int(col_row[1]))
+            if data is None:
+                return _error(HTTPStatus.NOT_FOUND, f"no tile {request.url.path[-80:]}")
+            return Response(data, media_type="image/jpeg")
+        return await _in_thread(run)
 
     async def picture(request: Request, user: str) -> Response:
         part = request.path_params["part"]
@@ -278,8 +315,10 @@ def build_app(service: ReviewService, token: str, identity: Identity, allowed_ho
         body = await _body(request, token)
         if isinstance(body, Response):
             return body
-        return await _in_thread(lambda: JSONResponse({"item": service.next_item(body.get("tab"), user),
-                                                      "progress": service.progress()}))
+        def run() -> Response:
+            item = service.next_item(body.get("tab"), user)
+            return JSONResponse({"item": item and with_slide(item), "progress": service.progress()})
+        return await _in_thread(run)
 
     async def action(request: Request, user: str) -> Response:
         name = request.path_params["action"]
@@ -310,6 +349,8 @@ def build_app(service: ReviewService, token: str, identity: Identity, allowed_ho
         Route("/api/login", login, methods=["POST"]), Route("/api/logout", signed_in(logout), methods=["POST"]),
         Route("/api/me", signed_in(me)), Route("/api/progress", signed_in(progress)),
         Route("/api/items/{item_id:int}", signed_in(item)),
+        Route("/api/slides/{stem}_files/{level:int}/{tile}", signed_in(slide_tile)),
+        Route("/api/slides/{name}", signed_in(slide_dzi)),
         Route("/api/items/{item_id:int}/{part}", signed_in(picture), methods=["GET"]),
         Route("/api/next", signed_in(next_item), methods=["POST"]),
         Route("/api/items/{item_id:int}/{action}", signed_in(action), methods=["POST"]),
@@ -439,12 +480,13 @@ def is_loopback(host: str) -> bool:
 class ReviewServer:
     """The review app for `workspace` on (host, port), served by uvicorn; port 0 picks a free one
     (see `.url`). `serve_forever()` in the foreground, or `start_background()` and `shutdown()`.
+    `slides`: the folder of the slides the patches come from (the site's inbox), for the viewer.
     `host_names`: the names a proxy or the browser may use besides the address itself (the Host
     header is checked); `prefix`: the path the app is served under ("" or "/review")."""
 
     def __init__(self, workspace: str | Path, host: str = "127.0.0.1", port: int = 0,
                  auth: AuthSettings = AuthSettings(), host_names: tuple[str, ...] = (), prefix: str = "",
-                 limits: ReviewLimits = ReviewLimits()):
+                 limits: ReviewLimits = ReviewLimits(), slides: str | Path | None = None):
         if auth.mode == "local" and not is_loopback(host):
             raise ReviewConfigError(f"auth = \"local\" serves only loopback, not {host}: with anyone else able to "
                                     f"reach it, use auth = \"accounts\" or \"proxy\"")
@@ -464,7 +506,9 @@ class ReviewServer:
         bound_port = self._socket.getsockname()[1]
         self.url = f"http://{_url_host(host)}:{bound_port}{prefix}/"
         self.allowed_hosts = {f"{h}:{bound_port}" for h in (_url_host(host), "127.0.0.1", "localhost", "[::1]")}
-        app = build_app(self.service, self.token, self.identity, self.allowed_hosts, set(host_names), prefix, limits)
+        self.tiles = SlideTiles(slides)
+        app = build_app(self.service, self.token, self.identity, self.allowed_hosts, set(host_names), prefix, limits,
+                        self.tiles)
         protocol = type("HeadDeadline", (_HeadDeadline,), {"head_timeout_s": limits.head_timeout_s})
         config = uvicorn.Config(app, http=protocol, ws="none", lifespan="off", log_config=None, access_log=False,
                                 limit_concurrency=limits.max_connections, timeout_keep_alive=5,
@@ -501,4 +545,5 @@ class ReviewServer:
 
     def server_close(self) -> None:
         self._socket.close()
+        self.tiles.close()
         self.service.close()

@@ -4,6 +4,10 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
+// The patch's canvases live in the viewer's overlay, which the viewer takes out of the page
+// while it opens the next slide: found through the overlay element itself.
+const OVERLAY = document.getElementById("stack");
+const layer = (id) => document.getElementById(id) || OVERLAY.querySelector(`#${id}`);
 const TOKEN = document.querySelector('meta[name="ugafl-token"]').content;
 const TAB = sessionStorage.getItem("ugafl-tab") || (() => {
   const bytes = crypto.getRandomValues(new Uint8Array(16));
@@ -135,9 +139,11 @@ async function show(item, notice = "") {
   if (draft) notice = `${notice} Your unsaved drawing on this patch was restored.`.trim();
   st.claimed = item.state === "in_review";
   for (const id of ["unc-layer", "model-layer", "mask-layer", "cursor-layer", "model-panel"]) {
-    $(id).width = st.w; $(id).height = st.h;
+    layer(id).width = st.w; layer(id).height = st.h;
   }
-  $("patch").src = patch.src; $("model-image").src = patch.src; $("unc-panel").src = unc.src;
+  $("model-image").src = patch.src; $("unc-panel").src = unc.src;
+  $("workspace").hidden = false; $("done").hidden = true;  // before the viewer opens: it measures itself
+  openViewer(item, patch.src);
   st.uncImage = unc;
   $("unc-measure").textContent = `(${item.measure})`;
   $("unc-max").textContent = `${item.uncertainty_max.toPrecision(3)} unsure`;
@@ -152,10 +158,76 @@ async function show(item, notice = "") {
   }));
   $("workspace").hidden = false; $("done").hidden = true;
   drawAll();
-  document.body.dataset.item = String(item.id);
   const intro = `Patch ${item.id} from ${item.slide}: correct the yellow area, then Accept.`;
+  await new Promise((resolve) => { st.onViewerReady = resolve; });  // the patch placed in its slide
+  document.body.dataset.item = String(item.id);
   say(notice ? `${notice} ${intro}` : intro);
   setState("ready");
+}
+
+// ---------------------------------------------------------------- the viewer
+
+// OpenSeadragon shows the slide (Deep Zoom tiles, level-0 pixels) or, without one, the patch
+// image; the correction's canvases ride on it as an overlay over the patch's box, so they zoom
+// and pan with the tissue. The canvases keep the patch's own grid: what is drawn is the mask the
+// model's resolution gives, however far one zooms in.
+function patchRect(item) {
+  return item.slide_dzi ? [item.x, item.y, item.box_width, item.box_height] : [0, 0, item.width, item.height];
+}
+
+function openViewer(item, patchSrc) {
+  if (!st.viewer) {
+    st.viewer = OpenSeadragon({
+      element: $("viewer"), showNavigationControl: false, showNavigator: true, navigatorPosition: "BOTTOM_RIGHT",
+      navigatorSizeRatio: 0.18, navigatorAutoFade: false, autoHideControls: false, imageSmoothingEnabled: false, maxZoomPixelRatio: 8, minZoomImageRatio: 0.5,
+      visibilityRatio: 0.2, animationTime: 0.3, keyboardShortcutsEnabled: false,
+      gestureSettingsMouse: { clickToZoom: false, dblClickToZoom: false, flickEnabled: false },
+      crossOriginPolicy: false, loadTilesWithAjax: false,
+    });
+    st.viewer.addHandler("animation", showZoom);
+    st.viewer.addHandler("open", () => {
+      const r = st.viewer.viewport.imageToViewportRectangle(...patchRect(st.item));
+      st.viewer.addOverlay({ element: st.overlay, location: r });
+      fitPatch(true);
+      showZoom();
+      if (st.onViewerReady) { st.onViewerReady(); st.onViewerReady = null; }
+    });
+    st.viewer.addHandler("open-failed", () => {  // the slide's tiles are not to be had: the patch alone
+      if (st.item && st.item.slide_dzi) {
+        say(`The slide ${st.item.slide} cannot be shown; correcting on the patch alone.`, true);
+        st.item = { ...st.item, slide_dzi: null };
+        st.viewer.open({ type: "image", url: st.patchSrc, buildPyramid: false });
+      }
+    });
+  }
+  st.patchSrc = patchSrc;
+  st.viewer.clearOverlays();
+  st.viewer.open(item.slide_dzi || { type: "image", url: patchSrc, buildPyramid: false });
+}
+
+function fitPatch(immediately = false) {
+  if (!st.viewer || !st.item) return;
+  const [x, y, w, h] = patchRect(st.item), m = 0.08;
+  const r = st.viewer.viewport.imageToViewportRectangle(x - m * w, y - m * h, w * (1 + 2 * m), h * (1 + 2 * m));
+  st.viewer.viewport.fitBounds(r, immediately);
+}
+
+function fullResolution() {
+  if (!st.viewer || !st.item) return;
+  const [x, y, w, h] = patchRect(st.item);
+  const scale = st.item.slide_dzi ? 1 : st.item.box_width / st.item.width;  // slide pixels per image pixel
+  const vp = st.viewer.viewport;
+  vp.zoomTo(vp.imageToViewportZoom(1 / scale), null, true);
+  vp.panTo(vp.imageToViewportCoordinates(x + w / 2, y + h / 2), true);
+}
+
+function showZoom() {
+  if (!st.viewer || !st.item || !st.viewer.world.getItemCount()) return;
+  const scale = st.item.slide_dzi ? 1 : st.item.box_width / st.item.width;
+  const screenPerImage = st.viewer.viewport.viewportToImageZoom(st.viewer.viewport.getZoom(true));
+  const perSlidePixel = screenPerImage / scale;
+  $("zoom-level").textContent = `${perSlidePixel >= 1 ? perSlidePixel.toFixed(1) : perSlidePixel.toPrecision(2)}× slide px`;
+  $("viewer").dataset.zoom = String(perSlidePixel);
 }
 
 function showDone() {
@@ -188,19 +260,19 @@ function paintMask(canvas, arr, rgb, fillAlpha, edgeAlpha, visible) {
 }
 
 function drawAll() {
-  paintMask($("mask-layer"), st.mask, [255, 212, 0], 90, 255, $("show-mask").checked);
-  paintMask($("model-layer"), st.model, [0, 229, 255], 0, 255, $("show-model").checked);
+  paintMask(layer("mask-layer"), st.mask, [255, 212, 0], 90, 255, $("show-mask").checked);
+  paintMask(layer("model-layer"), st.model, [0, 229, 255], 0, 255, $("show-model").checked);
   paintMask($("model-panel"), st.model, [0, 229, 255], 110, 255, true);
-  const u = $("unc-layer").getContext("2d");
+  const u = layer("unc-layer").getContext("2d");
   u.clearRect(0, 0, st.w, st.h);
   if ($("show-unc").checked && st.uncImage) { u.globalAlpha = 1; u.drawImage(st.uncImage, 0, 0); }
-  $("unc-layer").style.opacity = String(Number($("unc-opacity").value) / 100);
-  $("mask-layer").style.opacity = String(Number($("mask-opacity").value) / 100);
+  layer("unc-layer").style.opacity = String(Number($("unc-opacity").value) / 100);
+  layer("mask-layer").style.opacity = String(Number($("mask-opacity").value) / 100);
   drawPolygon();
 }
 
 function drawPolygon() {
-  const c = $("cursor-layer").getContext("2d");
+  const c = layer("cursor-layer").getContext("2d");
   c.clearRect(0, 0, st.w, st.h);
   if (!st.polygon.length) return;
   c.strokeStyle = "#ff2d95"; c.fillStyle = "#ff2d95"; c.lineWidth = Math.max(0.5, st.w / 256);
@@ -275,7 +347,7 @@ function flood(x, y, value) {
 }
 
 function patchPoint(ev) {
-  const r = $("cursor-layer").getBoundingClientRect();
+  const r = layer("cursor-layer").getBoundingClientRect();
   return {
     x: Math.min(st.w - 0.001, Math.max(0, ((ev.clientX - r.left) / r.width) * st.w)),
     y: Math.min(st.h - 0.001, Math.max(0, ((ev.clientY - r.top) / r.height) * st.h)),
@@ -292,10 +364,10 @@ function claim() {
 }
 
 function onDown(ev) {
-  if (!st.item || st.busy || ev.button !== 0) return;
-  ev.preventDefault();
+  if (!st.item || st.busy || ev.button !== 0 || st.tool === "pan") return;  // pan: the viewer has it
+  ev.preventDefault(); ev.stopPropagation();  // drawing, not panning
   claim();
-  $("cursor-layer").setPointerCapture(ev.pointerId);
+  layer("cursor-layer").setPointerCapture(ev.pointerId);
   const p = patchPoint(ev);
   if (st.tool === "polygon") {
     const first = st.polygon[0], near = st.w / 64;
@@ -316,6 +388,7 @@ function onDown(ev) {
 
 function onMove(ev) {
   if (!st.drawing) return;
+  ev.stopPropagation();
   const p = patchPoint(ev);
   line(st.last, p, st.tool === "brush" ? 1 : 0);
   st.last = p;
@@ -330,6 +403,8 @@ function onUp() {
 function setTool(tool) {
   if (tool !== "polygon" && st.polygon.length) { st.polygon = []; drawAll(); }
   st.tool = tool;
+  layer("cursor-layer").style.pointerEvents = tool === "pan" ? "none" : "auto";
+  layer("cursor-layer").style.cursor = tool === "pan" ? "" : "crosshair";
   for (const b of document.querySelectorAll("[data-tool]")) b.setAttribute("aria-pressed", String(b.dataset.tool === tool));
 }
 
@@ -421,6 +496,9 @@ function onKey(ev) {
   const toggle = (id) => { $(id).checked = !$(id).checked; drawAll(); };
   const keys = {
     b: () => setTool("brush"), e: () => setTool("eraser"), f: () => setTool("fill"), p: () => setTool("polygon"),
+    h: () => setTool("pan"), 0: () => fitPatch(), 1: fullResolution,
+    "+": () => st.viewer && st.viewer.viewport.zoomBy(1.5), "=": () => st.viewer && st.viewer.viewport.zoomBy(1.5),
+    "-": () => st.viewer && st.viewer.viewport.zoomBy(1 / 1.5),
     "[": () => setSize(st.size - 1), "]": () => setSize(st.size + 1),
     m: () => toggle("show-mask"), c: () => toggle("show-model"), u: () => toggle("show-unc"),
     enter: accept, a: accept, r: openReject, s: skip,
@@ -439,15 +517,18 @@ function maskBase64() {
 }
 
 function start() {
-  const layer = $("cursor-layer");
-  layer.addEventListener("pointerdown", onDown);
-  layer.addEventListener("pointermove", onMove);
-  layer.addEventListener("pointerup", onUp);
-  layer.addEventListener("pointercancel", onUp);
+  const cursor = layer("cursor-layer");
+  cursor.addEventListener("pointerdown", onDown);
+  cursor.addEventListener("pointermove", onMove);
+  cursor.addEventListener("pointerup", onUp);
+  cursor.addEventListener("pointercancel", onUp);
   for (const b of document.querySelectorAll("[data-tool]")) b.addEventListener("click", () => setTool(b.dataset.tool));
   $("size").addEventListener("input", () => setSize(Number($("size").value)));
   $("undo").addEventListener("click", undo);
   $("redo").addEventListener("click", redo);
+  $("zoom-patch").addEventListener("click", () => fitPatch());
+  $("zoom-full").addEventListener("click", fullResolution);
+  st.overlay = OVERLAY;
   for (const id of ["mask-opacity", "unc-opacity"]) $(id).addEventListener("input", drawAll);
   $("reset").addEventListener("click", () => { if (st.item) { claim(); pushUndo(); st.mask = st.model.slice(); saveDraft(); drawAll(); } });
   for (const id of ["show-mask", "show-model", "show-unc"]) $(id).addEventListener("change", drawAll);
