@@ -109,7 +109,8 @@ def test_accept_reject_skip_move_the_queue(server: ReviewServer) -> None:
     assert status == 200
     _, nxt = call(server, "/api/next", {"tab": TAB_A})
     assert nxt["item"] is None and nxt["progress"] == {"pending": 1, "in_review": 0, "corrected": 1, "rejected": 1,
-                                                       "done": 2, "total": 3}
+                                                       "done": 2, "total": 3,
+                                                       "by": {"dr-test": {"corrected": 1, "rejected": 1}}}
     with CorrectionQueue(server.service.queue.workspace) as q:
         assert (q.load_correction(2) == (mask > 0)).all()
         assert q.get(2).reviewer == "dr-test" and q.get(3).state == "pending"

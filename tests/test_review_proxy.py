@@ -18,12 +18,13 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from selenium.webdriver.support.ui import WebDriverWait
 
 from browser import chromium, review_process
 from deployment_kit import wait_for
 from flower_deployment import free_port
 from review_helpers import make_review_workspace
-from test_review_browser import drag, keys, page, wait_for as wait_for_page
+from test_review_browser import click_at, ctrl_y, ctrl_z, drag, keys, page, page_mask, wait_for as wait_for_page
 from ugafl.client.queue.store import CorrectionQueue
 from ugafl.server.fleet_proxy import find_nginx
 
@@ -64,9 +65,16 @@ def fetch(url: str, ca: Path, headers: dict | None = None) -> tuple[int, bytes]:
         return error.code, error.read()
 
 
-def test_a_pathologist_signed_in_at_the_proxy_corrects_a_patch(tmp_path: Path) -> None:
+def test_a_pathologist_signed_in_at_the_proxy_corrects_a_patch(tmp_path: Path, synthetic_tiff) -> None:
+    """The whole loop through the proxy: the patch in its slide, zoomed to full resolution and
+    back, a polygon and a brush stroke, undo and redo, accept; the next one rejected with a reason."""
+    import shutil
+
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    shutil.copy(synthetic_tiff.path, inbox / "slide.tiff")
     ws = tmp_path / "ws"
-    make_review_workspace(ws, [0.3, 0.8])
+    make_review_workspace(ws, [0.3, 0.8], slide="slide")
     pki = tmp_path / "pki"
     subprocess.run([str(UGAFL), "pki", "init-coordinator", "--dir", str(pki), "--names", "127.0.0.1"], check=True,
                    capture_output=True, timeout=60)
@@ -77,7 +85,7 @@ def test_a_pathologist_signed_in_at_the_proxy_corrects_a_patch(tmp_path: Path) -
     port, app_port = free_port(), free_port()
     conf = local_conf(tmp_path, port, app_port, pki, htpasswd)
     app = subprocess.Popen([str(UGAFL), "review", "--workspace", str(ws), "--port", str(app_port), "--auth", "proxy",
-                            "--host-name", "127.0.0.1", "--url-prefix", "/review"],
+                            "--host-name", "127.0.0.1", "--url-prefix", "/review", "--slides", str(inbox)],
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     nginx = subprocess.Popen([find_nginx(), "-e", "stderr", "-p", str(tmp_path), "-c", str(conf), "-g", "daemon off;"],
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -100,18 +108,42 @@ def test_a_pathologist_signed_in_at_the_proxy_corrects_a_patch(tmp_path: Path) -
             wait_for_page(driver, "ready", "2")
             assert f"Signed in as {USER}" in driver.find_element("id", "who").text
             assert not driver.find_element("id", "logout").is_displayed()  # the proxy signs out, not the app
+            zoom = lambda: float(driver.execute_script("return document.getElementById('viewer').dataset.zoom"))  # noqa: E731
+            fitted = zoom()
+            keys(driver, "1")  # the scanner's full resolution, through the proxy's tiles
+            WebDriverWait(driver, 30).until(lambda d: abs(zoom() - 1) < 0.02)
+            keys(driver, "0")
+            WebDriverWait(driver, 30).until(lambda d: abs(zoom() - fitted) < 0.02)
+            keys(driver, "p")  # a polygon on the glass, top left
+            for corner in ((4, 4), (30, 4), (30, 30), (4, 30)):
+                click_at(driver, *corner)
+            keys(driver, "\ue007")  # Enter closes it
             keys(driver, "b")
-            drag(driver, (10, 10), (40, 10))
+            drag(driver, (10, 120), (60, 120))  # a brush stroke on the glass ...
+            with_stroke = page_mask(driver)
+            ctrl_z(driver)  # ... undone ...
+            assert not page_mask(driver)[119:122, 12:58].any()
+            ctrl_y(driver)  # ... and redone
+            assert (page_mask(driver) == with_stroke).all()
             keys(driver, "\ue007")  # accept
             now = wait_for_page(driver, "ready", "1")
             assert "Saved your correction of item 2" in now["message"], page(driver)
+            assert "you: 1 corrected, 0 rejected" in now["progress"]
+            keys(driver, "r")  # reject item 1, with a reason
+            driver.find_element("id", "reject-note").send_keys("out of focus")
+            keys(driver, "\ue007")
+            now = wait_for_page(driver, "done")
+            assert "you: 1 corrected, 1 rejected" in now["progress"]
     finally:
         for process in (nginx, app):
             process.terminate()
             print(process.args[0], process.communicate(timeout=30)[0][-3000:])  # their logs, for a failure
     with CorrectionQueue(ws) as queue:
         assert [(e.action, e.who) for e in queue.history(2)][1:] == [("claim", USER), ("correct", USER)]
-        assert queue.load_correction(2)[9:12, 12:38].all()
+        assert (queue.load_correction(2) == with_stroke).all() and with_stroke[5:30, 5:30].all()
+        assert with_stroke[119:122, 12:58].all()
+        assert [(e.action, e.who) for e in queue.history(1)][1:] == [("reject", USER)]
+        assert queue.history(1)[-1].detail["reason"] == "not tumour tissue / artefact: out of focus"
     access = (tmp_path / "access.log").read_text()
     assert re.search(r'"POST /review/api/items/2/correction HTTP/1.1" 200 ', access), access[-1500:]
     assert f" {USER} [" in access  # nginx logged who

@@ -329,6 +329,16 @@ class CorrectionQueue:
         out.update({r[0]: r[1] for r in rows})
         return out
 
+    def decided_by(self) -> dict[str, dict[str, int]]:
+        """Who decided what: per reviewer, how many items they corrected and rejected."""
+        with self._lock:
+            rows = self._conn.execute("SELECT reviewer, state, COUNT(*) FROM items WHERE state IN ('corrected', 'rejected')"
+                                      " GROUP BY reviewer, state").fetchall()
+        out: dict[str, dict[str, int]] = {}
+        for reviewer, state, n in rows:
+            out.setdefault(reviewer or "", {"corrected": 0, "rejected": 0})[state] = n
+        return out
+
     def history(self, item_id: int) -> list[AuditEntry]:
         with self._lock:
             self._row(self._conn, item_id)

@@ -100,7 +100,7 @@ class ReviewService:
     def progress(self) -> dict:
         counts = self.queue.counts()
         done = counts["corrected"] + counts["rejected"]
-        return {**counts, "done": done, "total": sum(counts.values())}
+        return {**counts, "done": done, "total": sum(counts.values()), "by": self.queue.decided_by()}
 
     def item_json(self, item_id: int) -> dict:
         item = self.queue.get(item_id)

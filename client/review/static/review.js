@@ -86,6 +86,10 @@ function showProgress(p) {
     `${p.done} of ${p.total} done · ${p.corrected} corrected · ${p.rejected} rejected · ` +
     `${p.pending} pending · ${p.in_review} in review`;
   $("progress-bar").style.width = p.total ? `${(100 * p.done) / p.total}%` : "0";
+  const me = (p.by || {})[$("user").textContent] || { corrected: 0, rejected: 0 };
+  $("progress-text").textContent += ` · you: ${me.corrected} corrected, ${me.rejected} rejected`;
+  $("progress").title = Object.entries(p.by || {}).map(([who, n]) => `${who}: ${n.corrected} corrected, ${n.rejected} rejected`)
+    .join("\n") || "nobody has decided a patch yet";
 }
 
 function say(text, isError = false) {
