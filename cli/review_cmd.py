@@ -79,3 +79,18 @@ def add_user(workspace: Path, name: str, password_stdin: bool, replace: bool) ->
         password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
     Accounts(workspace).add(name, password, replace=replace)
     click.echo(f"{'password set for' if replace else 'added'} {name} ({workspace / 'review' / 'accounts.json'})")
+
+
+@review.command("add-token")
+@click.option("--workspace", type=click.Path(path_type=Path), required=True, help="Site workspace folder.")
+@click.argument("user")
+@click.option("--label", default="", help="What the token is for (e.g. 'QuPath script on pc-123').")
+def add_token(workspace: Path, user: str, label: str) -> None:
+    """Make an API token acting as USER, for programs calling the review app's JSON API
+    (`Authorization: Bearer TOKEN`; see api/openapi.json). Printed once; only its hash is kept."""
+    from ugafl.client.review.auth import ApiTokens, check_user_name
+
+    check_user_name(user, "USER")
+    if not (workspace / "queue.db").is_file():
+        raise UgaflError(f"--workspace {workspace}: no correction queue there (queue.db); is it a site workspace?")
+    click.echo(ApiTokens(workspace).add(user, label))

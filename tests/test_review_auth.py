@@ -165,3 +165,51 @@ def test_local_sign_in_serves_loopback_only(tmp_path: Path) -> None:
     no_queue = add_user(tmp_path / "elsewhere", "dr-a", "long enough password")
     assert no_queue.returncode == 2 and "no correction queue there" in no_queue.stderr
     assert not (tmp_path / "elsewhere").exists()
+
+
+def test_a_program_with_an_api_token_corrects_a_patch(tmp_path: Path) -> None:
+    """Another client (a QuPath script, say) with an API token: no page, no page token, no cookie;
+    the audit names the token's user. The OpenAPI document describes every route the app has."""
+    import base64
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    ws = tmp_path / "ws"
+    make_review_workspace(ws, [0.9])
+    made = subprocess.run([str(UGAFL), "review", "add-token", "--workspace", str(ws), "dr-script", "--label", "QuPath"],
+                          capture_output=True, text=True, timeout=60)
+    assert made.returncode == 0, made.stderr
+    token = made.stdout.strip()
+    assert token.startswith("ugafl_") and token not in (ws / "review" / "tokens.json").read_text()
+    server = serve(ws, auth=AuthSettings(mode="accounts"))
+    try:
+        bearer = {"Authorization": f"Bearer {token}"}
+        status, me, _ = request(server.url + "api/me", headers=bearer)
+        assert (status, me) == (200, {"user": "dr-script", "auth": "accounts"})
+        assert request(server.url + "api/me", headers={"Authorization": "Bearer ugafl_guess"})[0] == 401
+        status, opened, _ = request(server.url + "api/next", {"tab": "qupath01"}, headers=bearer)
+        assert status == 200 and opened["item"]["id"] == 1
+        mask = np.zeros((opened["item"]["height"], opened["item"]["width"]), np.uint8)
+        mask[:10, :10] = 255
+        buf = io.BytesIO()
+        Image.fromarray(mask).save(buf, format="PNG")
+        status, done, _ = request(server.url + "api/items/1/correction",
+                                  {"tab": "qupath01", "mask_png": base64.b64encode(buf.getvalue()).decode()}, headers=bearer)
+        assert status == 200 and done["progress"]["by"] == {"dr-script": {"corrected": 1, "rejected": 0}}
+        # Without the token the same request needs a session and the page token.
+        assert request(server.url + "api/next", {"tab": "qupath01"})[0] == 401
+
+        status, spec, _ = request(server.url + "api/openapi.json")
+        assert status == 200 and spec["openapi"].startswith("3.1")
+        from starlette.routing import Route
+
+        app = server._server.config.app.app  # the Starlette app inside the guard
+        served = {r.path.replace("{item_id:int}", "{item_id}").replace("{level:int}", "{level}")
+                  for r in app.routes if isinstance(r, Route) and r.path.startswith("/api/")}
+        assert served == set(spec["paths"]), served ^ set(spec["paths"])
+    finally:
+        stop(server)
+    with CorrectionQueue(ws) as queue:
+        assert queue.history(1)[-1].who == "dr-script"

@@ -6,6 +6,10 @@
 - `accounts`: built-in accounts (`ugafl review add-user`), passwords hashed with scrypt (RFC 7914,
   hashlib's), sessions as random tokens in an HttpOnly, SameSite=Strict cookie (Secure over
   HTTPS), held in the server's memory for `session_hours`.
+
+In every mode, other programs (a QuPath script, a DSA plug-in) call the JSON API with an API token
+(`ugafl review add-token`, `Authorization: Bearer TOKEN`), acting as the user the token was made
+for; only the token's SHA-256 is stored (it is 256 random bits, so no slow hash is needed).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from ugafl.common.errors import UgaflError
 
 AUTH_MODES = ("local", "proxy", "accounts")
 ACCOUNTS_FILE = Path("review") / "accounts.json"  # under the workspace
+TOKENS_FILE = Path("review") / "tokens.json"
 SESSION_COOKIE = "ugafl_session"
 USER_NAME = re.compile(r"^[A-Za-z0-9._@+-][A-Za-z0-9._@+ -]{0,99}$")  # 1-100 characters, no control characters
 SCRYPT = {"n": 2**14, "r": 8, "p": 1}  # 16 MiB and about 50 ms per hash on one core
@@ -106,6 +111,43 @@ class Accounts:
         return name if hmac.compare_digest(got.hex(), entry["hash"]) else None
 
 
+class ApiTokens:
+    """API tokens of a workspace (`WS/review/tokens.json`, owner-only): SHA-256 of the token -> the
+    user it acts as."""
+
+    def __init__(self, workspace: str | Path):
+        self.path = Path(workspace) / TOKENS_FILE
+        self._lock = threading.Lock()
+
+    def _read(self) -> dict[str, dict]:
+        if not self.path.is_file():
+            return {}
+        try:
+            data = json.loads(self.path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise AuthError(f"{self.path}: cannot read the API tokens ({type(exc).__name__})") from None
+        return data if isinstance(data, dict) else {}
+
+    def add(self, user: str, label: str = "") -> str:
+        """A new token acting as `user`; returned once, only its hash is kept."""
+        check_user_name(user)
+        token = "ugafl_" + secrets.token_urlsafe(32)
+        with self._lock:
+            data = self._read()
+            data[hashlib.sha256(token.encode()).hexdigest()] = {"user": user, "label": label[:100],
+                                                                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.path, json.dumps(data, indent=1, sort_keys=True))
+            os.chmod(self.path, 0o600)
+        return token
+
+    def user(self, token: str) -> str | None:
+        if not token.startswith("ugafl_") or len(token) > 200:
+            return None
+        entry = self._read().get(hashlib.sha256(token.encode()).hexdigest())
+        return entry["user"] if isinstance(entry, dict) else None
+
+
 class Sessions:
     """Logged-in browsers: random token -> (user, expiry), in memory (a restart logs everyone out)."""
 
@@ -146,11 +188,20 @@ class Identity:
         self.settings = settings
         self.local_user = getpass.getuser() if settings.mode == "local" else ""
         self.accounts = Accounts(workspace)
+        self.tokens = ApiTokens(workspace)
         self.sessions = Sessions(settings.session_hours)
         self.header = settings.user_header.lower().encode("latin-1")
 
+    def bearer(self, headers: dict[str, str]) -> str | None:
+        """The user of the request's API token (`Authorization: Bearer ...`), or None."""
+        kind, _, token = headers.get("authorization", "").partition(" ")
+        return self.tokens.user(token.strip()) if kind.lower() == "bearer" else None
+
     def user(self, client_host: str | None, headers: dict[str, str], cookies: dict[str, str]) -> str | None:
         """The request's user, or None when it does not say (or may not say) who it is."""
+        by_token = self.bearer(headers)
+        if by_token is not None:
+            return by_token
         mode = self.settings.mode
         if mode == "local":
             return self.local_user

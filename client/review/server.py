@@ -71,6 +71,7 @@ MAX_ITEM_ID = 2**63 - 1  # SQLite's largest integer: any larger id names no item
 STATIC = {"review.js": "text/javascript; charset=utf-8", "review.css": "text/css; charset=utf-8",
           "login.js": "text/javascript; charset=utf-8",
           "openseadragon.min.js": "text/javascript; charset=utf-8"}  # OpenSeadragon 6.1.1 (BSD-3-Clause), see the Makefile
+ACTIONS = ("claim", "correction", "reject", "skip")
 PICTURES = {"image.png": "image", "model_mask.png": "model_mask", "uncertainty.png": "uncertainty"}
 SECURITY_HEADERS = [
     (b"cache-control", b"no-store"),
@@ -236,6 +237,14 @@ def build_app(service: ReviewService, token: str, identity: Identity, allowed_ho
             return _error(HTTPStatus.NOT_FOUND, f"no such resource {request.url.path}")
         return Response(_static(name), media_type=STATIC[name])
 
+    async def body_of(request: Request) -> dict | Response:
+        return await _body(request, token, bearer=identity.bearer(dict(request.headers.items())) is not None)
+
+    def openapi_json(request: Request) -> Response:
+        from ugafl.client.review.openapi import openapi
+
+        return JSONResponse(openapi(prefix))
+
     def signed_in(fn):
         """The endpoint, for a request whose user is known; 401 otherwise."""
         async def endpoint(request: Request) -> Response:
@@ -280,14 +289,12 @@ def build_app(service: ReviewService, token: str, identity: Identity, allowed_ho
         return await _in_thread(run)
 
     async def picture(request: Request, user: str) -> Response:
-        part = request.path_params["part"]
-        if part not in PICTURES:
-            return _error(HTTPStatus.NOT_FOUND, f"no such resource {request.url.path}")
+        part = request.url.path.rsplit("/", 1)[1]
         return await _in_thread(lambda: Response(service.pictures(_item_id(request))[PICTURES[part]],
                                                  media_type="image/png"))
 
     async def login(request: Request) -> Response:
-        body = await _body(request, token)
+        body = await body_of(request)
         if isinstance(body, Response):
             return body
         if mode != "accounts":
@@ -303,7 +310,7 @@ def build_app(service: ReviewService, token: str, identity: Identity, allowed_ho
         return response
 
     async def logout(request: Request, user: str) -> Response:
-        body = await _body(request, token)
+        body = await body_of(request)
         if isinstance(body, Response):
             return body
         identity.sessions.end(request.cookies.get(SESSION_COOKIE))
@@ -312,7 +319,7 @@ def build_app(service: ReviewService, token: str, identity: Identity, allowed_ho
         return response
 
     async def next_item(request: Request, user: str) -> Response:
-        body = await _body(request, token)
+        body = await body_of(request)
         if isinstance(body, Response):
             return body
         def run() -> Response:
@@ -321,10 +328,8 @@ def build_app(service: ReviewService, token: str, identity: Identity, allowed_ho
         return await _in_thread(run)
 
     async def action(request: Request, user: str) -> Response:
-        name = request.path_params["action"]
-        if name not in ("claim", "correction", "reject", "skip"):
-            return _error(HTTPStatus.NOT_FOUND, f"no such action {request.url.path}")
-        body = await _body(request, token)
+        name = request.url.path.rsplit("/", 1)[1]
+        body = await body_of(request)
         if isinstance(body, Response):
             return body
         tab = body.get("tab")
@@ -347,13 +352,13 @@ def build_app(service: ReviewService, token: str, identity: Identity, allowed_ho
     routes = [
         Route("/", page), Route("/index.html", page), Route("/login", login_page), Route("/static/{name}", static),
         Route("/api/login", login, methods=["POST"]), Route("/api/logout", signed_in(logout), methods=["POST"]),
-        Route("/api/me", signed_in(me)), Route("/api/progress", signed_in(progress)),
+        Route("/api/openapi.json", openapi_json), Route("/api/me", signed_in(me)), Route("/api/progress", signed_in(progress)),
         Route("/api/items/{item_id:int}", signed_in(item)),
         Route("/api/slides/{stem}_files/{level:int}/{tile}", signed_in(slide_tile)),
         Route("/api/slides/{name}", signed_in(slide_dzi)),
-        Route("/api/items/{item_id:int}/{part}", signed_in(picture), methods=["GET"]),
+        *(Route(f"/api/items/{{item_id:int}}/{part}", signed_in(picture), methods=["GET"]) for part in PICTURES),
         Route("/api/next", signed_in(next_item), methods=["POST"]),
-        Route("/api/items/{item_id:int}/{action}", signed_in(action), methods=["POST"]),
+        *(Route(f"/api/items/{{item_id:int}}/{name}", signed_in(action), methods=["POST"]) for name in ACTIONS),
     ]
     if prefix:
         routes = [Route(prefix, lambda r: RedirectResponse(prefix + "/", status_code=HTTPStatus.SEE_OTHER)),
@@ -410,8 +415,9 @@ def _item_id(request: Request) -> int:
     return item_id
 
 
-async def _body(request: Request, token: str) -> dict | Response:
-    """The request's JSON object, once its page token is checked; else the refusal."""
+async def _body(request: Request, token: str, bearer: bool = False) -> dict | Response:
+    """The request's JSON object, once its page token is checked (not for an API token's request:
+    another site's page cannot send an Authorization header); else the refusal."""
     try:
         body = json.loads(await request.body() or b"{}")
     except _Refused as refused:  # too long or stalled (see _Guard)
@@ -420,7 +426,7 @@ async def _body(request: Request, token: str) -> dict | Response:
         return _error(HTTPStatus.BAD_REQUEST, "request body is not JSON")
     if not isinstance(body, dict):
         return _error(HTTPStatus.BAD_REQUEST, "request body must be a JSON object")
-    if not secrets.compare_digest(str(body.get("token", "")), token):
+    if not bearer and not secrets.compare_digest(str(body.get("token", "")), token):
         return _error(HTTPStatus.FORBIDDEN, "missing or wrong page token; reload the page")
     return body
 
