@@ -149,6 +149,9 @@ def test_a_full_correction_in_the_browser(tmp_path: Path) -> None:
         assert page(driver)["item"] == "2"  # Enter closed the polygon; it did not accept
         expected = page_mask(driver)
         assert expected[97:116, 101:120].all() and not expected[97:116, 121:126].any()
+        # Leaving with unsaved edits: the page asks the browser to ask first.
+        assert driver.execute_script("const e = new Event('beforeunload', {cancelable: true});"
+                                     " window.dispatchEvent(e); return e.defaultPrevented;")
         driver.execute_script("const s = document.getElementById('mask-opacity'); s.value = 40;"
                               " s.dispatchEvent(new Event('input'));")
         assert driver.execute_script("return document.getElementById('mask-layer').style.opacity") == "0.4"

@@ -34,9 +34,10 @@ async function post(path, extra = {}) {
     goOffline();
     throw new Error("the review server cannot be reached; your drawing is kept");
   }
-  if (res.status === 401 && AUTH === "accounts") { window.location.assign("login"); throw new Error("signed out"); }
+  if (res.status === 401 && AUTH === "accounts") { st.leaving = true; window.location.assign("login"); throw new Error("signed out"); }
   const data = await res.json().catch(() => ({ error: `server answered ${res.status}` }));
   if (res.status === 403 && /page token/.test(data.error || "")) {  // the server restarted: a new page, same drawing
+    st.leaving = true;
     window.location.reload();
     throw new Error("the review server restarted; reloading (your drawing is kept)");
   }
@@ -543,8 +544,13 @@ function start() {
   $("reject-dialog").addEventListener("close", onRejectClose);
   $("reject-cancel").addEventListener("click", () => $("reject-dialog").close("cancel"));
   $("logout").hidden = AUTH !== "accounts";
-  $("logout").addEventListener("click", () => post("api/logout").finally(() => window.location.assign("login")));
+  $("logout").addEventListener("click", () => post("api/logout").finally(() => { st.leaving = true; window.location.assign("login"); }));
   document.addEventListener("keydown", onKey);
+  // Leaving with edits not yet saved: the browser asks first (the drawing is also kept in this
+  // tab, so a reload restores it; the app's own reloads and sign-in redirects do not ask).
+  window.addEventListener("beforeunload", (ev) => {
+    if (st.item && st.undo.length && !st.leaving) { ev.preventDefault(); ev.returnValue = ""; }
+  });
   setTool("brush"); setSize(6);
   // For tests and support: the mask the page would save now, as 0/1 row-major base64.
   window.ugafl = { tab: TAB, maskBase64, state: st };
