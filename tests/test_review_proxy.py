@@ -55,14 +55,21 @@ def local_conf(folder: Path, port: int, app_port: int, pki: Path, htpasswd: Path
     return conf
 
 
-def fetch(url: str, ca: Path, headers: dict | None = None) -> tuple[int, bytes]:
+def fetch(url: str, ca: Path, headers: dict | None = None, source: str | None = None) -> tuple[int, bytes]:
+    """GET over TLS checked against `ca`; `source`: the client's own address (another machine)."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
     context = ssl.create_default_context(cafile=str(ca))
-    request = urllib.request.Request(url, headers=headers or {})
+    connection = http.client.HTTPSConnection(parts.hostname, parts.port, context=context, timeout=20,
+                                             source_address=(source, 0) if source else None)
     try:
-        with urllib.request.urlopen(request, timeout=20, context=context) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read()
+        connection.request("GET", parts.path or "/", headers=headers or {})
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
 
 
 def test_a_pathologist_signed_in_at_the_proxy_corrects_a_patch(tmp_path: Path, synthetic_tiff) -> None:
@@ -97,6 +104,10 @@ def test_a_pathologist_signed_in_at_the_proxy_corrects_a_patch(tmp_path: Path, s
         wait_for("nginx", lambda: fetch(url, ca)[0] == 401, 30, 0.2)  # without signing in: nothing
         status, body = fetch(url + "api/me", ca, {**signed_in, "X-Remote-User": "dr-evil"})
         assert (status, json.loads(body)) == (200, {"user": USER, "auth": "proxy"})  # the proxy's name, not ours
+        # A pathologist on another machine (127.0.0.3): the app trusts the proxy's connection, not the
+        # browser's address that the proxy forwards.
+        status, body = fetch(url + "api/me", ca, {**signed_in, "X-Forwarded-For": "127.0.0.1"}, source="127.0.0.3")
+        assert (status, json.loads(body)) == (200, {"user": USER, "auth": "proxy"})
         status, _ = fetch(url + "api/me", ca, {"Authorization": "Basic " + base64.b64encode(b"dr-visser:guess").decode()})
         assert status == 401
         assert fetch(f"https://127.0.0.1:{port}/", ca, signed_in)[0] == 404  # only the app's prefix

@@ -516,7 +516,10 @@ class ReviewServer:
         app = build_app(self.service, self.token, self.identity, self.allowed_hosts, set(host_names), prefix, limits,
                         self.tiles)
         protocol = type("HeadDeadline", (_HeadDeadline,), {"head_timeout_s": limits.head_timeout_s})
+        # proxy_headers off: uvicorn would otherwise take the client's address from a loopback
+        # proxy's X-Forwarded-For, and the trust in `trusted_proxies` is about the connection itself.
         config = uvicorn.Config(app, http=protocol, ws="none", lifespan="off", log_config=None, access_log=False,
+                                proxy_headers=False,
                                 limit_concurrency=limits.max_connections, timeout_keep_alive=5,
                                 h11_max_incomplete_event_size=16 << 10)
         self._server = uvicorn.Server(config)

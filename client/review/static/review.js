@@ -273,6 +273,7 @@ function drawAll() {
   if ($("show-unc").checked && st.uncImage) { u.globalAlpha = 1; u.drawImage(st.uncImage, 0, 0); }
   layer("unc-layer").style.opacity = String(Number($("unc-opacity").value) / 100);
   layer("mask-layer").style.opacity = String(Number($("mask-opacity").value) / 100);
+  layer("model-layer").style.opacity = String(Number($("model-opacity").value) / 100);
   drawPolygon();
 }
 
@@ -534,7 +535,7 @@ function start() {
   $("zoom-patch").addEventListener("click", () => fitPatch());
   $("zoom-full").addEventListener("click", fullResolution);
   st.overlay = OVERLAY;
-  for (const id of ["mask-opacity", "unc-opacity"]) $(id).addEventListener("input", drawAll);
+  for (const id of ["mask-opacity", "model-opacity", "unc-opacity"]) $(id).addEventListener("input", drawAll);
   $("reset").addEventListener("click", () => { if (st.item) { claim(); pushUndo(); st.mask = st.model.slice(); saveDraft(); drawAll(); } });
   for (const id of ["show-mask", "show-model", "show-unc"]) $(id).addEventListener("change", drawAll);
   $("accept").addEventListener("click", accept);
