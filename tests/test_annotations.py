@@ -98,7 +98,7 @@ def test_file_round_trip(tmp_path, fmt, name):
     items = [ExportPatch(12, BOX, mask), (13, other_box, other, "ignored extra")]
     module = qupath_geojson if fmt == "geojson" else asap_xml
     path = tmp_path / ("items.geojson" if fmt == "geojson" else "items.xml")
-    module.export_items(items, path)
+    module.export_items(items, path, contour_class="Tumor")  # as a corrected item's outline goes out
     # from the file's own region rectangles, and again from given boxes
     for boxes in (None, {12: BOX, 13: other_box}):
         got = module.import_corrections(path, boxes)
@@ -119,7 +119,7 @@ def test_geojson_export_shape(tmp_path):
     assert region["properties"]["classification"]["name"] == "Region*"
     assert region["properties"]["name"] == "ugafl item 5"
     assert tumour["properties"]["objectType"] == "annotation"
-    assert tumour["properties"]["classification"]["name"] == "Tumor"
+    assert tumour["properties"]["classification"]["name"] == "ugafl model"  # a suggestion, not a correction
     assert tumour["properties"]["metadata"]["ugafl_item"] == "5"
     assert len(tumour["geometry"]["coordinates"]) == 2  # exterior + hole
     assert not list(tmp_path.glob("*.part"))
@@ -127,7 +127,35 @@ def test_geojson_export_shape(tmp_path):
 
 def test_empty_mask_exports_only_the_region(tmp_path):
     path = qupath_geojson.export_items([(1, BOX, np.zeros(SHAPE, bool))], tmp_path / "e.geojson")
+    warnings: list[str] = []
+    assert qupath_geojson.import_corrections(path, warnings=warnings) == {}  # nobody said anything about it
+    assert warnings == [f"{path}: item 1: nothing drawn as tumour and its region not marked Negative; left as it is"]
+    negative = path.read_text().replace('"name": "Region*"', '"name": "Negative"')  # the pathologist: no tumour here
+    path.write_text(negative)
     assert qupath_geojson.import_corrections(path) == {1: []}
+
+
+@pytest.mark.parametrize("fmt", ["geojson", "asap"])
+def test_the_model_suggestion_is_never_imported(tmp_path, fmt):
+    """Exported as it is, a file corrects nothing: the model's outline is a suggestion of its own
+    class; only when the pathologist makes it Tumor does it count."""
+    module = qupath_geojson if fmt == "geojson" else asap_xml
+    path = module.export_items([(12, BOX, MASKS["donut"][0])], tmp_path / f"m.{fmt}")
+    assert module.import_corrections(path) == {}
+    text = path.read_text()
+    if fmt == "geojson":
+        text = text.replace('"name": "ugafl model"', '"name": "Tumor"')
+    else:
+        text = text.replace('PartOfGroup="ugafl model hole"', 'PartOfGroup="Exclusion"').replace(
+            'PartOfGroup="ugafl model"', 'PartOfGroup="Tumor"')
+    path.write_text(text)
+    got = module.import_corrections(path)
+    assert np.array_equal(polygons_to_mask(got[12], BOX, SHAPE), MASKS["donut"][0])
+    # A region marked Negative with tumour drawn in it contradicts itself: refused.
+    if fmt == "geojson":
+        path.write_text(text.replace('"name": "Region*"', '"name": "Negative"'))
+        with pytest.raises(AnnotationError, match="marked Negative but tumour is drawn in it"):
+            module.import_corrections(path)
 
 
 # ---------------------------------------------------------------------- the real QuPath export

@@ -67,7 +67,8 @@ def build(ws: Path, files_dir: Path, n_items: int) -> tuple[list[tuple[str, Path
             Image.fromarray(mask.astype(np.uint8) * 255).save(path)
             expected[group[0]] = mask
         else:
-            module.export_items([ExportPatch(i, boxes[i], corrected_mask(i)) for i in group], path, slide="s1.tif")
+            module.export_items([ExportPatch(i, boxes[i], corrected_mask(i)) for i in group], path, slide="s1.tif",
+                                contour_class="Tumor")  # what the pathologist drew
             polygons = module.import_corrections(path, {i: boxes[i] for i in group}, shapes)
             assert sorted(polygons) == group
             for i in group:

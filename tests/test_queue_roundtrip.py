@@ -49,6 +49,19 @@ def workspace(tmp_path):
     return ws
 
 
+def accept_suggestions(path: Path) -> Path:
+    """What a pathologist does to accept the model's outlines as they are: set their class (QuPath)
+    or move them to the Tumor and Exclusion groups (ASAP)."""
+    text = path.read_text()
+    if path.suffix == ".geojson":
+        text = text.replace('"name": "ugafl model"', '"name": "Tumor"')
+    else:
+        text = text.replace('PartOfGroup="ugafl model hole"', 'PartOfGroup="Exclusion"').replace(
+            'PartOfGroup="ugafl model"', 'PartOfGroup="Tumor"')
+    path.write_text(text)
+    return path
+
+
 def snapshot(ws: Path) -> tuple:
     with CorrectionQueue(ws) as q:
         return tuple((i.id, i.state, i.correction_path) for i in q.list()), sorted(p.name for p in ws.rglob("*") if p.is_file() and "wal" not in p.name and "shm" not in p.name)
@@ -64,7 +77,7 @@ def test_export_then_import_corrects_every_item_with_the_drawn_mask(workspace, t
     if fmt == "geojson":
         features = json.loads(out.read_text())["features"]
         tumour = {f["properties"]["metadata"]["ugafl_item"]: f for f in features
-                  if f["properties"]["classification"]["name"] == "Tumor"}
+                  if f["properties"]["classification"]["name"] == "ugafl model"}
         assert sorted(tumour) == ["1", "2"]
         # Level-0 coordinates: each outline spans its mask's pixel edges, 4 level-0 px per patch
         # pixel, from the patch's origin (1000 + 512 k, 2000).
@@ -74,8 +87,11 @@ def test_export_then_import_corrects_every_item_with_the_drawn_mask(workspace, t
             x0, y0 = 1000 + 512 * k, 2000
             assert (*points.min(axis=0), *points.max(axis=0)) == (
                 x0 + 4 * cols.min(), y0 + 4 * rows.min(), x0 + 4 * (cols.max() + 1), y0 + 4 * (rows.max() + 1))
-    # The pathologist accepts the model's contours unchanged: the import reproduces them exactly.
-    imported = ugafl("queue", "import", "--workspace", workspace, out, "--format", fmt, "--who", "dr-a")
+    # Imported untouched, the file corrects nothing: nobody has looked at these patches yet.
+    untouched = ugafl("queue", "import", "--workspace", workspace, out, "--format", fmt, "--who", "dr-a")
+    assert untouched.returncode == 2 and "nothing in it is a correction for slide s1" in untouched.stderr
+    # The pathologist accepts the model's contours as they are: the import reproduces them exactly.
+    imported = ugafl("queue", "import", "--workspace", workspace, accept_suggestions(out), "--format", fmt, "--who", "dr-a")
     assert imported.returncode == 0, imported.stderr
     with CorrectionQueue(workspace) as q:
         items = q.list()
@@ -89,7 +105,7 @@ def test_export_then_import_corrects_every_item_with_the_drawn_mask(workspace, t
 def test_importing_twice_is_refused_and_changes_nothing(workspace, tmp_path):
     out = tmp_path / "s1.geojson"
     assert ugafl("queue", "export", "--workspace", workspace, "--out", tmp_path).returncode == 0
-    assert ugafl("queue", "import", "--workspace", workspace, out).returncode == 0
+    assert ugafl("queue", "import", "--workspace", workspace, accept_suggestions(out)).returncode == 0
     before = snapshot(workspace)
     again = ugafl("queue", "import", "--workspace", workspace, out)
     assert again.returncode == 2 and "Traceback" not in again.stderr
@@ -100,6 +116,7 @@ def test_importing_twice_is_refused_and_changes_nothing(workspace, tmp_path):
 def test_a_file_naming_a_finished_item_imports_nothing(workspace, tmp_path):
     out = tmp_path / "s1.geojson"
     assert ugafl("queue", "export", "--workspace", workspace, "--out", tmp_path).returncode == 0
+    accept_suggestions(out)
     with CorrectionQueue(workspace) as q:
         q.reject(2, "dr-b", "out of focus")
     before = snapshot(workspace)
@@ -201,6 +218,7 @@ def test_a_file_naming_another_slides_item_is_refused(tmp_path):
     assert 'ugafl_slide="RST_001"' in xml
     saved = tmp_path / "RST_001.xml"
     saved.write_text(xml.replace(' ugafl_slide="RST_001"', ""))
+    accept_suggestions(saved)
     mixed = tmp_path / "UMCU_003.xml"  # UMCU_003's name, RST_001's item 1 inside
     mixed.write_text(saved.read_text())
     refused = ugafl("queue", "import", "--workspace", ws, mixed, "--format", "asap")
@@ -275,3 +293,33 @@ def test_export_refuses_a_file_as_its_folder_and_an_unknown_slide(workspace, tmp
     assert not (tmp_path / "o").exists()
     one = ugafl("queue", "export", "--workspace", workspace, "--out", tmp_path / "o", "--slide", "s1", "--format", "asap")
     assert one.returncode == 0 and [p.name for p in (tmp_path / "o").iterdir()] == ["s1.xml"]
+
+
+def test_untouched_patches_stay_open_and_a_negative_region_says_no_tumour(workspace, tmp_path):
+    """A file the pathologist worked through in part: item 1's region marked Negative (no tumour
+    there), item 2 not looked at. Item 1 is corrected (empty), item 2 stays pending, and the import
+    says so; a corrected item exports its correction."""
+    assert ugafl("queue", "export", "--workspace", workspace, "--out", tmp_path).returncode == 0
+    path = tmp_path / "s1.geojson"
+    data = json.loads(path.read_text())
+    for feature in data["features"]:
+        props = feature["properties"]
+        if props["name"] == "ugafl item 1":
+            props["classification"] = {"name": "Negative"}
+    path.write_text(json.dumps(data))
+    done = ugafl("queue", "import", "--workspace", workspace, path)
+    assert done.returncode == 0 and "of slide s1: 1" in done.stdout, done.stderr
+    assert "item 2: nothing drawn as tumour and its region not marked Negative; left as it is" in done.stderr
+    with CorrectionQueue(workspace) as q:
+        assert q.get(1).state == "corrected" and not q.load_correction(1).any()
+        assert q.get(2).state == "pending"
+        q.submit_correction(2, blob(), "dr-b")
+    exported = ugafl("queue", "export", "--workspace", workspace, "--out", tmp_path / "done", "--state", "corrected")
+    assert exported.returncode == 0, exported.stderr
+    features = json.loads((tmp_path / "done" / "s1.geojson").read_text())["features"]
+    outline = [f for f in features if f["properties"]["metadata"].get("ugafl_item") == "2"
+               and f["properties"]["classification"]["name"] == "Tumor"]
+    rows, cols = np.nonzero(blob())
+    points = np.array([p for ring in outline[0]["geometry"]["coordinates"] for p in ring])
+    assert (*points.min(axis=0), *points.max(axis=0)) == (1512 + 4 * cols.min(), 2000 + 4 * rows.min(),
+                                                         1512 + 4 * (cols.max() + 1), 2000 + 4 * (rows.max() + 1))

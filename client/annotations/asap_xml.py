@@ -7,7 +7,10 @@ tumour polygon that contains them; every other group (Stroma, ...) is skipped, a
 are. Export writes per item a "Region" Rectangle named "ugafl item <id>", exteriors as
 "ugafl item <id> part <k>" (group Tumor) and holes as "ugafl item <id> part <k> hole <m>" (group
 Exclusion), and the slide's name as the root's `ugafl_slide` attribute (ASAP drops it when it
-saves the file again; the file's name, the slide's, then says which slide it is for).
+saves the file again; the file's name, the slide's, then says which slide it is for). The model's
+outline goes out in the group "ugafl model" (holes: "ugafl model hole"), a suggestion that is
+never imported: move its parts to Tumor (and the holes to Exclusion) to accept it. A region moved
+to the group Negative says the patch holds no tumour.
 """
 
 from __future__ import annotations
@@ -20,13 +23,16 @@ from pathlib import Path
 
 import numpy as np
 
-from ugafl.client.annotations.geometry import (TUMOUR_CLASSES, AnnotationError, Box, ExportPatch, ParsedFile, Polygon,
+from ugafl.client.annotations.geometry import (MODEL_CLASS, NEGATIVE_CLASS, TUMOUR_CLASS, TUMOUR_CLASSES, AnnotationError, Box, ExportPatch, ParsedFile, Polygon,
                                       as_export_patches, assign_parsed, atomic_write_bytes, check_box, close_ring,
                                       is_tumour_class, mask_to_polygons, ring_bounds, ring_inside, signed_area)
 
 TUMOUR_GROUP, EXCLUSION_GROUP, REGION_GROUP = "Tumor", "Exclusion", "Region"
+MODEL_GROUP, MODEL_HOLE_GROUP = MODEL_CLASS, f"{MODEL_CLASS} hole"
 EXCLUSION_GROUPS = {"exclusion", "_2"}
-GROUP_COLOURS = {TUMOUR_GROUP: "#F4FA58", EXCLUSION_GROUP: "#64FE2E", REGION_GROUP: "#0000B4"}
+GROUP_COLOURS = {TUMOUR_GROUP: "#F4FA58", EXCLUSION_GROUP: "#64FE2E", REGION_GROUP: "#0000B4", MODEL_GROUP: "#00E5FF",
+                 MODEL_HOLE_GROUP: "#007F8C", NEGATIVE_CLASS: "#8C8C8C"}
+_REGION_NAME = re.compile(r"^\s*ugafl item (\d+)\s*$")
 _ITEM_NAME = re.compile(r"^\s*ugafl item (\d+)\b")
 
 
@@ -39,9 +45,13 @@ def _annotation(parent: ET.Element, name: str, group: str, kind: str, points: np
         ET.SubElement(coords, "Coordinate", Order=str(order), X=f"{float(x):.3f}", Y=f"{float(y):.3f}")
 
 
-def export_items(items: Iterable[ExportPatch | tuple], path: str | Path, slide: str | None = None) -> Path:
+def export_items(items: Iterable[ExportPatch | tuple], path: str | Path, slide: str | None = None,
+                 contour_class: str = MODEL_CLASS) -> Path:
     """Write an ASAP XML file for `items` (ExportPatch or (item_id, box, mask, ...)) of one slide
-    (its name in the queue, written as the root's `ugafl_slide`); atomic."""
+    (its name in the queue, written as the root's `ugafl_slide`); the masks' outlines go in the
+    group `contour_class` (the model's suggestion by default; Tumor for corrections); atomic."""
+    tumour = contour_class == TUMOUR_CLASS
+    part_group, hole_group = (TUMOUR_GROUP, EXCLUSION_GROUP) if tumour else (MODEL_GROUP, MODEL_HOLE_GROUP)
     root = ET.Element("ASAP_Annotations", **({"ugafl_slide": slide} if slide else {}))
     annotations = ET.SubElement(root, "Annotations")
     for item in as_export_patches(items):
@@ -49,10 +59,9 @@ def export_items(items: Iterable[ExportPatch | tuple], path: str | Path, slide: 
         rect = np.array([[x, y], [x + w, y], [x + w, y + h], [x, y + h]])
         _annotation(annotations, f"ugafl item {item.item_id}", REGION_GROUP, "Rectangle", rect)
         for k, (exterior, holes) in enumerate(mask_to_polygons(item.mask, (x, y, w, h))):
-            _annotation(annotations, f"ugafl item {item.item_id} part {k}", TUMOUR_GROUP, "Polygon", exterior)
+            _annotation(annotations, f"ugafl item {item.item_id} part {k}", part_group, "Polygon", exterior)
             for m, hole in enumerate(holes):
-                _annotation(annotations, f"ugafl item {item.item_id} part {k} hole {m}", EXCLUSION_GROUP,
-                            "Polygon", hole)
+                _annotation(annotations, f"ugafl item {item.item_id} part {k} hole {m}", hole_group, "Polygon", hole)
     groups = ET.SubElement(root, "AnnotationGroups")
     for name, colour in GROUP_COLOURS.items():
         group = ET.SubElement(groups, "Group", Name=name, PartOfGroup="None", Color=colour)
@@ -111,6 +120,7 @@ def parse(path: str | Path, tumour_classes: tuple[str, ...] = TUMOUR_CLASSES) ->
         raise AnnotationError(f"{path}: root element is <{root.tag}>, expected <ASAP_Annotations>")
     slide = root.attrib.get("ugafl_slide", "").strip()
     regions: dict[int, Box] = {}
+    negatives: set[int] = set()
     tumour: list[tuple[str, np.ndarray, int | None]] = []
     exclusions: list[tuple[str, np.ndarray]] = []
     for index, ann in enumerate(root.iter("Annotation")):
@@ -121,7 +131,10 @@ def parse(path: str | Path, tumour_classes: tuple[str, ...] = TUMOUR_CLASSES) ->
         kind = ann.attrib.get("Type", "Polygon")
         match = _ITEM_NAME.match(name)
         item_id = int(match.group(1)) if match else None
-        if group == REGION_GROUP:
+        negative = group.lower() == NEGATIVE_CLASS.lower() and bool(_REGION_NAME.match(name))
+        if group == REGION_GROUP or negative:
+            if negative:
+                negatives.add(item_id)
             if item_id is not None:
                 x0, y0, x1, y1 = ring_bounds(_coordinates(ann, where))
                 if x1 <= x0 or y1 <= y0:
@@ -145,4 +158,4 @@ def parse(path: str | Path, tumour_classes: tuple[str, ...] = TUMOUR_CLASSES) ->
             innermost = min(parents, key=lambda k: abs(signed_area(tumour[k][1])))
             holes[innermost].append(ring)
     polygons = [(label, (exterior, holes[k]), item_id) for k, (label, exterior, item_id) in enumerate(tumour)]
-    return ParsedFile(regions, polygons, {slide} if slide else set())
+    return ParsedFile(regions, polygons, {slide} if slide else set(), negatives)

@@ -1,6 +1,9 @@
 """The queue's round trips with pathologists' tools, one file per slide: export a slide's items
 (patch region and the model's contour, level-0 pixels) as QuPath GeoJSON or ASAP XML, named for
-the slide and naming it inside; import corrected annotations from either, or a PNG mask for one
+the slide and naming it inside. The model's contour is a suggestion in its own class ("ugafl
+model"), never imported: a patch counts as corrected only when tumour is drawn in it (or the
+suggestion is set to Tumor) or its region is marked Negative, so a patch nobody looked at stays
+open. Corrected items export their correction, as Tumor; import corrected annotations from either, or a PNG mask for one
 item. An import is for one slide and touches only that slide's items: a file that names no slide
 (inside, by `slide=`, or by its file name) or names items of another slide is refused. An import
 is all or nothing: every target item is checked and every mask built first, then all are
@@ -16,8 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from ugafl.client.annotations import asap_xml, qupath_geojson
-from ugafl.client.annotations.geometry import (TUMOUR_CLASSES, AnnotationError, ExportPatch, ParsedFile,
-                                               assign_parsed, import_png_mask, polygons_to_mask)
+from ugafl.client.annotations.geometry import (MODEL_CLASS, NEGATIVE_CLASS, TUMOUR_CLASS, TUMOUR_CLASSES, AnnotationError,
+                                               ExportPatch, ParsedFile, assign_parsed, import_png_mask, polygons_to_mask)
 from ugafl.client.queue.items import Item
 from ugafl.client.queue.store import CorrectionQueue, QueueError
 
@@ -67,7 +70,8 @@ def export_queue(workspace: str | Path, out_dir: str | Path, fmt: str, state: st
         by_slide: dict[str, list[ExportPatch]] = defaultdict(list)
         for item in queue.list(state):
             if slide is None or item.slide == slide:
-                by_slide[item.slide].append(ExportPatch(item.id, item.box, queue.load_model_mask(item.id)))
+                mask = queue.load_correction(item.id) if state == "corrected" else queue.load_model_mask(item.id)
+                by_slide[item.slide].append(ExportPatch(item.id, item.box, mask))
         if slide is not None and slide not in by_slide:
             slides = sorted({i.slide for i in queue.list(state)})
             raise AnnotationError(f"--slide {slide}: no item in state {state} is on it "
@@ -75,7 +79,8 @@ def export_queue(workspace: str | Path, out_dir: str | Path, fmt: str, state: st
     out_dir.mkdir(exist_ok=True)
     written = []
     for name, patches in sorted(by_slide.items()):
-        path = FORMATS[fmt].export_items(patches, export_path(out_dir, name, fmt), slide=name)
+        path = FORMATS[fmt].export_items(patches, export_path(out_dir, name, fmt), slide=name,
+                                         contour_class=TUMOUR_CLASS if state == "corrected" else MODEL_CLASS)
         written.append(Exported(name, path, len(patches)))
     return written
 
@@ -128,7 +133,9 @@ def import_file(workspace: str | Path, path: str | Path, fmt: str, who: str, ite
             polygons = assign_parsed(parsed, {i: item.box for i, item in open_items.items()}, shapes, str(path),
                                      warnings)
             if not polygons:
-                raise AnnotationError(f"{path}: no annotation in it belongs to an open queue item of slide {target}")
+                raise AnnotationError(f"{path}: nothing in it is a correction for slide {target}: draw tumour in a "
+                                      f"patch (or set the model's '{MODEL_CLASS}' outline to {TUMOUR_CLASS}), or mark a "
+                                      f"patch's region {NEGATIVE_CLASS} when it holds no tumour")
             masks = {}
             for item_id_, polys in sorted(polygons.items()):
                 item = _open_item(queue, item_id_, path)

@@ -32,6 +32,12 @@ Polygon = tuple[np.ndarray, list[np.ndarray]]  # (exterior, holes)
 Box = tuple[float, float, float, float]  # level-0 (x, y, width, height)
 
 TUMOUR_CLASS = "Tumor"
+# Exported model contours carry this class (QuPath) or group (ASAP), which is never imported: a
+# patch counts as corrected only when the pathologist drew tumour in it (or reclassified the
+# model's contour as Tumor) or marked its region NEGATIVE_CLASS. An untouched patch stays open.
+MODEL_CLASS = "ugafl model"
+NEGATIVE_CLASS = "Negative"
+MODEL_COLOUR = (0, 229, 255)
 # The classes (QuPath) or groups (ASAP) imported as tumour, compared without case: the Camelyon
 # convention ("Tumor"; Camelyon16's "_0" and "_1", Camelyon17's "metastases") and its spelling
 # "Tumour". An annotation without a class (QuPath) or group (ASAP "None") counts as tumour too: it
@@ -57,12 +63,13 @@ def is_tumour_class(name: str | None, tumour_classes: Iterable[str] = TUMOUR_CLA
 @dataclass(frozen=True)
 class ParsedFile:
     """What an annotation file holds for the queue: the items' region rectangles it names
-    (item id -> level-0 box), the tumour polygons as (label, polygon, named item id or None), and
-    the slides it says it is for (empty when it names none)."""
+    (item id -> level-0 box), the tumour polygons as (label, polygon, named item id or None), the
+    slides it says it is for (empty when it names none), and the items marked tumour-free."""
 
     regions: dict[int, Box]
     tumour: list[tuple[str, Polygon, int | None]]
     slides: set[str]
+    negatives: set[int] = frozenset()  # items whose region the pathologist marked Negative: no tumour
 
 
 @dataclass(frozen=True)
@@ -284,15 +291,23 @@ def assign_to_items(polygons: list[tuple[str, Polygon, int | None]], boxes: dict
 
 def assign_parsed(parsed: ParsedFile, boxes: dict[int, Box] | None, shapes: dict[int, tuple[int, int]] | None,
                   source: str, warnings: list[str] | None = None) -> dict[int, list[Polygon]]:
-    """Tumour polygons per item id: boxes from `boxes` and from the file's region rectangles (the
-    given ones win); a key for every item with a region rectangle in the file (an empty list: the
-    pathologist left no tumour in that patch) or a polygon."""
+    """Tumour polygons per corrected item id: boxes from `boxes` and from the file's region
+    rectangles (the given ones win). An item is in the result when tumour was drawn in it, or with
+    an empty list when its region is marked Negative; a region with neither was not reviewed and
+    is left out (a line in `warnings` says so)."""
     known = {int(i): check_box(b, f"item {i}") for i, b in (boxes or {}).items()}
     for item_id, box in parsed.regions.items():
         known.setdefault(item_id, box)
-    out: dict[int, list[Polygon]] = {i: [] for i in sorted(parsed.regions)}
+    out: dict[int, list[Polygon]] = {i: [] for i in sorted(parsed.negatives)}
     for item_id, polys in assign_to_items(parsed.tumour, known, shapes, source, warnings).items():
+        if item_id in parsed.negatives:
+            raise AnnotationError(f"{source}: item {item_id}'s region is marked {NEGATIVE_CLASS} but tumour is drawn in it; "
+                                  f"remove one of the two")
         out.setdefault(item_id, []).extend(polys)
+    for item_id in sorted(set(parsed.regions) - set(out)):
+        if warnings is not None:
+            warnings.append(f"{source}: item {item_id}: nothing drawn as tumour and its region not marked "
+                            f"{NEGATIVE_CLASS}; left as it is")
     return out
 
 

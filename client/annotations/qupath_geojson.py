@@ -2,9 +2,10 @@
 
 All coordinates are level-0 slide pixels (x right, y down), as QuPath writes them. A file is for
 one slide: export writes, per item, a locked "Region*" rectangle named "ugafl item <id>" (the
-patch) and the model's tumour outline as "Tumor" annotations (Polygon with holes), each with
+patch) and the model's tumour outline as "ugafl model" annotations (Polygon with holes; a
+suggestion, never imported: set its class to Tumor to accept it), each with
 properties.metadata.ugafl_item and .ugafl_slide (QuPath keeps an object's metadata through its
-own GeoJSON export). Import reads QuPath 0.4/0.5 exports with or without classification/metadata,
+own GeoJSON export). A region whose class is set to Negative says the patch holds no tumour. Import reads QuPath 0.4/0.5 exports with or without classification/metadata,
 with or without a UTF-8 byte-order mark.
 """
 
@@ -19,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from ugafl.client.annotations.geometry import (REGION_CLASS, REGION_COLOUR, TUMOUR_CLASS, TUMOUR_CLASSES, TUMOUR_COLOUR,
-                                      AnnotationError, Box, ExportPatch, ParsedFile, Polygon, as_export_patches,
+from ugafl.client.annotations.geometry import (MODEL_CLASS, MODEL_COLOUR, NEGATIVE_CLASS, REGION_CLASS, REGION_COLOUR,
+                                      TUMOUR_CLASS, TUMOUR_CLASSES, TUMOUR_COLOUR, AnnotationError, Box, ExportPatch, ParsedFile, Polygon, as_export_patches,
                                       assign_parsed, atomic_write_bytes, check_box, is_tumour_class,
                                       mask_to_polygons, ring_bounds)
 
@@ -36,9 +37,12 @@ def _rect_ring(box: Box) -> list[list[float]]:
     return [[x, y], [x + w, y], [x + w, y + h], [x, y + h], [x, y]]
 
 
-def export_items(items: Iterable[ExportPatch | tuple], path: str | Path, slide: str | None = None) -> Path:
+def export_items(items: Iterable[ExportPatch | tuple], path: str | Path, slide: str | None = None,
+                 contour_class: str = MODEL_CLASS) -> Path:
     """Write a QuPath-importable FeatureCollection for `items` (ExportPatch or (item_id, box, mask, ...))
-    of one slide; `slide` (its name in the queue) goes into every feature's metadata."""
+    of one slide; `slide` (its name in the queue) goes into every feature's metadata; the masks'
+    outlines get `contour_class` (the model's suggestion by default; Tumor for corrections)."""
+    colour = TUMOUR_COLOUR if contour_class == TUMOUR_CLASS else MODEL_COLOUR
     features: list[dict[str, Any]] = []
     named = {"ugafl_slide": slide} if slide else {}
     for item in as_export_patches(items):
@@ -55,7 +59,7 @@ def export_items(items: Iterable[ExportPatch | tuple], path: str | Path, slide: 
                 "type": "Feature",
                 "geometry": {"type": "Polygon", "coordinates": [_ring_json(exterior)] + [_ring_json(h) for h in holes]},
                 "properties": {"objectType": "annotation", "name": f"ugafl item {item.item_id} tumour {k}",
-                               "classification": {"name": TUMOUR_CLASS, "color": list(TUMOUR_COLOUR)},
+                               "classification": {"name": contour_class, "color": list(colour)},
                                "metadata": {"ugafl_item": str(item.item_id), **named}},
             })
     data = json.dumps({"type": "FeatureCollection", "features": features}, indent=1).encode("utf-8")
@@ -181,6 +185,7 @@ def parse(path: str | Path, tumour_classes: tuple[str, ...] = TUMOUR_CLASSES) ->
     if not isinstance(features, list):
         raise AnnotationError(f"{path}: FeatureCollection has no features list")
     regions: dict[int, Box] = {}
+    negatives: set[int] = set()
     slides: set[str] = set()
     tumour: list[tuple[str, Polygon, int | None]] = []
     for index, feature in enumerate(features):
@@ -209,14 +214,17 @@ def parse(path: str | Path, tumour_classes: tuple[str, ...] = TUMOUR_CLASSES) ->
             if not isinstance(slide, str) or not slide.strip():
                 raise AnnotationError(f"{where}: metadata ugafl_slide must be a slide name, got {str(slide)[:40]!r}")
             slides.add(slide.strip())
+        negative = class_name is not None and class_name.lower() == NEGATIVE_CLASS.lower()
         is_region = (class_name is not None and class_name.rstrip("*").lower() == "region") \
-            or metadata.get("ugafl_role") == "region"
+            or metadata.get("ugafl_role") == "region" or (negative and isinstance(name, str) and bool(_ITEM_NAME.match(name)))
         if is_region:
             item_id = _item_ref(metadata.get("ugafl_item"), where)
             if item_id is None and isinstance(name, str) and _ITEM_NAME.match(name):
                 item_id = int(_ITEM_NAME.match(name).group(1))
             if item_id is None:
                 continue  # someone else's region: not ours
+            if negative:
+                negatives.add(item_id)
             polygons = _geometry_polygons(feature.get("geometry"), where)
             x0, y0, x1, y1 = ring_bounds(polygons[0][0])
             if x1 <= x0 or y1 <= y0:
@@ -228,4 +236,4 @@ def parse(path: str | Path, tumour_classes: tuple[str, ...] = TUMOUR_CLASSES) ->
         item_id = _item_ref(metadata.get("ugafl_item"), where)
         for k, polygon in enumerate(_geometry_polygons(feature.get("geometry"), where)):
             tumour.append((label if k == 0 else f"{label} part {k}", polygon, item_id))
-    return ParsedFile(regions, tumour, slides)
+    return ParsedFile(regions, tumour, slides, negatives)
