@@ -203,7 +203,8 @@ def export_cmd(workspace: Path, fmt: str, out: Path, state: str, slide: str | No
 @queue.command("import")
 @WORKSPACE
 @click.argument("path", type=click.Path(path_type=Path))
-@click.option("--format", "fmt", type=click.Choice(["geojson", "asap", "png"]), default="geojson", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["geojson", "asap", "png"]), default=None,
+              help="The file's format [default: by its name: .xml asap, .png png, else geojson].")
 @click.option("--item", "item_id", type=int, default=None, help="The item a PNG mask belongs to.")
 @click.option("--slide", default=None,
               help="The slide the file is for [default: the one it names inside, else its file name].")
@@ -211,11 +212,13 @@ def export_cmd(workspace: Path, fmt: str, out: Path, state: str, slide: str | No
               help="A class (QuPath) or group (ASAP) imported as tumour; repeat for several "
                    "[default: Tumor, Tumour, metastases, _0, _1; unclassified counts as tumour].")
 @click.option("--who", default=None, help="Who corrected (default: the login name).")
-def import_cmd(workspace: Path, path: Path, fmt: str, item_id: int | None, slide: str | None,
+def import_cmd(workspace: Path, path: Path, fmt: str | None, item_id: int | None, slide: str | None,
                tumour_classes: tuple[str, ...], who: str | None) -> None:
     """Import one slide's corrected annotations (QuPath GeoJSON, ASAP XML, or one item's PNG mask)."""
     from ugafl.client.annotations.exchange import import_file
     from ugafl.client.annotations.geometry import TUMOUR_CLASSES
+
+    fmt = fmt or {".xml": "asap", ".png": "png"}.get(path.suffix.lower(), "geojson")
 
     done = import_file(workspace, path, fmt, who or _user(), item_id, slide, tumour_classes or TUMOUR_CLASSES)
     for line in done.warnings:

@@ -38,8 +38,12 @@ def review(ctx: click.Context, workspace: Path | None, host: str, port: int, aut
         return
     if workspace is None:
         raise click.UsageError("Missing option '--workspace'.")
+    if not workspace.is_dir():  # a mistyped path must not become an empty queue
+        what = "is a file" if workspace.exists() else "does not exist"
+        raise UgaflError(f"--workspace {workspace}: {what}; give the site's workspace folder")
     from ugafl.client.review.auth import AuthSettings
-    from ugafl.client.review.server import ReviewServer
+    from ugafl.client.review.server import ReviewServer, is_loopback
+    from ugafl.common.log import get_logger
 
     settings = AuthSettings(mode=auth, user_header=user_header, trusted_proxies=trusted_proxies)
     try:
@@ -48,6 +52,13 @@ def review(ctx: click.Context, workspace: Path | None, host: str, port: int, aut
         raise click.ClickException(f"cannot listen on {host}:{port}: {error.strerror or error}") from None
     counts = server.service.progress()
     users = f", {len(server.identity.accounts.users())} account(s)" if auth == "accounts" else ""
+    log = get_logger("review")
+    if not is_loopback(host):
+        log.warning("serving plain HTTP on %s: passwords, session cookies and patient images travel unencrypted; "
+                    "put the hospital's TLS proxy in front (deploy/hospital/nginx-review.conf)", host)
+    if auth == "accounts" and not server.identity.accounts.users():
+        log.warning("no accounts yet: nobody can sign in; add one with `ugafl review add-user --workspace %s NAME`",
+                    workspace)
     click.echo(f"review app for {workspace}: {server.url}  ({counts['pending']} pending, "
                f"{counts['in_review']} in review; sign-in: {auth}{users}); Ctrl+C to stop")
     if open_browser:
@@ -78,7 +89,52 @@ def add_user(workspace: Path, name: str, password_stdin: bool, replace: bool) ->
     else:
         password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
     Accounts(workspace).add(name, password, replace=replace)
-    click.echo(f"{'password set for' if replace else 'added'} {name} ({workspace / 'review' / 'accounts.json'})")
+    click.echo(f"{'new password for' if replace else 'added'} {name} ({workspace / 'review' / 'accounts.json'})"
+               + ("; their sessions have ended" if replace else ""))
+
+
+def _workspace_with_queue(workspace: Path) -> None:
+    if not (workspace / "queue.db").is_file():
+        raise UgaflError(f"--workspace {workspace}: no correction queue there (queue.db); is it a site workspace?")
+
+
+@review.command("users")
+@click.option("--workspace", type=click.Path(path_type=Path), required=True, help="Site workspace folder.")
+def users_cmd(workspace: Path) -> None:
+    """List the built-in accounts and the API tokens (by id; the tokens themselves are not kept)."""
+    from ugafl.client.review.auth import Accounts, ApiTokens
+
+    _workspace_with_queue(workspace)
+    names = Accounts(workspace).users()
+    click.echo(f"accounts ({len(names)}): {', '.join(names) or 'none'}")
+    tokens = ApiTokens(workspace).listing()
+    click.echo(f"API tokens ({len(tokens)}):")
+    for t in tokens:
+        click.echo(f"  {t['id']}  acts as {t['user']:<20} made {t['created']}  {t['label']}")
+
+
+@review.command("remove-user")
+@click.option("--workspace", type=click.Path(path_type=Path), required=True, help="Site workspace folder.")
+@click.argument("name")
+def remove_user(workspace: Path, name: str) -> None:
+    """Remove a built-in account; its sessions end at their next request."""
+    from ugafl.client.review.auth import Accounts
+
+    _workspace_with_queue(workspace)
+    Accounts(workspace).remove(name)
+    click.echo(f"removed {name}")
+
+
+@review.command("remove-token")
+@click.option("--workspace", type=click.Path(path_type=Path), required=True, help="Site workspace folder.")
+@click.argument("token_id")
+def remove_token(workspace: Path, token_id: str) -> None:
+    """Revoke an API token by its id (`ugafl review users` lists them)."""
+    from ugafl.client.review.auth import ApiTokens
+
+    _workspace_with_queue(workspace)
+    entry = ApiTokens(workspace).remove(token_id)
+    click.echo(f"revoked the token acting as {entry['user']} ({entry.get('label', '')})")
 
 
 @review.command("add-token")
@@ -90,7 +146,12 @@ def add_token(workspace: Path, user: str, label: str) -> None:
     (`Authorization: Bearer TOKEN`; see api/openapi.json). Printed once; only its hash is kept."""
     from ugafl.client.review.auth import ApiTokens, check_user_name
 
+    from ugafl.client.review.auth import Accounts
+
     check_user_name(user, "USER")
-    if not (workspace / "queue.db").is_file():
-        raise UgaflError(f"--workspace {workspace}: no correction queue there (queue.db); is it a site workspace?")
+    _workspace_with_queue(workspace)
+    accounts = Accounts(workspace).users()
+    if accounts and user not in accounts:
+        click.echo(f"warning: {user} is not one of this workspace's accounts ({', '.join(accounts)}); the token acts "
+                   f"as {user} all the same (right for auth = proxy, where users are the proxy's)", err=True)
     click.echo(ApiTokens(workspace).add(user, label))

@@ -42,6 +42,7 @@ def chromium(tmp: Path, *extra_flags: str):
     options.binary_location = CHROMIUM
     for flag in (*FLAGS, *extra_flags):
         options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # the page's console, for the tests to read
     profile = Path(tempfile.mkdtemp(prefix="chromium-", dir=tmp))
     options.add_argument(f"--user-data-dir={profile}")
     driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))

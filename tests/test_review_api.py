@@ -220,3 +220,30 @@ def test_the_viewer_gets_tiles_of_queued_slides_only(tmp_path: Path, synthetic_t
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+def test_a_patch_only_looked_at_is_freed_after_the_tab_goes_idle_or_signs_out(tmp_path: Path) -> None:
+    """A tab that opened a patch without starting to correct it does not keep it from others for
+    ever: after `hold_s` without a request from that tab, or when it signs out, another gets it."""
+    ws = tmp_path / "ws"
+    make_review_workspace(ws, [0.9])
+    srv = ReviewServer(ws, "127.0.0.1", 0, AuthSettings(mode="proxy"), hold_s=1.0)
+    srv.start_background()
+    try:
+        assert call(srv, "/api/next", {"tab": TAB_A})[1]["item"]["id"] == 1
+        _, other = call(srv, "/api/next", {"tab": TAB_B}, user="dr-b")
+        assert other["item"] is None and other["held_elsewhere"] == 1 and other["progress"]["pending"] == 1
+        from deployment_kit import wait_for
+
+        got = wait_for("the idle tab's patch to be freed",
+                       lambda: call(srv, "/api/next", {"tab": TAB_B}, user="dr-b")[1]["item"], 30, 0.2)
+        assert got["id"] == 1
+        status, error = call(srv, "/api/items/1/correction", {"tab": TAB_A, "mask_png": png(ring_mask().astype(np.uint8) * 255)})
+        assert status == 409 and "open in another tab" in error["error"]  # the idle tab lost it, nothing saved
+        # Signing out frees what the tab held at once.
+        status, _ = call(srv, "/api/logout", {"tab": TAB_B}, user="dr-b")
+        assert status == 200
+        assert call(srv, "/api/next", {"tab": TAB_A})[1]["item"]["id"] == 1
+    finally:
+        srv.shutdown()
+        srv.server_close()

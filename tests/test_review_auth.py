@@ -213,3 +213,78 @@ def test_a_program_with_an_api_token_corrects_a_patch(tmp_path: Path) -> None:
         stop(server)
     with CorrectionQueue(ws) as queue:
         assert queue.history(1)[-1].who == "dr-script"
+
+
+def test_account_administration_and_its_refusals(tmp_path: Path) -> None:
+    """What an IT person does with accounts and tokens, and what is refused, one line each."""
+    ws = tmp_path / "ws"
+    make_review_workspace(ws, [0.9])
+
+    def ugafl(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(UGAFL), *args], input=stdin, capture_output=True, text=True, timeout=60)
+
+    assert add_user(ws, "Dr. Smit", "a good passphrase").returncode == 0
+    for name, password, extra, message in (
+            ("dr. smit", "a good passphrase", (), "user Dr. Smit exists; dr. smit would look the same in the audit"),
+            ("dr-new", " " * 12, (), "8 to 1024 characters, not counting spaces"),
+            ("dr-ghost", "a good passphrase", ("--replace",), "no user dr-ghost to set a new password for")):
+        refused = add_user(ws, name, password, *extra)
+        assert refused.returncode == 2 and message in refused.stderr and "Traceback" not in refused.stderr, refused.stderr
+    token_for_ghost = ugafl("review", "add-token", "--workspace", str(ws), "dr-ghost", "--label", "typo")
+    assert token_for_ghost.returncode == 0 and "warning: dr-ghost is not one of this workspace's accounts" in token_for_ghost.stderr
+    listed = ugafl("review", "users", "--workspace", str(ws))
+    assert "accounts (1): Dr. Smit" in listed.stdout and "acts as dr-ghost" in listed.stdout and "typo" in listed.stdout
+    token_id = next(line.split()[0] for line in listed.stdout.splitlines() if "dr-ghost" in line)
+    assert ugafl("review", "remove-token", "--workspace", str(ws), token_id).returncode == 0
+    assert "API tokens (0)" in ugafl("review", "users", "--workspace", str(ws)).stdout
+
+    server = serve(ws, auth=AuthSettings(mode="accounts"))
+    try:
+        def sign_in(password: str) -> tuple[int, dict, dict]:
+            return request(server.url + "api/login", {"token": server.token, "user": "Dr. Smit", "password": password})
+
+        status, _, headers = sign_in("a good passphrase")
+        session = {"Cookie": headers["Set-Cookie"].split(";")[0]}
+        assert request(server.url + "api/me", headers=session)[0] == 200
+        # A new password ends the sessions made with the old one; removing the user ends them too.
+        assert add_user(ws, "Dr. Smit", "another good one", "--replace").returncode == 0
+        assert request(server.url + "api/me", headers=session)[0] == 401
+        status, _, headers = sign_in("another good one")
+        session = {"Cookie": headers["Set-Cookie"].split(";")[0]}
+        assert ugafl("review", "remove-user", "--workspace", str(ws), "Dr. Smit").returncode == 0
+        assert request(server.url + "api/me", headers=session)[0] == 401
+        # Guessing: five failures, then even the right password is refused for a while.
+        assert add_user(ws, "Dr. Smit", "a good passphrase").returncode == 0
+        assert [sign_in(f"guess {k}")[0] for k in range(5)] == [401] * 5
+        status, error, _ = sign_in("a good passphrase")
+        assert status == 429 and "too many failed sign-ins" in error["error"]
+    finally:
+        stop(server)
+
+    typo = ugafl("review", "--workspace", str(tmp_path / "wsx"), "--port", "0")
+    assert typo.returncode == 2 and "does not exist" in typo.stderr and not (tmp_path / "wsx").exists()
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    assert "is a file" in ugafl("review", "--workspace", str(a_file), "--port", "0").stderr
+    for prefix in ("/..", "/.", "/review/../x"):
+        bad = ugafl("review", "--workspace", str(ws), "--url-prefix", prefix, "--port", "0")
+        assert bad.returncode == 2 and "url_prefix must look like /review" in bad.stderr, prefix
+
+
+def test_an_app_nobody_can_sign_in_to_is_warned_about(tmp_path: Path) -> None:
+    """(The warning for plain HTTP off loopback is not tested here: tests bind loopback only.)"""
+    import signal
+
+    ws = tmp_path / "ws"
+    make_review_workspace(ws, [0.9])
+    proc = subprocess.Popen([str(UGAFL), "review", "--workspace", str(ws), "--host", "127.0.0.2", "--port", "0",
+                             "--auth", "accounts"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert "review app for" in proc.stdout.readline()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert "no accounts yet: nobody can sign in" in err and "plain HTTP" not in err, err  # 127.0.0.2 is loopback

@@ -359,6 +359,8 @@ def test_the_patch_in_its_slide_at_every_zoom_and_screen_size(tmp_path: Path, sy
             driver.refresh()
             wait_for(driver, "ready", "2")
             assert unseen_controls(driver) == [], (width, height)
+            console = [e["message"] for e in driver.get_log("browser") if e["level"] in ("SEVERE", "WARNING")]
+            assert not [m for m in console if "Content Security Policy" in m], console  # nothing the page does is blocked
             if shots:
                 driver.save_screenshot(str(Path(shots) / f"review_app_{width}x{height}.png"))
     with CorrectionQueue(ws) as queue:

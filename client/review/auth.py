@@ -85,19 +85,38 @@ class Accounts:
         return sorted(self._read())
 
     def add(self, name: str, password: str, replace: bool = False) -> None:
-        """Add `name` (or set a new password with `replace`)."""
+        """Add `name` (or, with `replace`, set an existing user's new password: their sessions end)."""
         check_user_name(name)
-        if not isinstance(password, str) or not 8 <= len(password) <= MAX_PASSWORD_CHARS:
-            raise AuthError(f"the password must be 8 to {MAX_PASSWORD_CHARS} characters")
+        if not isinstance(password, str) or not 8 <= len(password.strip()) or len(password) > MAX_PASSWORD_CHARS:
+            raise AuthError(f"the password must be 8 to {MAX_PASSWORD_CHARS} characters, not counting spaces at its ends")
         with self._lock:
             data = self._read()
+            if replace and name not in data:
+                raise AuthError(f"{self.path}: no user {name} to set a new password for (without --replace: add them)")
             if name in data and not replace:
                 raise AuthError(f"{self.path}: user {name} exists; --replace sets a new password")
+            alike = [u for u in data if u.lower() == name.lower() and u != name]
+            if alike:
+                raise AuthError(f"{self.path}: user {alike[0]} exists; {name} would look the same in the audit")
             salt = secrets.token_bytes(16)
             data[name] = {"scheme": "scrypt", **SCRYPT, "salt": salt.hex(), "hash": _hash(password, salt, **SCRYPT).hex()}
             self.path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.path, json.dumps(data, indent=1, sort_keys=True))
             os.chmod(self.path, 0o600)
+
+    def remove(self, name: str) -> None:
+        """Remove a user: their sessions end at their next request."""
+        with self._lock:
+            data = self._read()
+            if name not in data:
+                raise AuthError(f"{self.path}: no user {name} (users: {', '.join(sorted(data)) or 'none'})")
+            del data[name]
+            atomic_write_text(self.path, json.dumps(data, indent=1, sort_keys=True))
+
+    def fingerprint(self, name: str) -> str | None:
+        """What a session remembers of the account: changes when the password does (None: no such user)."""
+        entry = self._read().get(name)
+        return None if entry is None else entry["hash"][:16]
 
     def verify(self, name: object, password: object) -> str | None:
         """The user name when the password is theirs, else None (as slow for an unknown user)."""
@@ -141,6 +160,21 @@ class ApiTokens:
             os.chmod(self.path, 0o600)
         return token
 
+    def listing(self) -> list[dict]:
+        """Every token: its id (the first 12 hex digits of its hash), user, label and creation time."""
+        return [{"id": digest[:12], **entry} for digest, entry in sorted(self._read().items())]
+
+    def remove(self, token_id: str) -> dict:
+        """Revoke the token whose id (see `listing`) is `token_id`; returns what it was."""
+        with self._lock:
+            data = self._read()
+            hits = [d for d in data if d.startswith(token_id)] if len(token_id) >= 6 else []
+            if len(hits) != 1:
+                raise AuthError(f"{self.path}: no single token with id {token_id!r} (see `ugafl review users`)")
+            entry = data.pop(hits[0])
+            atomic_write_text(self.path, json.dumps(data, indent=1, sort_keys=True))
+        return entry
+
     def user(self, token: str) -> str | None:
         if not token.startswith("ugafl_") or len(token) > 200:
             return None
@@ -156,15 +190,16 @@ class Sessions:
         self._lock = threading.Lock()
         self._by_token: dict[str, tuple[str, float]] = {}
 
-    def create(self, user: str) -> str:
+    def create(self, user: str, fingerprint: str | None = None) -> str:
         token = secrets.token_urlsafe(32)
         with self._lock:
             now = time.monotonic()
             self._by_token = {t: v for t, v in self._by_token.items() if v[1] > now}  # drop the expired
-            self._by_token[token] = (user, now + self.seconds)
+            self._by_token[token] = (user, now + self.seconds, fingerprint)
         return token
 
-    def user(self, token: str | None) -> str | None:
+    def entry(self, token: str | None) -> tuple[str, str | None] | None:
+        """(user, the account's fingerprint at sign-in) of a live session, else None."""
         if not token:
             return None
         with self._lock:
@@ -172,7 +207,7 @@ class Sessions:
             if entry is None or entry[1] <= time.monotonic():
                 self._by_token.pop(token, None)
                 return None
-            return entry[0]
+            return entry[0], entry[2]
 
     def end(self, token: str | None) -> None:
         with self._lock:
@@ -213,4 +248,38 @@ class Identity:
                 return check_user_name(name)
             except AuthError:
                 return None
-        return self.sessions.user(cookies.get(SESSION_COOKIE))
+        token = cookies.get(SESSION_COOKIE)
+        entry = self.sessions.entry(token)
+        if entry is None:
+            return None
+        user, fingerprint = entry
+        if self.accounts.fingerprint(user) != fingerprint:  # removed, or a new password: signed out
+            self.sessions.end(token)
+            return None
+        return user
+
+
+class Throttle:
+    """Failed sign-ins: after `limit` failures for one user name or from one address within
+    `window_s`, further tries for it are refused for `window_s` (answered 429)."""
+
+    def __init__(self, limit: int = 5, window_s: float = 300.0):
+        self.limit, self.window_s = limit, window_s
+        self._lock = threading.Lock()
+        self._failures: dict[str, list[float]] = {}
+
+    def _recent(self, key: str, now: float) -> list[float]:
+        times = [t for t in self._failures.get(key, []) if now - t < self.window_s]
+        self._failures[key] = times
+        return times
+
+    def blocked(self, *keys: str) -> bool:
+        with self._lock:
+            now = time.monotonic()
+            return any(len(self._recent(k, now)) >= self.limit for k in keys)
+
+    def failed(self, *keys: str) -> None:
+        with self._lock:
+            now = time.monotonic()
+            for k in keys:
+                self._recent(k, now).append(now)

@@ -55,7 +55,7 @@ from starlette.routing import Mount, Route
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from ugafl.client.queue.store import QueueError
-from ugafl.client.review.auth import SESSION_COOKIE, AuthSettings, Identity
+from ugafl.client.review.auth import SESSION_COOKIE, AuthSettings, Identity, Throttle
 from ugafl.client.review.service import REJECT_REASONS, HeldByOtherTab, ReviewError, ReviewService
 from ugafl.client.review.tiles import SlideTiles
 from ugafl.common.errors import UgaflError
@@ -78,7 +78,9 @@ SECURITY_HEADERS = [
     (b"x-content-type-options", b"nosniff"),
     (b"x-frame-options", b"DENY"),
     (b"referrer-policy", b"no-referrer"),
-    (b"content-security-policy", b"default-src 'self'; img-src 'self' data: blob:; style-src 'self'; "
+    # style-src: our stylesheet, and the one fixed rule OpenSeadragon 6.1.1 injects (allowed by its hash)
+    (b"content-security-policy", b"default-src 'self'; img-src 'self' data: blob:; "
+                                 b"style-src 'self' 'sha256-9xTiqzfwFaL2SGb1rmr8gysEwVVjIvqWAgmZgqFqpEE='; "
                                  b"script-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'"),
 ]
 
@@ -196,6 +198,7 @@ def build_app(service: ReviewService, token: str, identity: Identity, allowed_ho
     `tiles` serves the slides behind the patches to the viewer."""
     mode = identity.settings.mode
     tiles = tiles or SlideTiles(None)
+    throttle = Throttle()
 
     def with_slide(summary: dict) -> dict:
         """An item's JSON, with where the viewer finds its slide's tiles (null: the patch alone)."""
@@ -299,13 +302,20 @@ def build_app(service: ReviewService, token: str, identity: Identity, allowed_ho
             return body
         if mode != "accounts":
             return _error(HTTPStatus.BAD_REQUEST, f"this review app knows its users from {mode} sign-in; no login")
+        name, address = str(body.get("user"))[:100], request.client.host if request.client else "?"
+        keys = (f"user:{name.lower()}", f"address:{address}")
+        if throttle.blocked(*keys):
+            log.warning("sign-in for %r from %s refused: too many failures", name, address)
+            return _error(HTTPStatus.TOO_MANY_REQUESTS, f"too many failed sign-ins; wait {throttle.window_s / 60:g} minutes")
         user = await anyio_thread(lambda: identity.accounts.verify(body.get("user"), body.get("password")))
         if user is None:
-            log.warning("failed login for %r from %s", str(body.get("user"))[:100], request.client.host if request.client else "?")
+            throttle.failed(*keys)
+            log.warning("failed sign-in for %r from %s", name, address)
             return _error(HTTPStatus.UNAUTHORIZED, "wrong user name or password")
         log.info("%s signed in", user)
         response = JSONResponse({"user": user})
-        response.set_cookie(SESSION_COOKIE, identity.sessions.create(user), max_age=int(identity.sessions.seconds),
+        session = identity.sessions.create(user, identity.accounts.fingerprint(user))
+        response.set_cookie(SESSION_COOKIE, session, max_age=int(identity.sessions.seconds),
                             path=(prefix or "") + "/", httponly=True, samesite="strict", secure=_https(request, identity))
         return response
 
@@ -314,6 +324,8 @@ def build_app(service: ReviewService, token: str, identity: Identity, allowed_ho
         if isinstance(body, Response):
             return body
         identity.sessions.end(request.cookies.get(SESSION_COOKIE))
+        if isinstance(body.get("tab"), str):
+            await _in_thread(lambda: (service.close_tab(body["tab"]), JSONResponse({}))[1])
         response = JSONResponse({"user": None})
         response.delete_cookie(SESSION_COOKIE, path=(prefix or "") + "/")
         return response
@@ -324,7 +336,8 @@ def build_app(service: ReviewService, token: str, identity: Identity, allowed_ho
             return body
         def run() -> Response:
             item = service.next_item(body.get("tab"), user)
-            return JSONResponse({"item": item and with_slide(item), "progress": service.progress()})
+            return JSONResponse({"item": item and with_slide(item), "progress": service.progress(),
+                                 "held_elsewhere": service.held_elsewhere(body.get("tab"))})
         return await _in_thread(run)
 
     async def action(request: Request, user: str) -> Response:
@@ -461,7 +474,8 @@ class ReviewConfigError(UgaflError):
 def check_prefix(prefix: str) -> str:
     """"" or "/name[/name...]": the path the app is served under (no trailing slash)."""
     prefix = (prefix or "").rstrip("/")
-    if prefix and not all(part and all(c.isalnum() or c in "-_." for c in part) for part in prefix[1:].split("/")) \
+    if prefix and not all(part and part not in (".", "..") and all(c.isalnum() or c in "-_." for c in part)
+                          for part in prefix[1:].split("/")) \
             or (prefix and not prefix.startswith("/")):
         raise ReviewConfigError(f"url_prefix must look like /review (letters, digits, - _ .), got {prefix!r}")
     return prefix
@@ -492,13 +506,13 @@ class ReviewServer:
 
     def __init__(self, workspace: str | Path, host: str = "127.0.0.1", port: int = 0,
                  auth: AuthSettings = AuthSettings(), host_names: tuple[str, ...] = (), prefix: str = "",
-                 limits: ReviewLimits = ReviewLimits(), slides: str | Path | None = None):
+                 limits: ReviewLimits = ReviewLimits(), slides: str | Path | None = None, hold_s: float | None = None):
         if auth.mode == "local" and not is_loopback(host):
             raise ReviewConfigError(f"auth = \"local\" serves only loopback, not {host}: with anyone else able to "
                                     f"reach it, use auth = \"accounts\" or \"proxy\"")
         prefix = check_prefix(prefix)
         self.identity = Identity(auth, workspace)
-        self.service = ReviewService(workspace)
+        self.service = ReviewService(workspace) if hold_s is None else ReviewService(workspace, hold_s)
         self.token = secrets.token_urlsafe(24)
         try:
             family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -527,12 +541,16 @@ class ReviewServer:
 
     def serve_forever(self) -> None:
         """Serve until SIGINT or SIGTERM (uvicorn's handlers: requests under way finish), then
-        return. (uvicorn raises the signal it caught again once it has stopped; in the main
-        thread that lands on a handler that ignores it, so the caller ends normally.)"""
+        return. In the main thread our own handler covers the moments before uvicorn installs its
+        handlers, and takes the signal uvicorn raises again once it has stopped, so the caller
+        ends normally."""
         if threading.current_thread() is not threading.main_thread():
             self._server.run(sockets=[self._socket])
             return
-        previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGINT, signal.SIGTERM)}
+        def stop(*_) -> None:  # before uvicorn's own handlers are in place (and after): stop all the same
+            self._server.should_exit = True
+
+        previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             self._server.run(sockets=[self._socket])
         finally:

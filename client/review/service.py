@@ -18,6 +18,7 @@ from __future__ import annotations
 import io
 import math
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +38,7 @@ log = get_logger("review")
 # information are at most ln 2; the variance of a probability at most 1/4). Other measures (uga)
 # are drawn against the patch's own 99th percentile.
 MEASURE_MAX = {"entropy": math.log(2), "mutual_information": math.log(2), "variance": 0.25}
+HOLD_S = 600.0  # an item opened in a tab but not yet claimed is freed after this long without a request from it
 REJECT_REASONS = ("not tumour tissue / artefact", "cannot judge at this resolution", "other")
 
 
@@ -52,6 +54,7 @@ class HeldByOtherTab(ReviewError):
 class _Tab:
     item_id: int | None = None
     skipped: set[int] = field(default_factory=set)
+    seen: float = field(default_factory=time.monotonic)  # its last request
 
 
 def png_bytes(array: np.ndarray) -> bytes:
@@ -86,11 +89,36 @@ def item_summary(item: Item, vmax: float) -> dict:
 class ReviewService:
     """The review app's operations on the queue of `workspace`; safe to call from many threads."""
 
-    def __init__(self, workspace: str | Path):
+    def __init__(self, workspace: str | Path, hold_s: float = HOLD_S):
         self.queue = CorrectionQueue(workspace)
+        self.hold_s = hold_s
         self._lock = threading.Lock()
         self._tabs: dict[str, _Tab] = {}
         self._holder: dict[int, str] = {}  # item id -> tab id
+
+    def _tab(self, tab_id: str) -> _Tab:
+        """The tab, marked as seen now; holds of unclaimed items by tabs idle for `hold_s` end."""
+        now = time.monotonic()
+        for item_id, holder in list(self._holder.items()):
+            other = self._tabs[holder]
+            if holder != tab_id and now - other.seen > self.hold_s and self.queue.get(item_id).state == "pending":
+                log.info("item %d: released from an idle tab (%s) after %.0f s", item_id, holder[:8], now - other.seen)
+                self._drop(other)
+        tab = self._tabs.setdefault(tab_id, _Tab())
+        tab.seen = now
+        return tab
+
+    def held_elsewhere(self, tab_id: str) -> int:
+        """How many pending items other tabs hold (open, not yet claimed)."""
+        with self._lock:
+            return sum(1 for i, t in self._holder.items() if t != tab_id and self.queue.get(i).state == "pending")
+
+    def close_tab(self, tab_id: str) -> None:
+        """The tab is gone (its user signed out): an item it held but never claimed is free again."""
+        with self._lock:
+            tab = self._tabs.pop(_need_tab(tab_id), None)
+            if tab is not None:
+                self._drop(tab)
 
     def close(self) -> None:
         self.queue.close()
@@ -125,7 +153,7 @@ class ReviewService:
         or a decision). None: nothing left."""
         tab_id = _need_tab(tab_id)
         with self._lock:
-            tab = self._tabs.setdefault(tab_id, _Tab())
+            tab = self._tab(tab_id)
             if tab.item_id is not None:
                 held = self.queue.get(tab.item_id)
                 if held.state == "pending" or (held.state == "in_review" and held.reviewer == reviewer):
@@ -157,6 +185,8 @@ class ReviewService:
     def _check_holder(self, tab_id: str, item_id: int) -> _Tab:
         """The tab, if it holds the item; else a clear refusal."""
         tab = self._tabs.get(tab_id)
+        if tab is not None:
+            tab.seen = time.monotonic()
         if tab is None or tab.item_id != item_id:
             other = self._holder.get(item_id)
             if other is not None and other != tab_id:

@@ -127,7 +127,13 @@ async function next(notice = "") {
   try {
     const data = await post("api/next");
     showProgress(data.progress);
-    if (!data.item) { showDone(); if (notice) say(notice); return; }
+    if (!data.item) {
+      showDone();
+      $("held-elsewhere").textContent = data.held_elsewhere
+        ? `${data.held_elsewhere} more patch(es) are open in other tabs; they come back here when those tabs are left idle for 10 minutes.` : "";
+      if (notice) say(notice);
+      return;
+    }
     await show(data.item, notice);
   } catch (err) { say(err.message, true); setState("error"); }
 }
