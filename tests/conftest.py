@@ -113,6 +113,16 @@ def synthetic_tiff(tmp_path_factory: pytest.TempPathFactory) -> SyntheticTiff:
     return write_synthetic_tiff(tmp_path_factory.mktemp("synthetic") / "slide.tiff")
 
 
+@pytest.fixture(scope="session")
+def small_federation_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(data dir, central checkpoint) of `federation_helpers.small_federation` over RUMC, UMCU, CWZ
+    and RST, made once per session: the federation tests on Flower's engines all read it (none
+    writes into it), so the slides and the central model are not made again for each."""
+    from federation_helpers import SMALL_CENTRES, SMALL_MODEL, small_federation
+
+    return small_federation(tmp_path_factory.mktemp("small-federation"), SMALL_CENTRES, SMALL_MODEL)
+
+
 @pytest.fixture
 def make_synthetic_tiff(tmp_path: Path) -> Callable[..., SyntheticTiff]:
     """Factory: make_synthetic_tiff(name="x.tiff", **write_synthetic_tiff options)."""

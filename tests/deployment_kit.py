@@ -119,13 +119,15 @@ def wait_for(what: str, check: Callable[[], object], timeout_s: float, every_s: 
     """The tests' wait on a condition (never a fixed sleep): call `check` every `every_s` until it
     returns something truthy, and return that; a check that raises (file not there yet, a status
     not yet JSON) counts as not yet. After `timeout_s`, fail naming `what` was waited for."""
-    deadline = time.monotonic() + timeout_s
+    started = time.monotonic()
+    deadline = started + timeout_s
     while time.monotonic() < deadline:
         try:
             value = check()
         except (AssertionError, json.JSONDecodeError, OSError, KeyError):
             value = None
         if value:
+            print(f"waited {time.monotonic() - started:.0f} s for {what}")  # the test's profile (pytest -rP)
             return value
         time.sleep(every_s)
     raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")

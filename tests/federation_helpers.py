@@ -10,6 +10,10 @@ from ugafl.common.model import ModelConfig
 from ugafl.common.training import TrainConfig
 
 
+SMALL_CENTRES = ("RUMC", "UMCU", "CWZ", "RST")
+SMALL_MODEL = ModelConfig(channels=(8, 16, 32))
+
+
 def small_federation(root: Path, centres: tuple[str, ...], model: ModelConfig) -> tuple[Path, Path]:
     """(data dir, central checkpoint): 3 slides per centre and a central model of 40 steps."""
     from ugafl.common.central_bank import CentralConfig

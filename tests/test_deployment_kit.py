@@ -21,9 +21,8 @@ from pathlib import Path
 import pytest
 
 from deployment_kit import GUIDE, Kit, flwr_as_hospital, guide_commands, wait_for
-from federation_helpers import check_outboxes, small_federation
+from federation_helpers import check_outboxes
 from flower_deployment import free_port
-from ugafl.common.model import ModelConfig
 from ugafl.common.processes import command_line
 
 REPO = Path(__file__).resolve().parents[1]
@@ -79,13 +78,14 @@ def _status(kit: Kit, site: Path) -> dict:
 
 @pytest.mark.slow
 @pytest.mark.timeout(1500)  # four real rounds with two restarts: 900-1000 s on a slow 2-core machine
-def test_coordinator_and_three_hospitals_survive_kills(tmp_path: Path, fixtures_dir: Path) -> None:
+def test_coordinator_and_three_hospitals_survive_kills(tmp_path: Path, fixtures_dir: Path,
+                                                       small_federation_data: tuple[Path, Path]) -> None:
     from ugafl.client.daemon.inbox_watcher import read_registry
     from ugafl.client.round.query import uncertainty_dir
     from ugafl.client.round.records import current_model_info, ledger_path, read_jsonl
     from ugafl.common.manifest import load_manifest
 
-    data, central = small_federation(tmp_path / "fed", CENTRES, ModelConfig(channels=(8, 16, 32)))
+    data, central = small_federation_data  # CWZ's slides are there too, and unused
     kit = Kit(tmp_path)
     coord = tmp_path / "coordinator"
     # The coordinator's public side is 127.0.0.2 (what hospitals reach: nginx, the Fleet API only);

@@ -22,23 +22,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from federation_helpers import check_outboxes, small_federation
+from federation_helpers import SMALL_CENTRES, SMALL_MODEL, check_outboxes
 from ugafl.common.central_bank import CentralConfig
 from ugafl.common.config import RunConfig
-from ugafl.common.model import ModelConfig
 from ugafl.simulations.in_process import InProcessSites
 
 pytestmark = pytest.mark.slow
 
-CENTRES = ("RUMC", "UMCU", "CWZ", "RST")  # Flower partition ids 0..3 in this order
-MODEL = ModelConfig(channels=(8, 16, 32))
+CENTRES = SMALL_CENTRES  # Flower partition ids 0..3 in this order
+MODEL = SMALL_MODEL
 FEDERATION = {"num_rounds": 2, "budget": 2, "method": "tta", "passes": 2, "local_steps": 8, "lr": 0.001,
               "cpus_per_site": 1}
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> tuple[Path, Path]:
-    return small_federation(tmp_path_factory.mktemp("fed"), CENTRES, MODEL)
+def dataset(small_federation_data) -> tuple[Path, Path]:
+    return small_federation_data
 
 
 def run_config(**federation) -> RunConfig:
