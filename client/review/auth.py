@@ -58,6 +58,26 @@ def check_user_name(name: object, where: str = "user name") -> str:
     return name
 
 
+def _read_store(path: Path, what: str) -> dict[str, dict]:
+    """A JSON object file of the review app's (accounts, tokens); {} when there is none yet."""
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise AuthError(f"{path}: cannot read {what} ({type(exc).__name__})") from None
+    if not isinstance(data, dict):
+        raise AuthError(f"{path}: not a file of {what}")
+    return data
+
+
+def _write_store(path: Path, data: dict[str, dict]) -> None:
+    """Written whole (atomically), readable by its owner only."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(data, indent=1, sort_keys=True))
+    os.chmod(path, 0o600)
+
+
 def _hash(password: str, salt: bytes, n: int, r: int, p: int) -> bytes:
     return hashlib.scrypt(password.encode(), salt=salt, n=n, r=r, p=p, maxmem=64 << 20, dklen=32)
 
@@ -71,15 +91,10 @@ class Accounts:
         self._lock = threading.Lock()
 
     def _read(self) -> dict[str, dict]:
-        if not self.path.is_file():
-            return {}
-        try:
-            data = json.loads(self.path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise AuthError(f"{self.path}: cannot read the accounts ({type(exc).__name__})") from None
-        if not isinstance(data, dict):
-            raise AuthError(f"{self.path}: not an accounts file")
-        return data
+        return _read_store(self.path, "the accounts")
+
+    def _write(self, data: dict[str, dict]) -> None:
+        _write_store(self.path, data)
 
     def users(self) -> list[str]:
         return sorted(self._read())
@@ -100,9 +115,7 @@ class Accounts:
                 raise AuthError(f"{self.path}: user {alike[0]} exists; {name} would look the same in the audit")
             salt = secrets.token_bytes(16)
             data[name] = {"scheme": "scrypt", **SCRYPT, "salt": salt.hex(), "hash": _hash(password, salt, **SCRYPT).hex()}
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(self.path, json.dumps(data, indent=1, sort_keys=True))
-            os.chmod(self.path, 0o600)
+            self._write(data)
 
     def remove(self, name: str) -> None:
         """Remove a user: their sessions end at their next request."""
@@ -111,7 +124,7 @@ class Accounts:
             if name not in data:
                 raise AuthError(f"{self.path}: no user {name} (users: {', '.join(sorted(data)) or 'none'})")
             del data[name]
-            atomic_write_text(self.path, json.dumps(data, indent=1, sort_keys=True))
+            self._write(data)
 
     def fingerprint(self, name: str) -> str | None:
         """What a session remembers of the account: changes when the password does (None: no such user)."""
@@ -139,13 +152,10 @@ class ApiTokens:
         self._lock = threading.Lock()
 
     def _read(self) -> dict[str, dict]:
-        if not self.path.is_file():
-            return {}
-        try:
-            data = json.loads(self.path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise AuthError(f"{self.path}: cannot read the API tokens ({type(exc).__name__})") from None
-        return data if isinstance(data, dict) else {}
+        return _read_store(self.path, "the API tokens")
+
+    def _write(self, data: dict[str, dict]) -> None:
+        _write_store(self.path, data)
 
     def add(self, user: str, label: str = "") -> str:
         """A new token acting as `user`; returned once, only its hash is kept."""
@@ -155,9 +165,7 @@ class ApiTokens:
             data = self._read()
             data[hashlib.sha256(token.encode()).hexdigest()] = {"user": user, "label": label[:100],
                                                                  "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(self.path, json.dumps(data, indent=1, sort_keys=True))
-            os.chmod(self.path, 0o600)
+            self._write(data)
         return token
 
     def listing(self) -> list[dict]:
@@ -172,7 +180,7 @@ class ApiTokens:
             if len(hits) != 1:
                 raise AuthError(f"{self.path}: no single token with id {token_id!r} (see `ugafl review users`)")
             entry = data.pop(hits[0])
-            atomic_write_text(self.path, json.dumps(data, indent=1, sort_keys=True))
+            self._write(data)
         return entry
 
     def user(self, token: str) -> str | None:
