@@ -329,6 +329,11 @@ class CorrectionQueue:
         out.update({r[0]: r[1] for r in rows})
         return out
 
+    def has_slide(self, slide: str) -> bool:
+        """Whether any item comes from `slide`."""
+        with self._lock:
+            return self._conn.execute("SELECT 1 FROM items WHERE slide = ? LIMIT 1", (slide,)).fetchone() is not None
+
     def decided_by(self) -> dict[str, dict[str, int]]:
         """Who decided what: per reviewer, how many items they corrected and rejected."""
         with self._lock:

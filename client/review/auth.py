@@ -58,17 +58,28 @@ def check_user_name(name: object, where: str = "user name") -> str:
     return name
 
 
+_STORE_CACHE: dict[Path, tuple[tuple[int, int], dict]] = {}  # path -> ((mtime_ns, size), contents)
+
+
 def _read_store(path: Path, what: str) -> dict[str, dict]:
-    """A JSON object file of the review app's (accounts, tokens); {} when there is none yet."""
-    if not path.is_file():
+    """A JSON object file of the review app's (accounts, tokens); {} when there is none yet.
+    Read again only when the file changed: every signed-in request (each viewer tile) asks."""
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
         return {}
+    stamp = (stat.st_mtime_ns, stat.st_size)
+    cached = _STORE_CACHE.get(path)
+    if cached is not None and cached[0] == stamp:
+        return dict(cached[1])
     try:
         data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise AuthError(f"{path}: cannot read {what} ({type(exc).__name__})") from None
     if not isinstance(data, dict):
         raise AuthError(f"{path}: not a file of {what}")
-    return data
+    _STORE_CACHE[path] = (stamp, data)
+    return dict(data)
 
 
 def _write_store(path: Path, data: dict[str, dict]) -> None:

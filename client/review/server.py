@@ -205,7 +205,7 @@ def build_app(service: ReviewService, token: str, identity: Identity, allowed_ho
         return {**summary, "slide_dzi": f"api/slides/{summary['slide']}.dzi" if tiles.available(summary["slide"]) else None}
 
     def queued_slide(stem: str) -> bool:
-        return bool(service.queue.list(slide=stem))
+        return service.queue.has_slide(stem)  # asked for every tile: one indexed row, not the slide's items
 
     def who(request: Request) -> str | None:
         return identity.user(request.client.host if request.client else None,
