@@ -1,10 +1,13 @@
-"""`ugafl synth`: generate the synthetic multi-centre dataset."""
+"""`ugafl synth`: generate the synthetic multi-centre dataset, or one slide of real Camelyon size."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import click
+
+_DATASET_ONLY = ("slides_per_centre", "file_format", "scan_mpp")
+_SIZES = ("1/16", "1/4", "full")
 
 
 @click.command()
@@ -15,13 +18,48 @@ import click
 @click.option("--format", "file_format", type=click.Choice(["by-centre", "svs", "tiff"]), default="by-centre", show_default=True,
               help="Slide file format; by-centre uses each centre's scanner (Aperio SVS or generic TIFF).")
 @click.option("--scan-mpp", type=float, default=0.5, show_default=True, help="Level-0 resolution of the slides, µm/px.")
-@click.option("--workers", type=click.IntRange(1), default=None, help="Processes (default: one per core).")
-def synth(out: Path, slides_per_centre: int, seed: int, centres: str, file_format: str, scan_mpp: float, workers: int | None) -> None:
+@click.option("--size", type=click.Choice(_SIZES), default=None,
+              help="Instead of a dataset, one slide of real Camelyon size (full: 100,000 x 200,000 px at 0.24 µm/px; "
+                   "1/4 and 1/16 of its area), written tile by tile to OUT/<centre>_real_<size>.tif; the first of --centres.")
+@click.option("--workers", type=click.IntRange(1), default=None, help="Processes, or with --size threads (default: one per core).")
+def synth(out: Path, slides_per_centre: int, seed: int, centres: str, file_format: str, scan_mpp: float, size: str | None,
+          workers: int | None) -> None:
     """Generate synthetic lymph-node slides for five centres, with tumour and raters' masks."""
+    names = tuple(c.strip() for c in centres.split(",") if c.strip())
+    if size is not None:
+        _real_size(out, size, names, seed, workers)
+        return
     from ugafl.simulations.synth import SynthConfig, generate_dataset
 
-    cfg = SynthConfig(slides_per_centre=slides_per_centre, seed=seed, centres=tuple(c.strip() for c in centres.split(",") if c.strip()),
-                      file_format=file_format, scan_mpp=scan_mpp)
+    cfg = SynthConfig(slides_per_centre=slides_per_centre, seed=seed, centres=names, file_format=file_format, scan_mpp=scan_mpp)
     manifest = generate_dataset(out, cfg, workers=workers)
     counts = {c: len(manifest.select(centre=c)) for c in manifest.centres}
     click.echo(f"{len(manifest.slides)} slides in {out}: " + ", ".join(f"{c} {n}" for c, n in counts.items()))
+
+
+def _real_size(out: Path, size: str, centres: tuple[str, ...], seed: int, workers: int | None) -> None:
+    import os
+
+    from ugafl.common.errors import ConfigError
+    from ugafl.simulations.centres import get_centre
+    from ugafl.simulations.real_size import SIZES, write_real_size_slide
+
+    ctx = click.get_current_context()
+    given = [name for name in _DATASET_ONLY if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT]
+    if given:
+        raise click.UsageError(f"--size writes one slide; {', '.join('--' + g.replace('_', '-') for g in given)} "
+                               "only apply to a dataset")
+    if not centres:
+        raise click.BadParameter("no centre named", param_hint="--centres")
+    world = "benchmark-2"
+    try:
+        get_centre(centres[0], world)
+    except ConfigError as error:
+        raise click.BadParameter(str(error), param_hint="--centres") from None
+    if out.exists() and not out.is_dir():
+        raise click.BadParameter(f"{out} is a file, not a folder", param_hint="--out")
+    path = out / f"{centres[0]}_real_{size.replace('/', 'of')}.tif"
+    record = write_real_size_slide(path, SIZES[size], centre=centres[0], world=world, seed=seed,
+                                   workers=workers or os.cpu_count() or 1, progress=True)
+    click.echo(f"{path}: {record.width} x {record.height} px at {record.mpp:g} µm/px, {record.levels} levels, "
+               f"{len(record.placements)} sections")
