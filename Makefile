@@ -4,6 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 RUN    ?= demo
 
+comma := ,
 .PHONY: setup system-packages demo test uncertainty-report benchmarks clean vendor-check
 
 $(BIN)/.installed: pyproject.toml
@@ -50,6 +51,8 @@ benchmarks: setup
 	$(BIN)/python benchmarks/uncertainty.py
 	$(BIN)/python benchmarks/selection.py
 	$(BIN)/python benchmarks/round.py
+	$(BIN)/python benchmarks/wsi.py --peers monai$(if $(wildcard .venv-tia/bin/python),$(comma)tiatoolbox,)
+	$(BIN)/python benchmarks/federation_scale.py --sites 10,50,200 --rounds 2 --params 100000 --offline bench,real
 
 clean:
 	rm -rf $(VENV) build *.egg-info
