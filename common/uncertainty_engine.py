@@ -8,7 +8,7 @@ not by the slide."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -203,10 +203,12 @@ class SlideUncertainty:
 
 def slide_uncertainty(method: UncertaintyMethod, slide: Slide, tissue: TissueMask | None = None, batch_size: int = 16,
                       map_mpp: float = 8.0, min_tissue: float = 0.1, device: torch.device | str = "cpu",
-                      progress: bool = False, patch_px: int | None = None, margin_px: int | None = None) -> SlideUncertainty:
+                      progress: bool = False, patch_px: int | None = None, margin_px: int | None = None,
+                      sinks: tuple[Callable[[BatchUncertainty], None], ...] = ()) -> SlideUncertainty:
     """Every tissue patch of `slide` (non-overlapping grid of `patch_px` px squares at the model's
     mpp; default the model's patch size) scored by `method`, each predicted with `margin_px` of
-    context (see `iter_uncertainty`)."""
+    context (see `iter_uncertainty`); each batch of final patches also goes to every one of
+    `sinks` (e.g. `common.overlay.OverlayWriter.add`)."""
     cfg = method.cfg
     tissue = tissue if tissue is not None else detect_tissue(slide)
     p = patch_px or cfg.patch_size
@@ -225,6 +227,8 @@ def slide_uncertainty(method: UncertaintyMethod, slide: Slide, tissue: TissueMas
     timing = Timing()
     bar = tqdm(total=len(patches), desc=f"{method.name} {slide.path.name}", unit="patch", disable=not progress, leave=False)
     for res in iter_uncertainty(method, slide, patches, tissue, batch_size, device, timing=timing, patch_px=p, margin_px=margin_px):
+        for sink in sinks:
+            sink(res)
         tumour = (res.prob >= 0.5) & res.tissue
         for name, values in patch_scores(res.maps, res.tissue, "all", tumour).items():
             scores.setdefault(name, []).append(values)

@@ -76,7 +76,8 @@ def test_each_method_writes_heatmap_mask_table_and_summary(setup, method):
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
     folder = out / slide.stem
-    assert sorted(p.name for p in folder.iterdir()) == ["heatmap.png", "patches.csv", "predicted_mask.tif", "summary.json"]
+    assert sorted(p.name for p in folder.iterdir()) == ["heatmap.png", "patches.csv", "predicted_mask.tif", "summary.json",
+                                                        "tumour_overlay.tif", "uncertainty_overlay.tif"]
 
     summary = json.loads((folder / "summary.json").read_text())
     measure = "variance" if method == "edue" else "uga"
@@ -131,6 +132,9 @@ def test_each_method_writes_heatmap_mask_table_and_summary(setup, method):
     rec = setup["record"]
     assert mask.shape == (round(rec.height * rec.mpp / mask_mpp), round(rec.width * rec.mpp / mask_mpp))
     assert summary["tumour_mm2"] == pytest.approx(mask.sum() * (mask_mpp / 1000) ** 2, rel=1e-6)
+    with open_slide(folder / "tumour_overlay.tif") as overlay:  # the slide's frame, at the model's mpp here
+        assert overlay.mpp == pytest.approx(TINY.mpp)
+        assert overlay.dimensions == (rec.width // 4, rec.height // 4)
 
     table = ws / "patch_scores" / f"{slide.stem}.{method}.csv"
     assert table.read_bytes() == (folder / "patches.csv").read_bytes()

@@ -15,7 +15,7 @@ Output: OUT.npy, float32 (H, W) tumour probability on TIAToolbox's grid at --mpp
 covers the level-0 box starting at (j, i) * mpp / slide_mpp (origin = slide origin), H x W =
 reader.slide_dimensions(mpp) (see the JSON). Patches TIAToolbox skipped (off tissue) are 0.
 The JSON has wall_s (the whole SemanticSegmentor.run call, including its zarr writing), patches,
-patches_per_s, peak_rss_mb (ru_maxrss of this process: imports included) and more.
+patches_per_s, peak_rss_mb (VmHWM of this process: imports included) and more.
 
 Compatibility note: tiatoolbox 2.1.3 caps torch<2.13/torchvision<0.28, and the only torchvision
 built for torch 2.13.0 (0.28.0, PyPI's wheel is the +cu130 build) cannot load its compiled ops next
@@ -42,6 +42,15 @@ import numpy as np
 import torch
 
 _TORCHVISION_SHIM_LIB = None  # keeps the schema-only torch.library alive
+
+
+def _vm_hwm_mb() -> float:
+    """Peak resident memory of this process (VmHWM), MB."""
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 def ensure_torchvision_importable() -> bool:
@@ -198,7 +207,9 @@ def main(argv: list[str] | None = None) -> int:
             wsireader_kwargs=wsireader_kwargs,
         )
         wall_s = time.perf_counter() - t0
-        ru_self = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        # VmHWM belongs to this process's own memory map; ru_maxrss would carry the peak of the
+        # process that started this one (Linux keeps it across exec).
+        ru_self = _vm_hwm_mb()
         ru_children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
         patches = int(len(segmentor.dataloader.dataset.inputs))
         patches_all = int(len(getattr(segmentor.dataloader.dataset, "full_outputs", segmentor.dataloader.dataset.outputs)))

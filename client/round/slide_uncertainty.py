@@ -19,6 +19,7 @@ from ugafl.common.errors import SlideError
 from ugafl.common.heatmap import HeatmapLayers, HeatmapStyle, resample_to_grid, slide_heatmap, summary_numbers
 from ugafl.common.log import get_logger
 from ugafl.common.masks import write_mask
+from ugafl.common.overlay import OverlayWriter, overlay_scale
 from ugafl.common.patch_scoring import PATCH_SCORING_NAMES, score_column
 from ugafl.common.slide import open_slide
 from ugafl.common.slide_scan import candidate_files
@@ -103,11 +104,14 @@ def _has_every_scoring(table: Path, measure: str) -> bool:
 
 def run_uncertainty(target: str | Path, method: UncertaintyMethod, out: str | Path, workspace: str | Path | None = None,
                     mpp: float | None = None, batch_size: int = 16, device: torch.device | str = "cpu",
-                    progress: bool = True, reuse: bool = False, patch_um: float | None = None) -> list[SlideResult]:
+                    progress: bool = True, reuse: bool = False, patch_um: float | None = None,
+                    write_overlays: bool = True) -> list[SlideResult]:
     """Uncertainty for one slide or every slide in a folder, scored per square patch `patch_um` µm
     wide (default: the model's patch size); outputs under OUT/<slide stem>/.
     With `reuse`, a slide whose outputs in OUT are complete and newer than the slide file is not
-    computed again (OUT must then be specific to the model and method, as the site's are)."""
+    computed again (OUT must then be specific to the model and method, as the site's are). With
+    `write_overlays`, the predicted tumour and the uncertainty also land beside them as pyramidal
+    TIFFs in the slide's frame (tumour_overlay.tif, uncertainty_overlay.tif; common.overlay)."""
     target, out = Path(target), Path(out)
     paths = candidate_files(target) if target.is_dir() else [target]
     measure = primary_measure(method)
@@ -125,17 +129,26 @@ def run_uncertainty(target: str | Path, method: UncertaintyMethod, out: str | Pa
             log.info("%s: uncertainty already computed with this model (%s)", path.name, out.name)
             results.append(SlideResult(path, out / path.stem, int(summary.get("patches", 0)), summary))
             continue
+        out_dir = out / path.stem
+        overlays = None
         try:
             with open_slide(path, mpp) as slide:
+                if write_overlays:
+                    out_dir.mkdir(parents=True, exist_ok=True)
+                    overlays = OverlayWriter(slide, method.cfg.mpp, size or method.cfg.patch_size, measure,
+                                             overlay_scale(measure), out_dir)
                 result = slide_uncertainty(method, slide, batch_size=batch_size, device=device, progress=progress,
-                                            patch_px=size)
+                                            patch_px=size, sinks=(overlays.add,) if overlays else ())
                 thumbnail, thumb_mpp = slide.thumbnail(THUMB_MPP)
         except SlideError as error:
+            if overlays is not None:
+                overlays.discard()
             log.warning("%s", error)
             results.append(SlideResult(path, None, 0, {}, str(error)))
             continue
-        out_dir = out / path.stem
         try:
+            if overlays is not None:
+                overlays.close()
             summary = slide_outputs(result, path, thumbnail, thumb_mpp, measure, out_dir)
         except (OSError, ValueError) as error:  # e.g. a full disk: record it, go on with the others
             log.exception("%s: writing outputs failed", path)
