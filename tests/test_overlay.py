@@ -71,3 +71,4 @@ def test_overlay_pixels_are_the_streamed_patches(written):
             seen[box] = True
     assert seen.any() and not unc[~seen].any() and not mask[~seen].any()  # nothing where no patch was computed
     assert len(result.patches) == sum(len(b.locations) for b in batches)
+
