@@ -107,7 +107,11 @@ class OverlayWriter:
         self.width, self.height = max(1, w0 // self.down), max(1, h0 // self.down)
         self.cols = math.ceil(self.width * self.mpp / model_mpp) + patch_px
         self.measure, self.scale = measure, scale
-        self._tmp = Path(tempfile.mkdtemp(prefix=".overlay-", dir=out_dir))
+        self.out_dir = out_dir
+        # Collected beside out_dir, which is made only when the overlays are written: a slide that
+        # fails half-way leaves no folder behind.
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.overlay-", dir=out_dir.parent))
         common = {"slide_mpp": slide.mpp, "downsample": self.down, "model_mpp": model_mpp}
         self.layers = {
             "mask": _Layer(out_dir / "tumour_overlay.tif", self.width, self.height, self.mpp,
@@ -160,6 +164,7 @@ class OverlayWriter:
         try:
             if self._row is not None:
                 self._flush_row()
+            self.out_dir.mkdir(parents=True, exist_ok=True)
             for layer in self.layers.values():
                 layer.finish()
             return [layer.path for layer in self.layers.values()]

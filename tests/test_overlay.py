@@ -44,7 +44,8 @@ def written(synthetic_tiff, tmp_path_factory):
 def test_overlays_are_pyramids_in_the_slides_frame(synthetic_tiff, written):
     out, paths, _, _ = written
     assert [p.name for p in paths] == ["tumour_overlay.tif", "uncertainty_overlay.tif"]
-    assert sorted(p.name for p in out.iterdir()) == ["tumour_overlay.tif", "uncertainty_overlay.tif"]  # no temp left
+    assert sorted(p.name for p in out.iterdir()) == ["tumour_overlay.tif", "uncertainty_overlay.tif"]
+    assert not [p for p in out.parent.iterdir() if "overlay-" in p.name]  # no temp left beside it
     for path in paths:
         with open_slide(path) as overlay:
             assert overlay.mpp == pytest.approx(2.0)  # 0.5 µm/px x 4
@@ -72,3 +73,12 @@ def test_overlay_pixels_are_the_streamed_patches(written):
     assert seen.any() and not unc[~seen].any() and not mask[~seen].any()  # nothing where no patch was computed
     assert len(result.patches) == sum(len(b.locations) for b in batches)
 
+
+
+def test_a_discarded_overlay_leaves_nothing(synthetic_tiff, tmp_path):
+    """A slide that fails half-way: no output folder, no temp files."""
+    out = tmp_path / "slide"
+    with open_slide(synthetic_tiff.path) as slide:
+        writer = OverlayWriter(slide, CFG.mpp, CFG.patch_size, "uga", overlay_scale("uga"), out)
+    writer.discard()
+    assert list(tmp_path.iterdir()) == []

@@ -134,7 +134,6 @@ def run_uncertainty(target: str | Path, method: UncertaintyMethod, out: str | Pa
         try:
             with open_slide(path, mpp) as slide:
                 if write_overlays:
-                    out_dir.mkdir(parents=True, exist_ok=True)
                     overlays = OverlayWriter(slide, method.cfg.mpp, size or method.cfg.patch_size, measure,
                                              overlay_scale(measure), out_dir)
                 result = slide_uncertainty(method, slide, batch_size=batch_size, device=device, progress=progress,
