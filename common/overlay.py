@@ -120,6 +120,8 @@ class OverlayWriter:
                                   {"ugafl": f"uncertainty ({measure})", "values": f"u = pixel / 255 * {scale:g}; 0 = not computed",
                                    "measure": measure, "scale": scale, **common}, "mean", self._tmp),
         }
+        # Each overlay column's source column in a strip (nearest), the same for every row.
+        self._xs = np.clip(((np.arange(self.width) + 0.5) * self.mpp / model_mpp).astype(int), 0, self.cols - 1)
         self._row = None  # the grid row being filled, at the model's mpp
         self._strips = {k: np.zeros((patch_px, self.cols), np.uint8) for k in self.layers}
 
@@ -150,11 +152,10 @@ class OverlayWriter:
             first = max(first, layer0.rows)
             if last > first:
                 ys = np.clip((((np.arange(first, last) + 0.5) * self.mpp - top_um) / self.model_mpp).astype(int), 0, self.p - 1)
-                xs = np.clip(((np.arange(self.width) + 0.5) * self.mpp / self.model_mpp).astype(int), 0, self.cols - 1)
                 for name, layer in self.layers.items():
                     if layer.rows < first:
                         layer.append(np.zeros((first - layer.rows, self.width), np.uint8))
-                    layer.append(self._strips[name][ys][:, xs])
+                    layer.append(self._strips[name][ys][:, self._xs])
             for strip in self._strips.values():
                 strip[:] = 0
         self._row = 0 if self._row is None else self._row + 1

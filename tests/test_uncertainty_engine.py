@@ -17,7 +17,7 @@ from ugafl.common.errors import CheckpointError, ConfigError
 from ugafl.common.model import ModelConfig, build_model, to_input
 from ugafl.common.slide import open_slide
 from ugafl.common.tiling import patch_grid
-from ugafl.common.tissue import TissueMask, detect_tissue
+from ugafl.common.tissue import TissueMask
 from ugafl.common.uncertainty_engine import BatchUncertainty, iter_uncertainty, margin_for, ramp, slide_uncertainty
 from ugafl.common.uncertainty_measures import MEASURES, compute_measures, patch_scores
 from ugafl.common.uncertainty_methods import (
