@@ -27,15 +27,27 @@ METHOD_CHOICE = click.Choice(["ensemble", "mc_dropout", "tta", "edue"])
 @click.option("--device", default="auto", show_default=True)
 def uncertainty(target: Path, models: tuple[Path, ...], method: str, out: Path, workspace: Path | None, passes: int,
                 mpp: float | None, patch_um: float, batch_size: int, device: str) -> None:
-    """Per-pixel uncertainty, patch scores and a heatmap for a slide or every slide in a folder."""
+    """Per-pixel uncertainty, patch scores and a heatmap for a slide or every slide in a folder.
+
+    A slide stored as several files (a DICOM series, MIRAX) is scored once, whether TARGET is one of
+    its files or its folder. A single slide that cannot be read: one error line, exit code 2."""
     from ugafl.client.round.slide_uncertainty import run_uncertainty
+    from ugafl.common.errors import SlideError
     from ugafl.common.model import pick_device
+    from ugafl.common.slide import open_slide
+    from ugafl.common.slide_files import resolve
     from ugafl.common.uncertainty_methods import load_method
 
+    single = not target.is_dir()
+    if single:
+        target = resolve(target).path  # one file of a DICOM series: the series (named by its level-0 file)
+        open_slide(target, mpp).close()  # can't be opened: one line and exit 2 before any model loads
     paths = [p for m in models for p in (sorted(m.glob("*.pt")) if m.is_dir() else [m])]
     dev = pick_device(device)
     results = run_uncertainty(target, load_method(method, paths, dev, passes), out, workspace, mpp, batch_size, dev,
                               patch_um=patch_um)
+    if single and results and results[0].error:
+        raise SlideError(results[0].error)  # broke while being read
     failed = 0
     for r in results:
         if r.error:

@@ -19,6 +19,7 @@ from PIL import Image
 
 from ugafl.common.errors import SlideError
 from ugafl.common.log import get_logger
+from ugafl.common.slide_files import openslide_path
 
 log = get_logger("slide")
 
@@ -163,6 +164,8 @@ class Slide:
 def open_slide(path: str | Path, mpp: float | None = None) -> Slide:
     """Open a slide with OpenSlide. `mpp` (µm/px) overrides the file's level-0 resolution.
 
+    `path` is a slide file (any one file of a DICOM series opens the whole series) or a folder that
+    holds one slide's files (common.slide_files); `Slide.path` is `path` as given.
     Raises SlideError, one line naming the file, when the file is missing, not a slide format,
     cannot be opened, records no resolution, or its (or the override's) resolution is outside
     MPP_RANGE.
@@ -172,14 +175,15 @@ def open_slide(path: str | Path, mpp: float | None = None) -> Slide:
         raise SlideError(f"{path}: no such file")
     if not os.access(path, os.R_OK):
         raise SlideError(f"{path}: cannot be opened: permission denied")
-    if path.is_dir() or openslide.OpenSlide.detect_format(str(path)) is None:
-        raise SlideError(f"{path}: not a slide format OpenSlide can read")
+    file = openslide_path(path)  # a slide's folder: the file OpenSlide opens (SlideError if none or several)
+    if openslide.OpenSlide.detect_format(str(file)) is None:
+        raise SlideError(f"{file}: not a slide format OpenSlide can read")
     try:
-        handle = openslide.OpenSlide(str(path))
+        handle = openslide.OpenSlide(str(file))
     except openslide.OpenSlideUnsupportedFormatError as error:
-        raise SlideError(f"{path}: not a slide format OpenSlide can read") from error
+        raise SlideError(f"{file}: not a slide format OpenSlide can read") from error
     except openslide.OpenSlideError as error:
-        raise SlideError(f"{path}: cannot be opened: {error}") from error
+        raise SlideError(f"{file}: cannot be opened: {error}") from error
     try:
         props = dict(handle.properties)
         vendor = props.get(openslide.PROPERTY_NAME_VENDOR) or "unknown"

@@ -1,5 +1,6 @@
 """What a slide is (vendor, levels, resolution, size, tissue), for one file or a whole folder.
-A folder scan records an unreadable slide with its reason and goes on with the others."""
+A folder scan records an unreadable slide with its reason and goes on with the others; a slide
+stored as several files (a DICOM series, MIRAX) is one slide (common.slide_files)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,11 @@ from typing import Any
 
 from ugafl.common.errors import SlideError
 from ugafl.common.log import get_logger
+from ugafl.common.slide_files import NOT_SLIDES, slides_in
+
+__all__ = ["NOT_SLIDES", "ScanResult", "candidate_files", "describe_slide", "scan_folder"]
 
 log = get_logger("slide_scan")
-# Files that sit beside slides in an inbox but are never slides themselves.
-NOT_SLIDES = {".md", ".txt", ".json", ".csv", ".xml", ".geojson", ".part", ".tmp", ".db", ".log"}
 
 
 @dataclass(frozen=True)
@@ -50,9 +52,10 @@ def describe_slide(path: str | Path, mpp: float | None = None) -> dict[str, Any]
 
 
 def candidate_files(folder: str | Path) -> list[Path]:
-    """Regular, non-hidden files of `folder` (not recursive) that could be slides, sorted."""
-    folder = Path(folder)
-    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and p.suffix.lower() not in NOT_SLIDES)
+    """One path per slide in `folder`, sorted: its non-hidden files that could be slides, a DICOM
+    series once (by its level-0 file), and subfolders that hold a multi-file slide (see
+    common.slide_files; other subfolders are not scanned)."""
+    return [slide.path for slide in slides_in(folder)]
 
 
 def scan_folder(folder: str | Path, mpp: float | None = None) -> list[ScanResult]:

@@ -30,7 +30,7 @@ UGAFL = Path(sys.executable).with_name("ugafl")
 TINY = ModelConfig(channels=(8, 16, 32), patch_size=64, mpp=2.0)
 TINY_EDUE = ModelConfig(channels=(8, 16, 32), patch_size=64, mpp=2.0, disagreement_head=True)
 BROKEN = ("boxes.png", "unopenable.tiff", "unreadable.svs", "boxes.tiff")  # the last: mpp 352.8
-TINY_SLIDES = ("small.svs", "boxes_0.dcm", "boxes_1.dcm")  # 16x16 px at 0.499 µm/px
+TINY_SLIDES = ("small.svs", "boxes_0.dcm")  # 16x16 px at 0.499 µm/px (boxes_1.dcm: boxes_0's series)
 BOX_COLUMNS = ["x", "y", "width", "height", "mpp", "tissue_fraction", "tumour_fraction"]
 
 
@@ -187,6 +187,7 @@ def test_fixtures_folder_tiny_slides_finish_with_zero_patches(setup, fixtures_di
         assert f"{name}: 0 patches" in result.stdout, result.stdout
         summary = json.loads((out / Path(name).stem / "summary.json").read_text())
         assert summary["patches"] == 0
+    assert "boxes_1.dcm" not in result.stdout and not (out / "boxes_1").exists()  # scored once, as boxes_0
 
 
 @pytest.mark.slow

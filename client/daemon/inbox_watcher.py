@@ -2,9 +2,11 @@
 inbox and precomputes their uncertainty with the site's current global model, so the next round's
 query only reads the results.
 
-A file counts once its size and modification time have stayed the same for one poll (a slide still
-being copied is left alone). It is then opened with OpenSlide: readable slides are registered,
-unreadable ones recorded with the reason, logged once, and passed over until the file changes. The
+A slide counts once its files' sizes and modification times have stayed the same for one poll (a
+slide still being copied is left alone); a slide stored as several files (a DICOM series, MIRAX, or
+a folder holding one such slide) is one slide (common.slide_files). It is then opened with
+OpenSlide: readable slides are registered, unreadable ones recorded with the reason, logged once,
+and passed over until one of its files changes. The
 register is WS/inbox/registry.json. Uncertainty uses the model in WS/federation/model/ only after
 its signature checks out against the site's trusted keys.
 """
@@ -12,7 +14,11 @@ its signature checks out against the site's trusted keys.
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from ugafl.client.round.query import uncertainty_dir
@@ -22,7 +28,7 @@ from ugafl.common.atomic import atomic_write_text
 from ugafl.common.errors import SlideError, UgaflError
 from ugafl.common.log import get_logger
 from ugafl.common.slide import open_slide
-from ugafl.common.slide_scan import candidate_files
+from ugafl.common.slide_files import openslide_path, slides_in
 from ugafl.common.correction_patch import CORRECTION_PATCH_UM
 
 log = get_logger("inbox")
@@ -43,32 +49,41 @@ def read_registry(workspace: Path) -> dict[str, dict]:
 
 
 def scan_inbox(site: SiteConfig, registry: dict[str, dict]) -> list[Path]:
-    """Update `registry` from the inbox; the slides registered in this pass."""
+    """Update `registry` from the inbox; the slides registered in this pass.
+
+    The register is keyed by the name of each slide's entry in the inbox: its file, the level-0 file
+    of a DICOM series lying loose in the inbox (the other files of the series are part of it), or a
+    folder holding one slide's files (common.slide_files)."""
     from ugafl.common.clock import utc_now
 
     new: list[Path] = []
-    for path in candidate_files(site.slides):
+    slides = slides_in(site.slides)
+    for slide in slides:
+        path, name = slide.path, slide.path.name
         try:
-            st = path.stat()
+            seen = slide.signature()
         except OSError:
             continue
-        seen = (st.st_size, st.st_mtime_ns)
-        entry = registry.get(path.name)
+        entry = registry.get(name)
         if entry is None or tuple(entry["seen"]) != seen:
-            registry[path.name] = {"seen": list(seen), "state": "pending", "first_seen": utc_now()}
+            registry[name] = {"seen": list(seen), "state": "pending", "first_seen": utc_now()}
+            if len(slide.files) > 1:
+                registry[name]["files"] = len(slide.files)
             continue
         if entry["state"] != "pending":
             continue
         try:
-            with open_slide(path) as slide:
-                slide.thumbnail(REGISTER_CHECK_MPP)  # opens is not enough: some files fail on reading
-                entry.update(state="registered", registered=utc_now(), mpp=slide.mpp, size_px=list(slide.dimensions))
-            log.info("registered %s (%d x %d px at %.3f µm/px)", path.name, *slide.dimensions, slide.mpp)
+            with open_slide(path) as opened:
+                opened.thumbnail(REGISTER_CHECK_MPP)  # opens is not enough: some files fail on reading
+                entry.update(state="registered", registered=utc_now(), mpp=opened.mpp, size_px=list(opened.dimensions))
+            log.info("registered %s (%d x %d px at %.3f µm/px%s)", name, *opened.dimensions, opened.mpp,
+                     f", {len(slide.files)} files" if len(slide.files) > 1 else "")
             new.append(path)
         except SlideError as error:
             entry.update(state="unreadable", reason=str(error))
             log.error("%s", error)
-    for name in [n for n in registry if not (site.slides / n).exists()]:
+    current = {slide.path.name for slide in slides}
+    for name in [n for n in registry if n not in current]:  # gone, or now part of another slide
         del registry[name]
     return new
 
@@ -90,7 +105,6 @@ def load_current_model(site: SiteConfig, info: dict):
 def precompute(site: SiteConfig, registry: dict[str, dict]) -> int:
     """Uncertainty for registered slides that the current model has not scored yet; how many.
     The model is read (and its signature checked) only when there is such a slide."""
-    from ugafl.client.round.slide_uncertainty import run_uncertainty
     from ugafl.common.uncertainty_methods import method_from_models
 
     info = current_model_info(site.workspace)
@@ -107,7 +121,7 @@ def precompute(site: SiteConfig, registry: dict[str, dict]) -> int:
     done = 0
     for path in todo:
         started = time.perf_counter()
-        result = run_uncertainty(path, method, out, progress=False, reuse=True, device=device, patch_um=patch_um)[0]
+        result = _run_one(path, method, out, device, patch_um)
         if result.error is not None:  # recorded, and not tried again until the file changes
             registry[path.name].update(state="unreadable", reason=result.error)
         else:
@@ -115,6 +129,38 @@ def precompute(site: SiteConfig, registry: dict[str, dict]) -> int:
             log.info("precomputed uncertainty for %s with model %s in %.1f s", path.name, info["version"],
                      time.perf_counter() - started)
     return done
+
+
+def _run_one(path: Path, method, out: Path, device, patch_um: float):
+    """run_uncertainty for one registered slide, its outputs in OUT/<the slide's name>/ as the
+    round's query (run_uncertainty over the inbox) writes them. A slide's folder given to
+    run_uncertainty is read as a folder of slides, its outputs named after the slide file inside:
+    they are computed beside OUT and moved to OUT/<folder name>."""
+    from ugafl.client.round.slide_uncertainty import SlideResult, run_uncertainty
+
+    if not path.is_dir():
+        return run_uncertainty(path, method, out, progress=False, reuse=True, device=device, patch_um=patch_um)[0]
+    out.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=out))
+    try:
+        try:
+            file = openslide_path(path)
+        except SlideError as error:
+            log.warning("%s", error)
+            return SlideResult(path, None, 0, {}, str(error))
+        result = run_uncertainty(file, method, staging, progress=False, device=device, patch_um=patch_um)[0]
+        if result.error is not None or result.out_dir is None:
+            return replace(result, path=path)
+        target = out / path.stem
+        written = result.out_dir / "summary.json"
+        summary = {**json.loads(written.read_text()), "slide": path.name}
+        atomic_write_text(written, json.dumps(summary, indent=1))
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(result.out_dir, target)
+        return replace(result, path=path, out_dir=target, summary=summary)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def watch(config: str | Path, poll_s: float = 30.0, once: bool = False) -> None:

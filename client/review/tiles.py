@@ -15,8 +15,10 @@ import threading
 from collections import OrderedDict
 from pathlib import Path
 
+from ugafl.common.errors import SlideError
 from ugafl.common.log import get_logger
-from ugafl.common.slide_scan import NOT_SLIDES
+from ugafl.common.slide_files import openslide_path
+from ugafl.common.slide_scan import NOT_SLIDES, candidate_files
 
 log = get_logger("review")
 
@@ -34,16 +36,18 @@ class SlideTiles:
         self._open: OrderedDict[str, tuple[object, object]] = OrderedDict()  # stem -> (OpenSlide, generator)
 
     def _find(self, stem: str) -> Path | None:
-        """The slide file named `stem` in the folder (or a subfolder one level down)."""
+        """The slide named `stem` in the folder (as the inbox lists slides: a DICOM series by its
+        level-0 file, a slide's folder by its name), or a slide file a subfolder down."""
         if self.folder is None or not self.folder.is_dir():
             return None
         if stem not in self._paths:
             import openslide
 
-            for path in sorted([*self.folder.iterdir(), *(p for d in self.folder.iterdir() if d.is_dir()
-                                                          for p in d.iterdir())]):
-                if path.stem == stem and path.suffix.lower() not in NOT_SLIDES and path.is_file() \
-                        and openslide.OpenSlide.detect_format(str(path)) is not None:
+            listed = [p for p in candidate_files(self.folder) if p.stem == stem]
+            below = [p for d in sorted(self.folder.iterdir()) if d.is_dir() for p in sorted(d.iterdir())]
+            for path in listed or below:
+                if listed or (path.stem == stem and path.suffix.lower() not in NOT_SLIDES and path.is_file()
+                              and openslide.OpenSlide.detect_format(str(path)) is not None):
                     self._paths[stem] = path
                     break
         return self._paths.get(stem)
@@ -61,8 +65,8 @@ class SlideTiles:
             from openslide.deepzoom import DeepZoomGenerator
 
             try:
-                slide = openslide.OpenSlide(str(path))
-            except openslide.OpenSlideError as error:
+                slide = openslide.OpenSlide(str(openslide_path(path)))
+            except (openslide.OpenSlideError, SlideError) as error:
                 log.warning("%s: cannot be opened for the viewer (%s)", path, error)
                 return None
             generator = DeepZoomGenerator(slide, tile_size=TILE_SIZE, overlap=OVERLAP, limit_bounds=False)
