@@ -37,6 +37,7 @@ def cli(verbose: bool) -> None:
 
 def _register() -> None:
     from ugafl.cli import demo_cmd, experiment_cmd, slide_cmd, synth_cmd, train_cmd, uncertainty_cmd
+    from ugafl.cli import export_cmd
     from ugafl.cli import pki_cmd, queue_cmd, review_cmd, server_cmd, simulate_cmd, site_cmd
 
     cli.add_command(slide_cmd.slide)
@@ -53,6 +54,7 @@ def _register() -> None:
     cli.add_command(pki_cmd.pki)
     cli.add_command(site_cmd.site)
     cli.add_command(server_cmd.server)
+    cli.add_command(export_cmd.export)
 
 
 _register()
