@@ -267,7 +267,7 @@ class Probe:
 
 
 class MeasuringGrid:
-    """Flower's Grid as GridSites sees it, timing send_and_receive and sizing every message."""
+    """Flower's Grid as GridSites sees it (push, then pulls), timing the wait and sizing every message."""
 
     def __init__(self, grid, probe: Probe):
         self.grid = grid
@@ -276,35 +276,47 @@ class MeasuringGrid:
     def get_node_ids(self):
         return self.grid.get_node_ids()
 
-    def send_and_receive(self, messages, *, timeout=None):
+    def push_messages(self, messages):
+        """GridSites pushes a message type's messages at once, then pulls their replies."""
         probe = self.probe
         messages = list(messages)
-        kind = messages[0].metadata.message_type if messages else "?"
+        self.kind = kind = messages[0].metadata.message_type if messages else "?"
         if kind == "train" and probe.use_tracemalloc and probe.round == 1:  # from here to the end of aggregation
             tracemalloc.start()
             probe.rss.reset_peak()
-        started = time.perf_counter()
-        answers = list(self.grid.send_and_receive(messages, timeout=timeout))
-        probe.add(f"grid-{kind}-s", time.perf_counter() - started)
-        if kind == "train" and tracemalloc.is_tracing():
-            probe.put("train-receive-traced-peak-mb", tracemalloc.get_traced_memory()[1] / MB)
+        self.started, self.measured = time.perf_counter(), 0.0
+        ids = list(self.grid.push_messages(messages))
         measuring = time.perf_counter()
-        dst = {m.metadata.message_id: int(m.metadata.dst_node_id) for m in messages}
+        self.dst = {m.metadata.message_id: int(m.metadata.dst_node_id) for m in messages}
         for m in messages:
             size = probe.sizer.message(m)
             probe.sent[(probe.round, int(m.metadata.dst_node_id))] += size
             probe.by_type[f"sent-{kind}"].append(size)
             probe.content[(f"sent-{kind}", probe.round, int(m.metadata.dst_node_id))] = probe.sizer.content(m)
+        self.measured += time.perf_counter() - measuring
+        probe.add("measure-s", time.perf_counter() - measuring)
+        return ids
+
+    def pull_messages(self, message_ids):
+        probe, kind = self.probe, self.kind
+        answers = list(self.grid.pull_messages(message_ids))
+        # the grid's time for this message type so far: from the push to this pull, less our sizing
+        probe.put(f"grid-{kind}-s", time.perf_counter() - self.started - self.measured)
+        if kind == "train" and tracemalloc.is_tracing():
+            probe.put("train-receive-traced-peak-mb", tracemalloc.get_traced_memory()[1] / MB)
+        measuring = time.perf_counter()
         for m in answers:
             size = probe.sizer.message(m)
-            site = dst.get(m.metadata.reply_to_message_id, -1)
+            site = self.dst.get(m.metadata.reply_to_message_id, -1)
             probe.received[(probe.round, site)] += size
             probe.by_type[f"received-{kind}"].append(size)
             probe.content[(f"received-{kind}", probe.round, site)] = probe.sizer.content(m)
             if m.has_content() and "metrics" in m.content and "ray-node" in m.content["metrics"]:
                 probe.nodes[f"{int(m.content['metrics']['ray-node']):08x}"] += 1
                 del m.content["metrics"]["ray-node"]
-        probe.add("measure-s", time.perf_counter() - measuring)
+        spent = time.perf_counter() - measuring
+        self.measured += spent
+        probe.add("measure-s", spent)
         if kind == "train" and tracemalloc.is_tracing():
             tracemalloc.reset_peak()  # the sizing above is ours, not the server's
         return answers
@@ -346,9 +358,9 @@ def instrumented(probe: Probe, aggregation: str):
         def __init__(self, grid, timeout_s):
             super().__init__(MeasuringGrid(grid, probe), timeout_s)
 
-        def send(self, message_type, arrays, config, sites):
+        def send(self, message_type, arrays, config, sites, on_reply=None):
             started = time.perf_counter()
-            replies = super().send(message_type, arrays, config, sites)
+            replies = super().send(message_type, arrays, config, sites, on_reply)
             probe.add("sites-send-s", time.perf_counter() - started)
             if not probe.cluster:  # after a first exchange Ray is up
                 probe.cluster = _ray_resources()
@@ -356,7 +368,8 @@ def instrumented(probe: Probe, aggregation: str):
                 if tracemalloc.is_tracing():
                     probe.put("train-decode-traced-peak-mb", tracemalloc.get_traced_memory()[1] / MB)
                 probe.put("train-send-rss-peak-mb", probe.rss.peak_mb())
-                probe.put("replies-held-mb", sum(a.nbytes for r in replies if r.arrays for a in r.arrays.values()) / MB)
+                probe.put("replies-held-mb", sum(a.nbytes for r in replies if r.arrays for a in r.arrays.values()
+                                                 if not isinstance(a, np.memmap)) / MB)  # spooled: on disk
                 probe.put("accepted-replies", sum(r.error is None for r in replies))
             return replies
 

@@ -3,9 +3,11 @@
 1. Bytes a site sends per round, against the model's size in fp32: each reply (query, train,
    evaluate) serialised exactly as Flower puts it on the wire (its protobuf RecordDict), for the
    CPU default UNet and the nnU-Net-like DynUNet. Target: train reply <= 1.05x the fp32 weights.
-2. Per-round time not spent in training, from a run's rounds.csv (`--rounds-csv`, default the
-   demo's, a simulation): round wall time, the training phase's wall time, the sites' own
-   training compute, and the rest (queries, evaluation, checkpoints, signing, messaging).
+2. A round's time by phase, from a run's rounds.csv (`--rounds-csv`, default the demo's, a
+   simulation): the coordinator's wall time of each phase, the slowest site's own compute and
+   ClientApp start-up in each message phase, and the overhead: the round's wall time minus the
+   model compute inside it (the sites' scoring, training and evaluation, the server's own
+   evaluation). Target: overhead <= 5 s.
 3. `--deployment`: the same on Flower's deployment engine on loopback (SuperLink with TLS and
    node authentication, 3 SuperNodes, 2 rounds, the CPU default UNet; about 5 minutes), plus the
    bytes the sites really sent, as Flower counted them, per site per round against the fp32 weights.
@@ -51,19 +53,43 @@ def message_sizes(cfg: ModelConfig) -> None:
     print(f"  per site per round: {(t + wire_bytes(query) + wire_bytes(evaluate)) / fp32:.4f}x the fp32 weights")
 
 
+PHASES = ("sign", "query", "train", "aggregate", "checkpoint", "evaluate", "server-eval")
+MESSAGES = ("query", "train", "evaluate")
+TARGET_OVERHEAD_S = 5.0
+
+
+def _f(row: dict, key: str) -> float:
+    return float(row.get(key) or "nan")
+
+
 def round_times(path: Path) -> None:
+    """Each round's wall time by phase (the coordinator's clock), the slowest site's own compute
+    and ClientApp start in each message phase, and the overhead: wall minus the model compute."""
     rows = list(csv.DictReader(path.open()))
-    print(f"\nper-round time from {path} ({len(rows)} rounds):")
-    print(f"  {'round':>5} {'wall s':>8} {'train phase s':>14} {'sites train s':>14} {'not training s':>15} {'share':>6}")
+    print(f"\nper-round time by phase from {path} ({len(rows)} rounds), seconds:")
+    if rows and "seconds-overhead" not in rows[0]:
+        print("  (written before rounds.csv had phase timings; rerun the run)")
+        return
+    print("  " + " ".join(f"{h:>11}" for h in ("round", *PHASES, "wall", "overhead")))
     for r in rows:
-        wall, phase = float(r["seconds-round"]), float(r["seconds-train"])
-        compute = float(r.get("train-seconds") or "nan")
-        rest = wall - phase
-        print(f"  {r['round']:>5} {wall:>8.1f} {phase:>14.1f} {compute:>14.1f} {rest:>15.1f} {rest / wall:>6.0%}")
+        print("  " + " ".join(f"{v:>11}" for v in (r["round"], *(f"{_f(r, 'seconds-' + p):.1f}" for p in PHASES),
+                                                 f"{_f(r, 'seconds-round'):.1f}", f"{_f(r, 'seconds-overhead'):.1f}")))
+    print("  message phases: coordinator's wall = slowest site's compute + its ClientApp start + the rest "
+          "(polling, transfer)")
+    print("  " + " ".join(f"{h:>11}" for h in ("round", "message", "wall", "compute", "startup", "rest")))
+    for r in rows:
+        for m in MESSAGES:
+            wall, compute, startup = _f(r, f"seconds-{m}"), _f(r, f"{m}-seconds-compute"), _f(r, f"{m}-seconds-startup")
+            print("  " + " ".join(f"{v:>11}" for v in (r["round"], m, f"{wall:.1f}", f"{compute:.1f}", f"{startup:.1f}",
+                                                     f"{wall - compute - startup:.1f}")))
+    worst = max(_f(r, "seconds-overhead") for r in rows)
+    print(f"  overhead per round: worst {worst:.1f} s (target <= {TARGET_OVERHEAD_S:.0f} s): "
+          f"{'met' if worst <= TARGET_OVERHEAD_S else 'missed'}")
 
 
-def deployment_round() -> None:
-    """A 2-round run on the deployment engine (the test suite's loopback set-up)."""
+def deployment_round(workers: bool = True) -> None:
+    """A 2-round run on the deployment engine (the test suite's loopback set-up); with `workers`,
+    each site's round worker runs beside its SuperNode, as the site daemon runs them."""
     import sys
     import tempfile
 
@@ -87,6 +113,8 @@ def deployment_round() -> None:
             for i in range(len(centres)):
                 create_node_keys(pki / f"node{i}.key", pki / f"node{i}.pub")
                 dep.register(pki / f"node{i}.pub")
+                if workers:
+                    dep.add_worker(f"worker{i}", sites / str(i) / "site.toml")
                 dep.add_supernode(f"supernode{i}", pki / f"node{i}.key", f"site-config='{sites / str(i) / 'site.toml'}'")
             run_id, _ = dep.run(Path(__file__).resolve().parents[1] / "deploy" / "flower_app",
                                 f"central-checkpoint='{central}' out-dir='{root / 'out'}' "
@@ -96,6 +124,7 @@ def deployment_round() -> None:
         traffic = status["network-traffic"]
         per_site_round = traffic["inbound-bytes"] / (len(centres) * rounds)
         print(f"\ndeployment engine on loopback (TLS + node auth), {len(centres)} sites x {rounds} rounds, "
+              f"{'with' if workers else 'without'} the sites' round workers, "
               f"run {status['status']} in {status['elapsed']:.1f} s")
         print(f"  sent by the sites: {traffic['inbound-bytes']:,} B in all, {per_site_round:,.0f} B per site per round, "
               f"{per_site_round / fp32:.4f}x the fp32 weights ({fp32:,} B)   (target <= {TARGET_RATIO})")
@@ -106,6 +135,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds-csv", type=Path, default=Path("runs/demo/federated/rounds.csv"))
     parser.add_argument("--deployment", action="store_true", help="also run 2 rounds on the deployment engine")
+    parser.add_argument("--no-worker", action="store_true",
+                        help="on the deployment engine, every ClientApp process answers its message itself")
     args = parser.parse_args()
     message_sizes(ModelConfig())
     message_sizes(ModelConfig(arch="dynunet"))
@@ -114,7 +145,7 @@ def main() -> None:
     else:
         print(f"\n{args.rounds_csv}: not found; run `make demo` first for the per-round times")
     if args.deployment:
-        deployment_round()
+        deployment_round(workers=not args.no_worker)
 
 
 if __name__ == "__main__":

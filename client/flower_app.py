@@ -9,6 +9,13 @@ A reply carries exactly the handler's reply: its metrics as a MetricRecord "metr
 (after training) as an ArrayRecord "arrays"; the handler has recorded both in the site's outbox.
 A failure replies with Flower's error message whose reason is only a category and an error id
 (client.round.error_reply); the detail stays in the site's log.
+
+Where the site daemon runs the site's round worker (client.round.worker), the message is
+forwarded to it and answered there, with torch and the handlers already loaded: Flower's
+deployment engine starts one ClientApp process per message, and this module imports neither
+torch nor MONAI until it has to answer a message itself (no worker listening). The handler is
+told how long this process took from its start to the message (0 for the later messages of a
+process that serves several, as in a simulation): the reply's `seconds-startup`.
 """
 
 from __future__ import annotations
@@ -20,12 +27,14 @@ from flwr.clientapp import ClientApp
 from flwr.common.constant import ErrorCode
 
 from ugafl.client.round.error_reply import error_reply
-from ugafl.client.round.handlers import handle
+from ugafl.client.round.worker_link import WorkerLost, ask, socket_path
 from ugafl.client.site_config import SiteConfig
 from ugafl.common.errors import ConfigError
 from ugafl.common.log import configure, get_logger
+from ugafl.common.processes import age_s
 
 log = get_logger("client_app")
+_served = 0  # messages this process has answered
 
 
 def _site(context: Context, sim_sites: str | None) -> SiteConfig:
@@ -41,20 +50,37 @@ def _site(context: Context, sim_sites: str | None) -> SiteConfig:
 CLIENT_APP_ERROR = ErrorCode.CLIENT_APP_RAISED_EXCEPTION
 
 
+class WorkerError(Exception):
+    """The site's round worker answered the message with an error reply (its reason)."""
+
+
 def _answer(msg: Message, context: Context, sim_sites: str | None) -> Message:
     site = None
     try:
         site = _site(context, sim_sites)
         return _reply(msg, site)
+    except WorkerError as error:  # already a category and an id, recorded by the worker
+        reason = str(error)
     except Exception as error:  # noqa: BLE001 - every failure becomes a category and an id, nothing more
+        if isinstance(error, WorkerLost):
+            log.error("%s", error)
         reason = error_reply(error, msg.metadata.message_type, None if site is None else site.workspace)
-        return Message(Error(code=CLIENT_APP_ERROR, reason=reason), reply_to=msg)
+    return Message(Error(code=CLIENT_APP_ERROR, reason=reason), reply_to=msg)
 
 
 def _reply(msg: Message, site: SiteConfig) -> Message:
+    global _served
+    startup, _served = (age_s() if _served == 0 else 0.0), _served + 1
     arrays = {k: v.numpy() for k, v in msg.content["arrays"].items()}
     config = dict(msg.content["config"].items())
-    reply = handle(site, msg.metadata.message_type, arrays, config, int(msg.metadata.run_id))
+    kind, run_id = msg.metadata.message_type, int(msg.metadata.run_id)
+    reply = ask(socket_path(site.workspace), kind, arrays, config, run_id, startup)
+    if reply is None:  # no worker: answered here (the handlers' imports take seconds)
+        from ugafl.client.round.handlers import handle
+
+        reply = handle(site, kind, arrays, config, run_id, startup)
+    elif reply.error is not None:
+        raise WorkerError(reply.error)
     content = RecordDict({"metrics": MetricRecord(reply.metrics)})
     if reply.arrays is not None:
         content["arrays"] = ArrayRecord({k: Array(v) for k, v in reply.arrays.items()})

@@ -13,8 +13,8 @@ from typing import Annotated
 from pydantic import AfterValidator, Field
 
 from ugafl.client.round.annotators import annotator_names, needs_data
-from ugafl.common.config import (ConfigModel, FieldProblem, HostPort, NonEmpty, Port, one_of, read_sections,
-                                 validate, where)
+from ugafl.common.config_base import (ConfigModel, FieldProblem, HostPort, NonEmpty, Port, one_of, read_sections,
+                                      validate, where)
 
 ROLES = ("site", "central")
 SECTIONS = ("site", "coordinator", "review", "daemon")

@@ -82,3 +82,14 @@ def die_with_parent(sig: int = signal.SIGTERM):
         libc.prctl(PR_SET_PDEATHSIG, int(sig))
 
     return preexec
+
+
+def age_s(pid: int | None = None) -> float:
+    """Seconds since process `pid` (default: this one) started, from /proc (10 ms resolution); 0.0 where unknown."""
+    try:
+        stat = Path(f"/proc/{pid or os.getpid()}/stat").read_text()
+        ticks = int(stat.rsplit(")", 1)[1].split()[19])  # field 22: start time, clock ticks after boot
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+    except (OSError, IndexError, ValueError):
+        return 0.0
+    return max(0.0, uptime - ticks / os.sysconf("SC_CLK_TCK"))

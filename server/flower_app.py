@@ -5,7 +5,7 @@ aggregation to signed checkpoints, is plain code that never imports Flower."""
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
@@ -18,6 +18,8 @@ from ugafl.server.federation.sites import Reply, Scalar
 
 log = get_logger("server_app")
 POLL_S = 1.0  # how often to look for sites still connecting
+REPLY_POLL_S = 0.25  # how often to ask the SuperLink for replies (Grid.send_and_receive waits 3 s between)
+PULL_BATCH = 8  # replies asked for per pull: at most this many sites' weights are in memory before on_reply
 
 
 def to_reply(msg: Message, node: int | None = None) -> Reply:
@@ -33,7 +35,8 @@ def to_reply(msg: Message, node: int | None = None) -> Reply:
 
 
 class GridSites:
-    """`Sites` over Flower's Grid: one message per site, replies in site order."""
+    """`Sites` over Flower's Grid: one message per site, replies in site order. Replies are pulled
+    every REPLY_POLL_S, PULL_BATCH sites at a time, and each is handed to `on_reply` as it arrives."""
 
     def __init__(self, grid: Grid, timeout_s: float):
         self.grid = grid
@@ -46,16 +49,34 @@ class GridSites:
         return nodes
 
     def send(self, message_type: str, arrays: Mapping[str, np.ndarray], config: Mapping[str, Scalar],
-             sites: list[int]) -> list[Reply]:
+             sites: list[int], on_reply: Callable[[Reply], Reply] | None = None) -> list[Reply]:
         content = RecordDict({"arrays": ArrayRecord({k: Array(np.asarray(v)) for k, v in arrays.items()}),
                               "config": ConfigRecord(dict(config))})
         messages = [Message(content=content, message_type=message_type, dst_node_id=n) for n in sites]
-        answers = list(self.grid.send_and_receive(messages, timeout=self.timeout_s))
+        waiting = set(self.grid.push_messages(messages))
         sent_to = {m.metadata.message_id: int(m.metadata.dst_node_id) for m in messages}  # ids set when pushed
-        replies = [to_reply(m, sent_to.get(m.metadata.reply_to_message_id)) for m in answers]
+        del messages, content
+        replies: list[Reply] = []
+        deadline = time.monotonic() + self.timeout_s
+        while waiting:
+            arrived = False
+            for batch in _batches(sorted(waiting), PULL_BATCH):
+                for msg in self.grid.pull_messages(batch):
+                    waiting.discard(msg.metadata.reply_to_message_id)
+                    reply = to_reply(msg, sent_to.get(msg.metadata.reply_to_message_id))
+                    replies.append(on_reply(reply) if on_reply is not None else reply)
+                    arrived = True
+            if not waiting or time.monotonic() >= deadline:
+                break
+            if not arrived:
+                time.sleep(REPLY_POLL_S)
         answered = {r.site for r in replies}
         replies += [Reply(n, {}, None, "no reply before the timeout") for n in sites if n not in answered]
         return sorted(replies, key=lambda r: r.site)
+
+
+def _batches(items: list, size: int) -> list[list]:
+    return [items[i:i + size] for i in range(0, len(items), size)]
 
 
 def make_server_app(overrides: dict | None = None) -> ServerApp:

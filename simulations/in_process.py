@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import multiprocessing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Executor, ProcessPoolExecutor
 from pathlib import Path
 
@@ -106,7 +106,7 @@ class InProcessSites:
         return Reply(site, answer.metrics, answer.arrays)
 
     def send(self, message_type: str, arrays: Mapping[str, np.ndarray], config: Mapping[str, Scalar],
-             sites: list[int]) -> list[Reply]:
+             sites: list[int], on_reply: Callable[[Reply], Reply] | None = None) -> list[Reply]:
         round_ = config.get("server-round", "?")
         for site in sites:
             log.info("round %s: site %d (%s): %s", round_, site, self.configs[site].name or "unnamed", message_type)
@@ -136,4 +136,4 @@ class InProcessSites:
                 replies.append(Reply(site, {}, None, answer))
             else:
                 replies.append(self.reply(site, message_type, answer))
-        return replies
+        return [on_reply(r) for r in replies] if on_reply is not None else replies

@@ -17,6 +17,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from ugafl.client.daemon.site_daemon import SUPEREXEC_POLL_ENV, SUPEREXEC_POLL_S
 from ugafl.common.processes import alive, descendants, stop_tree
 
 BIN = Path(sys.executable).parent
@@ -38,7 +39,8 @@ class Deployment:
         self.home.mkdir(parents=True, exist_ok=True)
         self.env = {**os.environ, "FLWR_HOME": str(self.home), "UV_CACHE_DIR": str(root / "uv-cache"),
                     "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
-                    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "PATH": f"{BIN}:{os.environ['PATH']}"}
+                    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "PATH": f"{BIN}:{os.environ['PATH']}",
+                    SUPEREXEC_POLL_ENV: SUPEREXEC_POLL_S}  # as the site daemon runs them
         self.port = free_port()
         self.procs: list[subprocess.Popen] = []
         (self.home / "config.toml").write_text(
@@ -82,6 +84,11 @@ class Deployment:
         self._start(name, ["flower-supernode", "--root-certificates", str(self.pki / "ca.pem"),
                            "--superlink", f"127.0.0.1:{self.port}", "--auth-supernode-private-key", str(private_key),
                            "--node-config", node_config, "--port", str(free_port())])
+
+    def add_worker(self, name: str, site_config: Path) -> None:
+        """The site's round worker (client.round.worker), as the site daemon runs it; returns once it listens."""
+        self._start(name, ["python", "-m", "ugafl.client.round.worker", str(site_config)])
+        self.wait_for_log(name, "round worker listening", 120)
 
     def run(self, app: Path, run_config: str, timeout_s: float = 900, stream: bool = True) -> tuple[int, str]:
         """`flwr run APP [--stream]`; (run id, its output). Without stream it returns once submitted."""

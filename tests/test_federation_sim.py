@@ -262,6 +262,18 @@ def test_the_round_runs_as_plain_code_without_flower(dataset, tmp_path: Path, ca
     assert float(row["query-score-mean"]) == pytest.approx(np.mean(scores), rel=1e-6)
     assert float(row["query-score-max"]) == pytest.approx(max(scores), rel=1e-6)
     assert int(row["updates-aggregated"]) == 4 and int(row["updates-refused"]) == 0
+    # The round's time by phase: the phases add up to the round, the slowest site's compute of
+    # each message is inside its phase, and the overhead is the round minus that compute.
+    phases = ("sign", "query", "train", "aggregate", "checkpoint", "evaluate", "server-eval")
+    timing = {k: float(row[k]) for k in [f"seconds-{p}" for p in phases] + ["seconds-round", "seconds-overhead"]}
+    assert sum(timing[f"seconds-{p}"] for p in phases) == pytest.approx(timing["seconds-round"], abs=0.05)
+    compute = {m: float(row[f"{m}-seconds-compute"]) for m in ("query", "train", "evaluate")}
+    for m in compute:
+        assert 0 < compute[m] <= timing[f"seconds-{m}"] and float(row[f"{m}-seconds-startup"]) == 0.0
+    assert timing["seconds-overhead"] == pytest.approx(
+        timing["seconds-round"] - sum(compute.values()) - timing["seconds-server-eval"], abs=0.05)
+    assert "sites-seconds-compute" not in row  # timings are not averaged into the sites' evaluation
+    assert not any((out / "spool").iterdir())  # the updates were kept on disk for the round only
 
     # Round 2 with site 2 sending NaN weights: resumed after round 1, the poisoned update refused.
     first = (out / "round-0001.pt").read_bytes()

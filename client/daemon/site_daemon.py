@@ -2,6 +2,8 @@
 parts running for months.
 
 Children, each restarted if it exits:
+- the round worker (client.round.worker): answers the round's messages, forwarded by the
+  ClientApps, with torch and the handlers loaded once instead of in every ClientApp process;
 - the Flower SuperNode, with the site's key and the coordinator's CA. Every ClientApp it starts
   passes through `ugafl-clientapp` (the app approval, see app_gate) and runs with the site config;
 - the inbox watcher (registers new slides, precomputes uncertainty with the current model);
@@ -107,6 +109,10 @@ def check_coordinator_tls(address: str, ca: Path, timeout_s: float = 5.0) -> boo
         return False
 
 
+# how often the SuperNode's SuperExec looks for a message to start a ClientApp for (Flower's default: 1 s)
+SUPEREXEC_POLL_ENV, SUPEREXEC_POLL_S = "FLWR_SUPEREXEC_TASK_POLL_INTERVAL", "0.2"
+
+
 class SiteDaemon:
     """The supervisor of one site's children, and its status file."""
 
@@ -138,18 +144,21 @@ class SiteDaemon:
         cfg = self.cfg
         env = daemon_env({"PATH": f"{self._gate_bin()}:{BIN}:{os.environ.get('PATH', '/usr/bin:/bin')}",
                           "FLWR_HOME": str(self.dir / "flwr-home"), "UGAFL_SITE_CONFIG": str(cfg.path),
-                          "OMP_WAIT_POLICY": "PASSIVE"})
+                          "OMP_WAIT_POLICY": "PASSIVE", SUPEREXEC_POLL_ENV: SUPEREXEC_POLL_S})
         supernode = Child("supernode", [str(BIN / "flower-supernode"), "--root-certificates", str(cfg.ca),
                                         "--superlink", cfg.coordinator, "--auth-supernode-private-key", str(cfg.node_key),
                                         "--node-config", f"site-config='{cfg.path}'",
                                         "--port", str(cfg.runtime_port)],
                           env=env, cwd=str(self.dir), on_line=self._supernode_line)
+        # the round worker answers the ClientApps' messages with torch already loaded (client.round.worker)
+        worker = Child("worker", [str(BIN / "python"), "-m", "ugafl.client.round.worker", str(cfg.path)],
+                       env=env, cwd=str(self.dir))
         watcher = Child("inbox", [str(BIN / "python"), "-m", "ugafl.client.daemon.inbox_watcher", str(cfg.path),
                                   str(cfg.inbox_poll_s)], env=env, cwd=str(self.dir))
         review = Child("review", [str(BIN / "ugafl"), "review", "--workspace", str(self.ws),
                                   *cfg.site.review.command_options(), "--slides", str(cfg.site.slides)],
                        env=env, cwd=str(self.dir))
-        return [supernode, watcher, review]
+        return [worker, supernode, watcher, review]
 
     def _set(self, state: str, detail: str = "") -> None:
         if state != self.connection["state"]:

@@ -5,11 +5,14 @@ test can drive a site with no Flower at all.
 Each handler verifies the incoming global model (a model the site does not trust is recorded as
 refused and raises, naming the reason and never the site's files), does the step, records the
 reply in the site's ledger and outbox, and returns only what may leave the site: model arrays and
-scalar metrics."""
+scalar metrics. Every reply's metrics include its timing: `seconds-compute`, the handler's own
+wall time (the model's check and the step), and `seconds-startup`, what the caller measured before
+the handler ran (the ClientApp process's start)."""
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -87,13 +90,16 @@ _STEPS: dict[str, Callable[[SiteConfig, _Incoming], tuple]] = {"query": _query, 
 
 
 def handle(site: SiteConfig, message_type: str, arrays: Mapping[str, np.ndarray], config: Mapping[str, Any],
-           run_id: int = 0) -> SiteReply:
-    """Answer one message of `message_type` carrying the global model's `arrays` and the round's `config`."""
+           run_id: int = 0, startup_s: float = 0.0) -> SiteReply:
+    """Answer one message of `message_type` carrying the global model's `arrays` and the round's
+    `config`; `startup_s`: seconds the caller spent before this call (reported, see above)."""
     if message_type not in _STEPS:
         raise UgaflError(f"unknown message type {message_type!r}; one of {', '.join(MESSAGE_TYPES)}")
+    started = time.perf_counter()
     msg = _incoming(site, message_type, arrays, config)
     metrics, state, used = _STEPS[message_type](site, msg)
-    metrics = {k: float(v) for k, v in metrics.items()}
+    metrics = {**{k: float(v) for k, v in metrics.items()},
+               "seconds-compute": time.perf_counter() - started, "seconds-startup": float(startup_s)}
     out = None if state is None else {k: v.detach().cpu().numpy() for k, v in state.items()}
     described = describe_reply(metrics, out)
     record_reply(site.workspace, message_type, msg.round_, described)

@@ -16,12 +16,13 @@ import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from ugafl.common.clock import utc_now
 from ugafl.common.log import get_logger
+
+if TYPE_CHECKING:  # torch only for the annotation: the ClientApp's error path loads without it
+    import torch
 
 log = get_logger("site")
 FEDERATION_DIR = "federation"

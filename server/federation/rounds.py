@@ -16,7 +16,8 @@ import json
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -28,13 +29,14 @@ from ugafl.server.federation.aggregation import (AGGREGATIONS, AggregationParams
 from ugafl.server.federation.privacy import add_noise, clip_update, noise_std
 from ugafl.server.federation.settings import FederationSettings
 from ugafl.server.federation.sites import Reply, Sites
+from ugafl.server.federation.spool import clear, round_spool, spool
 from ugafl.server.federation.checkpoints import RoundStore
 from ugafl.server.federation.gate import judge
 from ugafl.server.federation.update_checks import check_round
 
 log = get_logger("rounds")
 
-_MAX = {"score-max"}
+_MAX = {"score-max", "seconds-compute", "seconds-startup"}
 _MEAN = {"loss", "seconds", "dice"}
 
 
@@ -171,9 +173,10 @@ def _server_dice(path, settings: FederationSettings) -> dict[str, float]:
 def run_round(sites: Sites, settings: FederationSettings, store: RoundStore, state: dict[str, torch.Tensor],
               cfg: ModelConfig, round_: int) -> dict[str, torch.Tensor]:
     """One round from the global model `state` (as kept after round - 1); the model kept after it."""
-    started = time.time()
+    clock = _PhaseClock()
     base = _outgoing(store, state, cfg, round_ - 1, settings)
     arrays = _numpy(state)
+    clock.lap("sign")
     nodes = sites.wait_for(settings.min_nodes)
     log.info("round %d/%d: %d site(s) connected", round_, settings.num_rounds, len(nodes))
     query = {**base, "server-round": round_, "selection": settings.selection, "budget": settings.budget,
@@ -181,13 +184,21 @@ def run_round(sites: Sites, settings: FederationSettings, store: RoundStore, sta
              "patch-scoring": settings.patch_scoring, "tumour-reserve": settings.tumour_reserve}
     query_replies = sites.send("query", arrays, query, nodes)
     _log_errors(round_, "query", query_replies)
-    t_query = time.time()
+    clock.lap("query")
 
     train = {**base, "server-round": round_, **local_recipe(settings)}
-    train_replies = sites.send("train", arrays, train, sites.wait_for(settings.min_nodes))
-    outcome = aggregate(round_, train_replies, arrays, settings)
-    candidate = state if outcome.arrays is None else {k: torch.from_numpy(np.asarray(v)) for k, v in outcome.arrays.items()}
-    t_train = time.time()
+    spooled = round_spool(Path(settings.out_dir), round_)
+    train_replies: list[Reply] = []
+    try:  # each update is kept on disk as it arrives, not in memory (server.federation.spool)
+        train_replies = sites.send("train", arrays, train, sites.wait_for(settings.min_nodes),
+                                   on_reply=lambda reply: _to_disk(reply, spooled))
+        clock.lap("train")
+        outcome = aggregate(round_, train_replies, arrays, settings)
+        candidate = state if outcome.arrays is None else {k: torch.from_numpy(np.array(v)) for k, v in outcome.arrays.items()}
+    finally:
+        clear(spooled)
+    train_replies = [replace(r, arrays=None) for r in train_replies]  # their files are gone
+    clock.lap("aggregate")
 
     row: dict = {"round": round_, **summarise("query", query_replies), **summarise("train", train_replies),
                  "updates-aggregated": outcome.accepted, "updates-refused": len(outcome.refused),
@@ -202,7 +213,10 @@ def run_round(sites: Sites, settings: FederationSettings, store: RoundStore, sta
 
     gate_metrics: dict[str, float] = {}
     if settings.gate and outcome.arrays is not None:  # the sites judge the aggregate before it is kept
-        eval_replies = evaluate(candidate, store.sign(candidate, cfg, round_))
+        signed_candidate = store.sign(candidate, cfg, round_)
+        clock.lap("checkpoint")
+        eval_replies = evaluate(candidate, signed_candidate)
+        clock.lap("evaluate")
         verdict = judge(train_replies, eval_replies, settings.gate_held_drop, settings.gate_val_drop)
         gate_metrics = verdict.metrics
         if verdict.keep:
@@ -212,22 +226,59 @@ def run_round(sites: Sites, settings: FederationSettings, store: RoundStore, sta
             log.warning("round %d: the gate refused the aggregate: %s; the model of round %d stays", round_,
                         verdict.reason, round_ - 1)
         path, signed = store.save(state, cfg, round_, {"train": outcome.metrics, "gate": gate_metrics})
+        clock.lap("checkpoint")
     else:
         state = candidate
         path, signed = store.save(state, cfg, round_, {"train": outcome.metrics})
+        clock.lap("checkpoint")
         eval_replies = evaluate(state, signed)
+        clock.lap("evaluate")
     row.update(gate_metrics)
     labelled = [r for r in eval_replies if r.error is None and (_count(r) or 0.0) > 0]
     row.update({f"sites-{k}": v for k, v in weighted_metrics(
-        [{k: v for k, v in r.metrics.items() if not k.startswith("gate-")} for r in labelled],
+        [{k: v for k, v in r.metrics.items() if not k.startswith(("gate-", "seconds-"))} for r in labelled],
         [coordinator_weight(_count(r) or 0.0, settings.weighting, settings.max_examples) for r in labelled]).items()})
+    row.update({k: v for k, v in summarise("evaluate", eval_replies).items() if k.startswith("evaluate-seconds-")})
     row.update(_server_dice(path, settings))
-    row.update({"seconds-query": round(t_query - started, 2), "seconds-train": round(t_train - t_query, 2),
-                "seconds-round": round(time.time() - started, 2)})
+    clock.lap("server-eval")
+    row.update(clock.row(row))
     store.append_metrics(row)
     store.commit(path, signed)  # last: a restart before this runs the round again
-    log.info("round %d done in %.1f s: %s", round_, time.time() - started, row)
+    log.info("round %d done in %.1f s (%.1f s besides the model's compute): %s", round_, row["seconds-round"],
+             row["seconds-overhead"], row)
     return state
+
+
+class _PhaseClock:
+    """The coordinator's wall time per phase of a round (rounds.csv's `seconds-*`)."""
+
+    PHASES = ("sign", "query", "train", "aggregate", "checkpoint", "evaluate", "server-eval")
+
+    def __init__(self) -> None:
+        self.started = self.last = time.perf_counter()
+        self.seconds = dict.fromkeys(self.PHASES, 0.0)
+
+    def lap(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.seconds[phase] += now - self.last
+        self.last = now
+
+    def total(self) -> float:
+        return time.perf_counter() - self.started
+
+    def row(self, row: dict) -> dict[str, float]:
+        """The timing cells, `seconds-overhead` from the sites' compute already in `row`."""
+        compute = sum(float(row.get(f"{p}-seconds-compute", 0.0)) for p in ("query", "train", "evaluate"))
+        total = self.total()
+        return {**{f"seconds-{p}": round(s, 2) for p, s in self.seconds.items()}, "seconds-round": round(total, 2),
+                "seconds-overhead": round(total - compute - self.seconds["server-eval"], 2)}
+
+
+def _to_disk(reply: Reply, folder: Path) -> Reply:
+    """The reply with its update written under `folder` and read back lazily from there."""
+    if reply.error is not None or reply.arrays is None:
+        return reply
+    return replace(reply, arrays=spool(reply.arrays, folder / f"site-{reply.site}"))
 
 
 def local_recipe(settings: FederationSettings) -> dict:

@@ -4,7 +4,7 @@ Only model arrays and scalar config values go out; only arrays and scalar metric
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -30,6 +30,7 @@ class Sites(Protocol):
         """The ids of the sites connected once at least `count` are (waits for them)."""
 
     def send(self, message_type: str, arrays: Mapping[str, np.ndarray], config: Mapping[str, Scalar],
-             sites: list[int]) -> list[Reply]:
+             sites: list[int], on_reply: Callable[[Reply], Reply] | None = None) -> list[Reply]:
         """Send one message of `message_type` ("query", "train" or "evaluate") to each of `sites`;
-        their replies (an error reply for a site that failed or did not answer in time)."""
+        their replies (an error reply for a site that failed or did not answer in time), each
+        passed through `on_reply` as soon as it is received (the round keeps updates on disk)."""
