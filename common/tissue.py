@@ -105,19 +105,43 @@ def detect_tissue(slide: Slide, mpp: float = 8.0) -> TissueMask:
     return mask
 
 
+STRIP_ROWS = 256  # thumbnail rows converted to floats at a time (memory: a strip, not the slide)
+
+
 def tissue_from_rgb(rgb: np.ndarray, mpp: float = 8.0) -> np.ndarray:
     """Bool (H, W) tissue mask of an RGB uint8 (H, W, 3) image whose pixels are `mpp` µm wide
-    (sets the size of the smoothing footprint, of the specks dropped and of the holes filled)."""
+    (sets the size of the smoothing footprint, of the specks dropped and of the holes filled).
+    Works through the image in strips of STRIP_ROWS: besides the image it holds one float32
+    plane (the optical density) and two boolean planes."""
     rgb = np.asarray(rgb)
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8 or rgb.size == 0:
         raise ValueError(f"expected an RGB uint8 (H, W, 3) image, got {rgb.dtype} {rgb.shape}")
-    pixels = rgb.astype(np.float32) + 1
-    glass = np.percentile(pixels.reshape(-1, 3), BACKGROUND_PERCENTILE, axis=0)
-    transmitted = np.minimum(pixels / glass, 1.0)  # white-balanced: glass is (1, 1, 1)
-    density = -np.log(transmitted).sum(axis=2)
+    glass = _glass(rgb)
+    density = np.empty(rgb.shape[:2], np.float32)
+    coloured = np.empty(rgb.shape[:2], bool)
+    for top in range(0, rgb.shape[0], STRIP_ROWS):
+        rows = slice(top, top + STRIP_ROWS)
+        transmitted = np.minimum((rgb[rows].astype(np.float32) + 1) / glass, 1.0)  # white-balanced: glass is (1, 1, 1)
+        density[rows] = -np.log(transmitted).sum(axis=2)
+        coloured[rows] = _saturation(transmitted) > SATURATION_MIN
     od_cut = min(max(OD_FLOOR, _otsu(density)), OD_CAP)
-    mask = (density > od_cut) | (_saturation(transmitted) > SATURATION_MIN)
-    return _clean(mask, mpp)
+    return _clean((density > od_cut) | coloured, mpp)
+
+
+def _glass(rgb: np.ndarray) -> np.ndarray:
+    """The glass colour: the BACKGROUND_PERCENTILE-th percentile of each channel of rgb + 1
+    (linear interpolation between order statistics, as numpy's default), from 256-bin histograms
+    instead of a sorted float copy of the image."""
+    n = rgb.shape[0] * rgb.shape[1]
+    rank = BACKGROUND_PERCENTILE / 100.0 * (n - 1)
+    low, frac = int(np.floor(rank)), rank - np.floor(rank)
+    out = np.empty(3, np.float64)
+    for c in range(3):
+        cumulative = np.cumsum(np.bincount(rgb[..., c].ravel(), minlength=256))
+        below = float(np.searchsorted(cumulative, low, side="right"))  # value of order statistic `low`
+        above = float(np.searchsorted(cumulative, min(low + 1, n - 1), side="right"))
+        out[c] = below + frac * (above - below) + 1.0
+    return out.astype(np.float32)
 
 
 def _saturation(pixels: np.ndarray) -> np.ndarray:
