@@ -181,3 +181,22 @@ def test_grid_rejects_bad_arguments(slide):
         patch_grid(slide, -1.0, 256)
     with pytest.raises(ValueError):
         patch_grid(slide, 1.0, 256, min_tissue=1.5)
+
+
+def test_tissue_detection_in_strips_is_the_whole_image_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Strips of rows and the histogram percentile give exactly the one-pass result (the glass
+    colour is numpy's percentile of rgb + 1), however the strips fall."""
+    from ugafl.common import tissue
+
+    rng = np.random.default_rng(3)
+    rgb = np.full((203, 151, 3), 235, np.uint8)
+    rgb[40:160, 30:120] = rng.integers(60, 200, (120, 90, 3), dtype=np.uint8)  # tissue on glass
+    rgb[:, :, 2] -= rng.integers(0, 6, rgb.shape[:2], dtype=np.uint8)  # glass that is not quite flat
+    expected = np.percentile(rgb.reshape(-1, 3).astype(np.float32) + 1, tissue.BACKGROUND_PERCENTILE, axis=0)
+    np.testing.assert_allclose(tissue._glass(rgb), expected, rtol=0, atol=1e-5)
+    monkeypatch.setattr(tissue, "STRIP_ROWS", 10_000)
+    whole = tissue.tissue_from_rgb(rgb, mpp=8.0)
+    assert 0.2 < whole.mean() < 0.6
+    for rows in (1, 7, 64):
+        monkeypatch.setattr(tissue, "STRIP_ROWS", rows)
+        assert np.array_equal(tissue.tissue_from_rgb(rgb, mpp=8.0), whole), rows
