@@ -270,6 +270,7 @@ def test_the_round_runs_as_plain_code_without_flower(dataset, tmp_path: Path, ca
     compute = {m: float(row[f"{m}-seconds-compute"]) for m in ("query", "train", "evaluate")}
     for m in compute:
         assert 0 < compute[m] <= timing[f"seconds-{m}"] and float(row[f"{m}-seconds-startup"]) == 0.0
+        assert float(row[f"{m}-seconds-site"]) == pytest.approx(compute[m])  # in process: no start-up
     assert timing["seconds-overhead"] == pytest.approx(
         timing["seconds-round"] - sum(compute.values()) - timing["seconds-server-eval"], abs=0.05)
     assert "sites-seconds-compute" not in row  # timings are not averaged into the sites' evaluation

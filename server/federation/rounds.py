@@ -60,6 +60,13 @@ def summarise(prefix: str, replies: Sequence[Reply]) -> dict[str, float]:
     return out
 
 
+def site_seconds(prefix: str, replies: Sequence[Reply]) -> dict[str, float]:
+    """`<prefix>-seconds-site`: the most one site spent on the message (ClientApp start + handler)."""
+    spent = [float(r.metrics.get("seconds-startup", 0.0)) + float(r.metrics.get("seconds-compute", 0.0))
+             for r in replies if r.error is None and "seconds-compute" in r.metrics]
+    return {f"{prefix}-seconds-site": max(spent)} if spent else {}
+
+
 def _log_errors(round_: int, what: str, replies: Sequence[Reply]) -> None:
     for r in replies:
         if r.error is not None:
@@ -200,7 +207,8 @@ def run_round(sites: Sites, settings: FederationSettings, store: RoundStore, sta
     train_replies = [replace(r, arrays=None) for r in train_replies]  # their files are gone
     clock.lap("aggregate")
 
-    row: dict = {"round": round_, **summarise("query", query_replies), **summarise("train", train_replies),
+    row: dict = {"round": round_, **summarise("query", query_replies), **site_seconds("query", query_replies),
+                 **summarise("train", train_replies), **site_seconds("train", train_replies),
                  "updates-aggregated": outcome.accepted, "updates-refused": len(outcome.refused),
                  "updates-idle-kept": outcome.idle, "aggregate-refused": float(bool(outcome.aggregate_refused))}
 
@@ -239,6 +247,7 @@ def run_round(sites: Sites, settings: FederationSettings, store: RoundStore, sta
         [{k: v for k, v in r.metrics.items() if not k.startswith(("gate-", "seconds-"))} for r in labelled],
         [coordinator_weight(_count(r) or 0.0, settings.weighting, settings.max_examples) for r in labelled]).items()})
     row.update({k: v for k, v in summarise("evaluate", eval_replies).items() if k.startswith("evaluate-seconds-")})
+    row.update(site_seconds("evaluate", eval_replies))
     row.update(_server_dice(path, settings))
     clock.lap("server-eval")
     row.update(clock.row(row))
