@@ -5,15 +5,18 @@ BIN    := $(VENV)/bin
 RUN    ?= demo
 
 comma := ,
-.PHONY: setup system-packages demo test uncertainty-report benchmarks clean vendor-check
+# Every install takes the versions the tests passed with (constraints.txt, `make lock`);
+# `make setup CONSTRAINTS=` resolves afresh (to move to newer releases: then `make test`, `make lock`).
+CONSTRAINTS ?= -c constraints.txt
+.PHONY: setup system-packages demo test uncertainty-report benchmarks clean vendor-check lock
 
-$(BIN)/.installed: pyproject.toml
+$(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch first and pinned: an unpinned resolve downloads GBs of CUDA packages.
-	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q torch==2.13.0 $(CONSTRAINTS)
 	# simulation: Ray and imagecodecs (the demo and the tests run simulations); dev: the test tools.
-	$(BIN)/python -m pip install -q -e '.[simulation,dev]'
+	$(BIN)/python -m pip install -q -e '.[simulation,dev]' $(CONSTRAINTS)
 	touch $@
 
 setup: $(BIN)/.installed
@@ -56,6 +59,16 @@ benchmarks: setup
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+
+# constraints.txt: every package of the tested venv at its version (pip freeze, ugafl itself left
+# out). torch is written without its local label (2.13.0, not 2.13.0+cpu), so the same line takes
+# the CPU wheel here and PyTorch's CPU index's 2.13.0+cpu elsewhere, never a CUDA build's packages
+# (nvidia-* are not in the venv, so pip's resolve for torch 2.13.0+cpu never adds them).
+# Regenerate after a change of dependencies: `make setup CONSTRAINTS=`, `make test`, then `make lock`.
+lock: setup
+	{ echo "# The versions the tests passed with: written by make lock from .venv (see the Makefile)."; \
+	  $(BIN)/python -m pip freeze --exclude-editable | sed -E 's/^(torch==[^+]+)\+.*/\1/'; } > constraints.txt.tmp
+	mv constraints.txt.tmp constraints.txt && touch $(BIN)/.installed
 
 # The review app's viewer, OpenSeadragon, is committed in client/review/static/ (no download at
 # install or run time); this fetches the same release from npm again and checks it is the one committed.

@@ -21,11 +21,15 @@ def experiment(config_path: Path, name: str | None, runs_dir: Path, report_only:
     continues where it left off."""
     from ugafl.common.config import load_config
     from ugafl.common.errors import ConfigError
-    from ugafl.simulations.experiment import ExperimentConfig, run_experiment, table_markdown
+    from ugafl.simulations.experiment import ExperimentConfig, check_federation, run_experiment, table_markdown
+    from ugafl.simulations.synth import SynthConfig
 
     cfg = load_config(config_path)
     if not cfg.federation:
         raise ConfigError(f"{config_path}: no [federation] section")
+    cfg.section(ExperimentConfig, "experiment")  # every section checked before the run's folder is made
+    cfg.section(SynthConfig, "data")
+    check_federation(cfg)
     run_dir = runs_dir / (name or config_path.stem)
     summary = run_experiment(cfg, run_dir, report_only=report_only)
     click.echo(table_markdown(summary, cfg.section(ExperimentConfig, "experiment")))

@@ -1,5 +1,6 @@
 """`ugafl`: the root command. Each stage is a subcommand in its own module, a thin wrapper
-over a library function; errors a user can act on become one line on stderr and exit code 2."""
+over a library function; errors a user can act on become one line on stderr and exit code 2
+(3 when what a command reports on or needs is down, see DownError)."""
 
 from __future__ import annotations
 
@@ -18,21 +19,59 @@ from ugafl.common.log import configure
 
 
 class _Group(click.Group):
-    """Turns UgaflError into one clear line instead of a traceback."""
+    """Turns UgaflError into one clear line instead of a traceback (exit code: its exit_code)."""
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except UgaflError as error:
-            click.echo(f"error: {error}", err=True)
-            sys.exit(2)
+            text = " / ".join(line.strip() for line in str(error).splitlines() if line.strip())  # always one line
+            click.echo(f"error: {text}", err=True)
+            sys.exit(error.exit_code)
 
 
 @click.group(cls=_Group)
+@click.version_option(package_name="ugafl", prog_name="ugafl", message="%(prog)s %(version)s")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def cli(verbose: bool) -> None:
-    """ugafl: uncertainty-guided annotation for pathology, federated with Flower."""
+    """ugafl: uncertainty-guided annotation for pathology, federated with Flower.
+
+    Exit codes: 0 done; 1 some of several inputs failed (each said why); 2 a bad input or
+    option (one line naming it; nothing was written); 3 what a status command reports on is down."""
     configure(verbose)
+
+
+def _check_device(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Every command's --device, checked as it is parsed (before any work): one line naming it."""
+    if value is not None and not ctx.resilient_parsing:
+        from ugafl.common.model import pick_device
+
+        pick_device(value, what="--device")
+    return value
+
+
+def _check_runs(ctx: click.Context, param: click.Parameter, value):
+    """Every command's --runs (the folder runs/<name>/ go in): no file in its way."""
+    if value is not None and not ctx.resilient_parsing:
+        from ugafl.cli.checks import folder_to_write
+
+        folder_to_write(value, "--runs")
+    return value
+
+
+_CHECKS = {"device": _check_device, "runs_dir": _check_runs}
+
+
+def _add_checks(command: click.Command) -> None:
+    """The options every command shares (--device, --runs) get one check each, made as they are
+    parsed: before the command's work, whichever command it is."""
+    for param in command.params:
+        if isinstance(param, click.Option) and param.name in _CHECKS and param.callback is None:
+            param.callback = _CHECKS[param.name]
+            if param.name == "device":
+                param.help = param.help or "auto (a CUDA GPU when there is one, else the CPU), cpu, cuda or cuda:N."
+    for sub in getattr(command, "commands", {}).values():
+        _add_checks(sub)
 
 
 def _register() -> None:
@@ -55,6 +94,7 @@ def _register() -> None:
     cli.add_command(site_cmd.site)
     cli.add_command(server_cmd.server)
     cli.add_command(export_cmd.export)
+    _add_checks(cli)
 
 
 _register()

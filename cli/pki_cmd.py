@@ -28,6 +28,9 @@ def init_coordinator(out_dir: Path, names: str) -> None:
     from ugafl.common.pki import create_ca, create_server_cert, is_host, with_loopback
     from ugafl.common.signing import generate_signing_key
 
+    from ugafl.cli.checks import folder_to_write
+
+    folder_to_write(out_dir, "--dir")
     hosts = [n.strip() for n in names.split(",") if n.strip()]
     files = ["ca.pem", "ca.key", "superlink.pem", "superlink.key", "model-signing.key", "model-signing.pub"]
     existing = [f for f in files if (out_dir / f).exists()]
@@ -113,9 +116,11 @@ def renew(out_dir: Path, names: str | None) -> None:
 @click.option("--name", required=True, help="The hospital's name: files NAME.key and NAME.pub.")
 def node_keys(out_dir: Path, name: str) -> None:
     """Create a hospital's SuperNode key pair; send only NAME.pub to the coordinator."""
+    from ugafl.cli.checks import folder_to_write
     from ugafl.common.errors import UgaflError
     from ugafl.common.pki import create_node_keys, is_node_name
 
+    folder_to_write(out_dir, "--dir")
     if not is_node_name(name):
         raise UgaflError(f"--name {name!r}: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or "
                          "digit (it names the files NAME.key and NAME.pub in --dir)")
@@ -134,11 +139,17 @@ def fingerprint_cmd(path: Path) -> None:
     from ugafl.common.pki import fingerprint_cert, node_fingerprint
     from ugafl.common.signing import fingerprint, load_public_key
 
+    if path.is_dir():
+        raise UgaflError(f"{path}: is a folder; give a certificate or public key file")
     if not path.is_file():
         raise UgaflError(f"{path}: not found")
     data = path.read_bytes()
     if b"BEGIN CERTIFICATE" in data:
-        click.echo(f"certificate sha256 {fingerprint_cert(x509.load_pem_x509_certificate(data))}")
+        try:
+            cert = x509.load_pem_x509_certificate(data)
+        except ValueError as error:
+            raise UgaflError(f"{path}: not a readable PEM certificate ({error})") from None
+        click.echo(f"certificate sha256 {fingerprint_cert(cert)}")
     elif data.startswith(b"ecdsa-") or data.startswith(b"ssh-"):
         click.echo(f"SuperNode key sha256 {node_fingerprint(path)}")
     elif b"BEGIN PUBLIC KEY" in data:

@@ -17,6 +17,7 @@ SELECTION_CHOICE = click.Choice(list(SELECTION_NAMES))
 STATE_CHOICE = click.Choice(["pending", "in_review", "corrected", "rejected"])
 MEASURE_CHOICE = click.Choice(["entropy", "mutual_information", "uga", "variance"])
 WORKSPACE = click.option("--workspace", type=click.Path(path_type=Path), required=True, help="Site workspace folder.")
+AS_JSON = click.option("--json", "as_json", is_flag=True, help="Print JSON (stable keys) instead of a table.")
 
 
 def _user() -> str:
@@ -43,6 +44,18 @@ def _box(item) -> str:
 def _stamp(iso: str) -> str:
     """'2026-11-22T16:17:56.123456+00:00' -> '2026-11-22 16:17:56Z'."""
     return iso[:19].replace("T", " ") + "Z"
+
+
+def item_json(item) -> dict:
+    """An item as JSON: its fields by name (paths as strings); the keys are stable."""
+    from dataclasses import asdict
+
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(item).items()}
+
+
+def audit_json(entry) -> dict:
+    return {"at": entry.at, "who": entry.who, "action": entry.action, "from_state": entry.from_state,
+            "to_state": entry.to_state, "detail": entry.detail}
 
 
 def format_table(items) -> str:
@@ -89,13 +102,18 @@ def select_cmd(workspace: Path, slides_dir: Path, models: tuple[Path, ...], meth
                max_per_slide: int | None,
                batches: int | None, passes: int, mpp: float | None, device: str) -> None:
     """Queue the next BUDGET patches to correct, chosen from the workspace's patch scores."""
+    from ugafl.cli.checks import checkpoints, existing_folder, folder_to_write, open_site_queue
     from ugafl.client.queue.fill import FillRequest, fill_queue
     from ugafl.client.queue.store import CorrectionQueue
     from ugafl.common.model import pick_device
     from ugafl.common.uncertainty_methods import load_method
 
-    paths = [p for m in models for p in (sorted(m.glob("*.pt")) if m.is_dir() else [m])]
-    dev = pick_device(device)
+    folder_to_write(workspace, "--workspace")
+    if (workspace / "queue.db").exists():  # a queue already there must be one (a new one is made by the fill)
+        open_site_queue(workspace).close()
+    existing_folder(slides_dir, "--slides", "slide folder")
+    paths = checkpoints(models, "--model")
+    dev = pick_device(device, "--device")
     version = model_version or _model_version(paths)
     method_obj = load_method(method, paths, dev, passes)
     request = FillRequest(selection, budget, seed, version, round_, measure=measure, batches=batches,
@@ -112,13 +130,18 @@ def select_cmd(workspace: Path, slides_dir: Path, models: tuple[Path, ...], meth
 @queue.command("list")
 @WORKSPACE
 @click.option("--state", type=STATE_CHOICE, default=None, help="Only items in this state.")
-def list_cmd(workspace: Path, state: str | None) -> None:
-    """The queue's items, by id, with a count per state."""
-    from ugafl.client.queue.store import CorrectionQueue
+@AS_JSON
+def list_cmd(workspace: Path, state: str | None, as_json: bool) -> None:
+    """The queue's items, by id, with a count per state. --json: {"items": [...], "counts": {...}}."""
+    from ugafl.cli.checks import open_site_queue
 
-    with CorrectionQueue(workspace) as q:
+    with open_site_queue(workspace) as q:
         items = q.list(state)
         counts = q.counts()
+    if as_json:
+        click.echo(json.dumps({"workspace": str(workspace), "state": state, "items": [item_json(i) for i in items],
+                               "counts": counts}, indent=1))
+        return
     if items:
         click.echo(format_table(items))
     else:
@@ -129,13 +152,17 @@ def list_cmd(workspace: Path, state: str | None) -> None:
 @queue.command("show")
 @WORKSPACE
 @click.argument("item_id", type=int)
-def show_cmd(workspace: Path, item_id: int) -> None:
-    """One item's fields and its audit history."""
-    from ugafl.client.queue.store import CorrectionQueue
+@AS_JSON
+def show_cmd(workspace: Path, item_id: int, as_json: bool) -> None:
+    """One item's fields and its audit history. --json: {"item": {...}, "history": [...]}."""
+    from ugafl.cli.checks import open_site_queue
 
-    with CorrectionQueue(workspace) as q:
+    with open_site_queue(workspace) as q:
         item = q.get(item_id)
         history = q.history(item_id)
+    if as_json:
+        click.echo(json.dumps({"item": item_json(item), "history": [audit_json(e) for e in history]}, indent=1))
+        return
     fields = [("id", item.id), ("state", item.state), ("slide", item.slide), ("box (level 0)", _box(item)),
               ("mpp", f"{item.mpp:g}"), ("score", f"{item.score:.6g}"), ("measure", item.measure),
               ("selection", item.selection), ("model version", item.model_version), ("round", item.round),
@@ -158,9 +185,9 @@ def show_cmd(workspace: Path, item_id: int) -> None:
 @click.option("--who", default=None, help="Recorded in the audit [default: your login name].")
 def reset_stale_cmd(workspace: Path, older_than: float, who: str | None) -> None:
     """Return items claimed (in_review) longer ago than --older-than seconds to pending."""
-    from ugafl.client.queue.store import CorrectionQueue
+    from ugafl.cli.checks import open_site_queue
 
-    with CorrectionQueue(workspace) as q:
+    with open_site_queue(workspace) as q:
         n = q.reset_stale(older_than, who or _user())
     click.echo(f"returned {n} stale item(s) to pending")
 
@@ -177,8 +204,12 @@ def reset_stale_cmd(workspace: Path, older_than: float, who: str | None) -> None
 def annotate_cmd(workspace: Path, data_dir: Path, rater: int | None, boundary_noise: int, seed: int, limit: int | None,
                  who: str) -> None:
     """Simulated annotator: correct the open items with the dataset's truth (or a rater's) masks."""
+    from ugafl.cli.checks import site_queue
+    from ugafl.common.manifest import load_manifest
     from ugafl.simulations.annotator import annotate
 
+    site_queue(workspace)
+    load_manifest(data_dir)
     n = annotate(workspace, data_dir, who=who, rater=rater, boundary_noise_px=boundary_noise, seed=seed, limit=limit)
     click.echo(f"{who} corrected {n} item(s)")
 
@@ -192,8 +223,10 @@ def annotate_cmd(workspace: Path, data_dir: Path, rater: int | None, boundary_no
 @click.option("--slide", default=None, help="Only this slide's items [default: every slide, a file each].")
 def export_cmd(workspace: Path, fmt: str, out: Path, state: str, slide: str | None) -> None:
     """Export queued patches with the model's contour for QuPath (GeoJSON) or ASAP (XML), one file per slide."""
+    from ugafl.cli.checks import site_queue
     from ugafl.client.annotations.exchange import export_queue
 
+    site_queue(workspace)
     written = export_queue(workspace, out, fmt, state, slide)
     for done in written:
         click.echo(f"{done.slide}: {done.items} item(s) -> {done.path}")
@@ -215,9 +248,12 @@ def export_cmd(workspace: Path, fmt: str, out: Path, state: str, slide: str | No
 def import_cmd(workspace: Path, path: Path, fmt: str | None, item_id: int | None, slide: str | None,
                tumour_classes: tuple[str, ...], who: str | None) -> None:
     """Import one slide's corrected annotations (QuPath GeoJSON, ASAP XML, or one item's PNG mask)."""
+    from ugafl.cli.checks import existing_file, site_queue
     from ugafl.client.annotations.exchange import import_file
     from ugafl.client.annotations.geometry import TUMOUR_CLASSES
 
+    site_queue(workspace)
+    existing_file(path, "PATH", "annotation file")
     fmt = fmt or {".xml": "asap", ".png": "png"}.get(path.suffix.lower(), "geojson")
 
     done = import_file(workspace, path, fmt, who or _user(), item_id, slide, tumour_classes or TUMOUR_CLASSES)

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import click
 
-from ugafl.common.errors import UgaflError
 
 
 @click.group("review", invoke_without_command=True)
@@ -38,9 +37,11 @@ def review(ctx: click.Context, workspace: Path | None, host: str, port: int, aut
         return
     if workspace is None:
         raise click.UsageError("Missing option '--workspace'.")
-    if not workspace.is_dir():  # a mistyped path must not become an empty queue
-        what = "is a file" if workspace.exists() else "does not exist"
-        raise UgaflError(f"--workspace {workspace}: {what}; give the site's workspace folder")
+    from ugafl.cli.checks import existing_folder, site_queue
+
+    site_queue(workspace)  # a mistyped path must not become an empty queue
+    if slides is not None:
+        existing_folder(slides, "--slides", "slide folder")
     from ugafl.client.review.auth import AuthSettings
     from ugafl.client.review.server import ReviewServer, is_loopback
     from ugafl.common.log import get_logger
@@ -82,8 +83,7 @@ def add_user(workspace: Path, name: str, password_stdin: bool, replace: bool) ->
     from ugafl.client.review.auth import Accounts, check_user_name
 
     check_user_name(name, "NAME")
-    if not (workspace / "queue.db").is_file():
-        raise UgaflError(f"--workspace {workspace}: no correction queue there (queue.db); is it a site workspace?")
+    _workspace_with_queue(workspace)
     if password_stdin:
         password = sys.stdin.readline().rstrip("\n")
     else:
@@ -94,8 +94,9 @@ def add_user(workspace: Path, name: str, password_stdin: bool, replace: bool) ->
 
 
 def _workspace_with_queue(workspace: Path) -> None:
-    if not (workspace / "queue.db").is_file():
-        raise UgaflError(f"--workspace {workspace}: no correction queue there (queue.db); is it a site workspace?")
+    from ugafl.cli.checks import site_queue
+
+    site_queue(workspace)
 
 
 @review.command("users")

@@ -44,11 +44,14 @@ def enrol_cmd(config: Path, public_key: Path, name: str) -> None:
     click.echo(f"enrolled {name}: node {record['node_id']}, key sha256 {record['fingerprint']}")
 
 
-@server.command("sites")
+AS_JSON = click.option("--json", "as_json", is_flag=True, help="Print JSON (stable keys) instead of a table.")
+DOWN = "Exit code 3 when the coordinator's SuperLink is not running or not reachable."
+
+
+@server.command("sites", help=f"Enrolled sites, online or offline. {DOWN}")
 @CONFIG
-@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@AS_JSON
 def sites_cmd(config: Path, as_json: bool) -> None:
-    """Enrolled sites, online or offline."""
     from ugafl.server.coordinator import list_sites
 
     sites = list_sites(_cfg(config))
@@ -123,21 +126,37 @@ def run_cmd(config: Path, rounds: int | None, follow: bool) -> None:
         sys.exit(1)
 
 
-@server.command("runs")
+@server.command("runs", help=f"Runs the coordinator knows, with their real status. {DOWN}")
 @CONFIG
-def runs_cmd(config: Path) -> None:
-    """Runs the coordinator knows, with their real status."""
+@AS_JSON
+def runs_cmd(config: Path, as_json: bool) -> None:
     from ugafl.server.coordinator import runs
 
-    for r in runs(_cfg(config)):
+    listed = runs(_cfg(config))
+    if as_json:
+        keys = ("run-id", "status", "status-details", "elapsed", "fab-hash", "pending-at", "starting-at", "running-at",
+                "finished-at")
+        click.echo(json.dumps([{k.replace("-", "_"): (int(r[k]) if k == "run-id" else r.get(k, "")) for k in keys}
+                               for r in listed], indent=1))
+        return
+    for r in listed:
         click.echo(f"run {r['run-id']:<22} {r['status']:<22} {r.get('elapsed', '')}")
+    if not listed:
+        click.echo("no runs yet")
 
 
 @server.command("checkpoints")
 @CONFIG
-def checkpoints_cmd(config: Path) -> None:
-    """The signed global checkpoints kept, and whether each signature verifies."""
+@AS_JSON
+def checkpoints_cmd(config: Path, as_json: bool) -> None:
+    """The signed global checkpoints kept (round-NNNN.pt), and whether each signature verifies."""
     from ugafl.server.coordinator import checkpoints
 
-    for c in checkpoints(_cfg(config)):
+    kept = checkpoints(_cfg(config))
+    if as_json:
+        click.echo(json.dumps(kept, indent=1))
+        return
+    for c in kept:
         click.echo(f"round {c['round']:>4}  {'signed' if c['signed'] else 'NOT SIGNED/INVALID':<18} {c['path']}")
+    if not kept:
+        click.echo("no round checkpoints yet")

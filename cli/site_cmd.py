@@ -26,17 +26,23 @@ def start_cmd(config: Path) -> None:
     sys.exit(start(config))
 
 
+DOWN_EXIT = 3  # the daemon is not running (as for a service manager's status: not 0, not a bad input's 2)
+
+
 @site.command("status")
 @CONFIG
-@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON (stable keys).")
 def status_cmd(config: Path, as_json: bool) -> None:
-    """Connection, model version, queue counts, last round."""
+    """Connection, model version, queue counts, last round.
+
+    Exit code 0 when the site daemon is running, 3 when it is not (the status is printed all the
+    same), 2 for a wrong config. Reads the workspace's files only; creates nothing."""
     from ugafl.client.daemon.site_daemon import site_status
 
     s = site_status(config)
     if as_json:
         click.echo(json.dumps(s, indent=1, sort_keys=True))
-        return
+        sys.exit(0 if s["running"] else DOWN_EXIT)
     conn = s["connection"]
     last = s["last_round"]
     lines = [("site", s["site"]), ("daemon", f"running (pid {s['pid']})" if s["running"] else "not running"),
@@ -50,3 +56,6 @@ def status_cmd(config: Path, as_json: bool) -> None:
              ("review app", s["review"])]
     for key, value in lines:
         click.echo(f"{key:<18} {value}")
+    if not s["running"]:
+        click.echo(f"the site daemon is not running (`ugafl site start --config {config}`)", err=True)
+        sys.exit(DOWN_EXIT)

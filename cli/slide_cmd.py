@@ -24,8 +24,9 @@ def info(path: Path, mpp: float | None, as_json: bool) -> None:
 
     Every level is test-read, so a slide that breaks mid-read fails here. PATH may be a folder:
     each slide in it is described, each unusable one gets one error line, and the exit code is 1
-    if any failed.
+    if any failed (2 if it holds no slide file at all).
     """
+    from ugafl.common.errors import UgaflError
     from ugafl.common.slide_scan import describe_slide, scan_folder
 
     if not path.is_dir():
@@ -33,6 +34,8 @@ def info(path: Path, mpp: float | None, as_json: bool) -> None:
         click.echo(json.dumps(report) if as_json else _text(report))
         return
     results = scan_folder(path, mpp)
+    if not results:
+        raise UgaflError(f"{path}: no slide files in this folder")
     for result in results:
         if result.error:
             click.echo(f"error: {result.error}", err=True)

@@ -25,11 +25,26 @@ _SIZES = ("1/16", "1/4", "full")
 def synth(out: Path, slides_per_centre: int, seed: int, centres: str, file_format: str, scan_mpp: float, size: str | None,
           workers: int | None) -> None:
     """Generate synthetic lymph-node slides for five centres, with tumour and raters' masks."""
+    from ugafl.cli.checks import folder_to_write
+    from ugafl.common.errors import ConfigError, UgaflError
+
     names = tuple(c.strip() for c in centres.split(",") if c.strip())
+    folder_to_write(out, "--out")
     if size is not None:
         _real_size(out, size, names, seed, workers)
         return
+    from ugafl.simulations.centres import get_centre
     from ugafl.simulations.synth import SynthConfig, generate_dataset
+
+    if not names:
+        raise UgaflError("--centres: no centre named")
+    for name in names:  # all checked before the first slide is made
+        try:
+            get_centre(name, SynthConfig.world)
+        except ConfigError as error:
+            raise UgaflError(f"--centres: {error}") from None
+    if not 0.1 <= scan_mpp <= 20:
+        raise UgaflError(f"--scan-mpp {scan_mpp:g}: expected a resolution between 0.1 and 20 µm/px")
 
     cfg = SynthConfig(slides_per_centre=slides_per_centre, seed=seed, centres=names, file_format=file_format, scan_mpp=scan_mpp)
     manifest = generate_dataset(out, cfg, workers=workers)
@@ -56,8 +71,6 @@ def _real_size(out: Path, size: str, centres: tuple[str, ...], seed: int, worker
         get_centre(centres[0], world)
     except ConfigError as error:
         raise click.BadParameter(str(error), param_hint="--centres") from None
-    if out.exists() and not out.is_dir():
-        raise click.BadParameter(f"{out} is a file, not a folder", param_hint="--out")
     path = out / f"{centres[0]}_real_{size.replace('/', 'of')}.tif"
     record = write_real_size_slide(path, SIZES[size], centre=centres[0], world=world, seed=seed,
                                    workers=workers or os.cpu_count() or 1, progress=True)

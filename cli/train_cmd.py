@@ -21,10 +21,14 @@ import click
 def train_central_cmd(data_dir: Path, out: Path, config_path: Path | None, steps: int | None, arch: str | None,
                       members: int | None, edue: bool, device: str) -> None:
     """Train the central model on one centre's (default RUMC) training slides."""
+    from ugafl.cli.checks import file_to_write
     from ugafl.common.config import load_config
+    from ugafl.common.manifest import load_manifest
     from ugafl.server.central_training import train_central
 
     cfg = load_config(config_path)
+    file_to_write(out, "--out")
+    load_manifest(data_dir)  # names the folder or file when there is no dataset
     model_cfg = replace(cfg.model, arch=arch) if arch else cfg.model
     model_cfg = replace(model_cfg, disagreement_head=True) if edue else model_cfg
     train_cfg = replace(cfg.train, steps=steps) if steps else cfg.train
@@ -42,7 +46,15 @@ def train_central_cmd(data_dir: Path, out: Path, config_path: Path | None, steps
 @click.option("--device", default="auto", show_default=True)
 def evaluate_cmd(model_path: Path, data_dir: Path, split: str, centres: str | None, as_json: bool, device: str) -> None:
     """Dice per slide and pooled per centre."""
+    from ugafl.common.errors import UgaflError
+    from ugafl.common.manifest import load_manifest
     from ugafl.server.evaluation import evaluate_model, format_table
 
-    ev = evaluate_model(model_path, data_dir, split, centres.split(",") if centres else None, device=device, progress=not as_json)
+    manifest = load_manifest(data_dir)
+    wanted = [c.strip() for c in centres.split(",") if c.strip()] if centres else None
+    unknown = [c for c in wanted or [] if c not in manifest.centres]
+    if unknown or wanted == []:
+        raise UgaflError(f"--centres {centres}: {', '.join(unknown) or 'no centre'} not in {manifest.root}; centres "
+                         f"there: {', '.join(manifest.centres)}")
+    ev = evaluate_model(model_path, data_dir, split, wanted, device=device, progress=not as_json)
     click.echo(json.dumps(asdict(ev), indent=1) if as_json else format_table(ev))

@@ -31,19 +31,27 @@ def uncertainty(target: Path, models: tuple[Path, ...], method: str, out: Path, 
 
     A slide stored as several files (a DICOM series, MIRAX) is scored once, whether TARGET is one of
     its files or its folder. A single slide that cannot be read: one error line, exit code 2."""
+    from ugafl.cli.checks import checkpoints, folder_to_write
     from ugafl.client.round.slide_uncertainty import run_uncertainty
-    from ugafl.common.errors import SlideError
+    from ugafl.common.errors import SlideError, UgaflError
     from ugafl.common.model import pick_device
     from ugafl.common.slide import open_slide
     from ugafl.common.slide_files import resolve
+    from ugafl.common.slide_scan import candidate_files
     from ugafl.common.uncertainty_methods import load_method
 
+    # Outputs and inputs are checked before any slide is computed.
+    folder_to_write(out, "--out")
+    if workspace is not None:
+        folder_to_write(workspace, "--workspace")
     single = not target.is_dir()
     if single:
         target = resolve(target).path  # one file of a DICOM series: the series (named by its level-0 file)
         open_slide(target, mpp).close()  # can't be opened: one line and exit 2 before any model loads
-    paths = [p for m in models for p in (sorted(m.glob("*.pt")) if m.is_dir() else [m])]
-    dev = pick_device(device)
+    elif not candidate_files(target):
+        raise UgaflError(f"{target}: no slide files in this folder")
+    paths = checkpoints(models, "--model")
+    dev = pick_device(device, "--device")
     results = run_uncertainty(target, load_method(method, paths, dev, passes), out, workspace, mpp, batch_size, dev,
                               patch_um=patch_um)
     if single and results and results[0].error:
@@ -79,14 +87,25 @@ def uncertainty(target: Path, models: tuple[Path, ...], method: str, out: Path, 
 def uncertainty_report(data_dir: Path, models: tuple[Path, ...], ensemble: tuple[Path, ...], edue: Path | None, methods: str,
                        split: str, centres: str | None, passes: int, as_json: bool, device: str) -> None:
     """How well each method's uncertainty finds the model's errors, per centre."""
+    from ugafl.cli.checks import existing_file
+    from ugafl.common.errors import UgaflError
+    from ugafl.common.manifest import load_manifest
     from ugafl.common.model import pick_device
-    from ugafl.common.uncertainty_methods import load_method
+    from ugafl.common.uncertainty_methods import METHODS, load_method
     from ugafl.simulations.uncertainty_report import format_report, method_quality
 
-    dev = pick_device(device)
+    dev = pick_device(device, "--device")
     sources = {"mc_dropout": list(models[:1]), "tta": list(models[:1]), "ensemble": list(ensemble), "edue": [edue] if edue else []}
+    names = [m.strip() for m in methods.split(",") if m.strip()]
+    unknown = [m for m in names if m not in METHODS]
+    if unknown or not names:
+        raise UgaflError(f"--methods {methods}: {', '.join(unknown) or 'none given'}; known: {', '.join(METHODS)}")
+    load_manifest(data_dir)
+    for option, paths in (("--model", models), ("--ensemble", ensemble), ("--edue", [edue] if edue else [])):
+        for path in paths:
+            existing_file(path, option, "checkpoint")
     rows = []
-    for name in [m.strip() for m in methods.split(",") if m.strip()]:
+    for name in names:
         if not sources.get(name):
             click.echo(f"skipping {name}: no checkpoint given for it", err=True)
             continue

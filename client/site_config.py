@@ -27,6 +27,12 @@ def _app_digest(value: str) -> str:
     return value
 
 
+def _device(value: str) -> str:
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
+        raise ValueError("expected auto, cpu, cuda or cuda:N")
+    return value
+
+
 class SiteSection(ConfigModel):
     """[site]; paths are relative to the file's folder."""
 
@@ -40,7 +46,7 @@ class SiteSection(ConfigModel):
     annotator_data: NonEmpty | None = None
     train: bool = True
     retrain: bool = False
-    device: NonEmpty = "auto"
+    device: Annotated[str, AfterValidator(_device)] = "auto"
     name: str = ""
     approved_apps: tuple[Annotated[str, AfterValidator(_app_digest)], ...] = ()
 

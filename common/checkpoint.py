@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ugafl.common.atomic import atomic_write
-from ugafl.common.errors import CheckpointError
+from ugafl.common.errors import CheckpointError, ConfigError
 from ugafl.common.model import ModelConfig, build_model
 
 CHECKPOINT_FORMAT = "ugafl-checkpoint/1"
@@ -65,20 +65,36 @@ def save_checkpoint(path: str | Path, model: nn.Module, model_config: ModelConfi
 def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> Checkpoint:
     """Loads and verifies a checkpoint; CheckpointError names the file and what is wrong."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a folder, not a checkpoint file")
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for truncated or foreign files
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(error).__name__}: {str(error).splitlines()[0][:200]})") from None
+        first = (str(error).splitlines() or [""])[0][:200]
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(error).__name__}: {first})") from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path}: not a ugafl checkpoint (expected format {CHECKPOINT_FORMAT!r})")
-    model_config = ModelConfig.from_dict(payload["model_config"])
-    state = payload["state_dict"]
-    digest = content_hash(state, payload["model_config"])
+        raise CheckpointError(f"{path}: not a ugafl checkpoint (expected format {CHECKPOINT_FORMAT!r}; "
+                              "`ugafl export` turns one into TorchScript, ONNX or a MONAI bundle)")
+    raw_config, state = payload.get("model_config"), payload.get("state_dict")
+    if not isinstance(raw_config, dict):
+        raise CheckpointError(f"{path}: model_config is {'missing' if raw_config is None else 'not a table'}; "
+                              "the file is damaged or was not written by ugafl")
+    try:
+        model_config = ModelConfig.from_dict(raw_config, at=f"{path} model_config")
+    except ConfigError as error:
+        raise CheckpointError(str(error)) from None
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise CheckpointError(f"{path}: state_dict is {'missing' if state is None else 'not a table of tensors'}; "
+                              "the file is damaged or was not written by ugafl")
+    digest = content_hash(state, raw_config)
     if digest != payload.get("content_hash"):
         raise CheckpointError(f"{path}: content hash mismatch: the weights or config were altered after saving")
-    model = build_model(model_config)
+    try:
+        model = build_model(model_config)
+    except ConfigError as error:
+        raise CheckpointError(f"{path}: {error}") from None
     try:
         model.load_state_dict(state)
     except RuntimeError as error:

@@ -68,14 +68,24 @@ def where(file: str | Path | None, section: str) -> str:
 
 def read_toml(path: Path, what: str) -> dict[str, Any]:
     """A TOML file as a dict; ConfigError naming the file when it is missing or malformed."""
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a folder; give the {what} (a TOML file)")
     if not path.is_file():
         raise ConfigError(f"{path}: {what} not found")
     try:
-        return tomllib.loads(path.read_text())
+        data = path.read_bytes()
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read the {what} ({error.strerror or error})") from None
+    try:
+        text = data.decode("utf-8")  # TOML is UTF-8 whatever the locale says
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        raise ConfigError(f"{path}: not UTF-8 text (byte 0x{data[error.start]:02x} on line {line}); TOML files are "
+                          "UTF-8: save it as UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{path}: not valid TOML ({error})") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not a text file (TOML is UTF-8)") from None
 
 
 def read_sections(path: Path, what: str, known: Iterable[str], required: Iterable[str] = ()) -> dict[str, dict]:

@@ -2,7 +2,10 @@
 
 
 class UgaflError(Exception):
-    """Base class: the message names the file or field and says what to do."""
+    """Base class: the message names the file or field and says what to do. `exit_code` is the
+    CLI's exit status for it: 2, a bad input the user can fix."""
+
+    exit_code = 2
 
 
 class SlideError(UgaflError):
@@ -19,3 +22,10 @@ class ConfigError(UgaflError):
 
 class DataError(UgaflError):
     """A dataset folder or manifest is missing or inconsistent."""
+
+
+class DownError(UgaflError):
+    """What a command reports on, or needs, is not running or not reachable (a daemon, the
+    coordinator's SuperLink): not a bad input, so the CLI exits with 3."""
+
+    exit_code = 3

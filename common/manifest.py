@@ -96,9 +96,14 @@ def load_manifest(data_dir: str | Path) -> Manifest:
     if not path.is_file():
         raise DataError(f"{path}: no dataset manifest here; create one with `ugafl synth --out {path.parent}`")
     try:
-        payload = json.loads(path.read_text())
+        payload = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: not UTF-8 text; a dataset manifest is UTF-8 JSON") from None
     except json.JSONDecodeError as error:
         raise DataError(f"{path}: not valid JSON ({error})") from None
+    if not isinstance(payload, dict) or not isinstance(payload.get("slides", []), list) \
+            or not all(isinstance(raw, dict) for raw in payload.get("slides", [])):
+        raise DataError(f"{path}: not a dataset manifest (expected an object with a list of slides)")
     if payload.get("format") != MANIFEST_FORMAT:
         raise DataError(f"{path}: format {payload.get('format')!r}, expected {MANIFEST_FORMAT!r}")
     slides = [_record(raw, str(path)) for raw in payload.get("slides", [])]

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, replace
 from typing import Annotated, Literal
 
@@ -103,8 +104,26 @@ def to_input(patches: np.ndarray, device: torch.device | str = "cpu") -> torch.T
     return tensor.permute(0, 3, 1, 2).float().div_(255.0)
 
 
-def pick_device(requested: str = "auto") -> torch.device:
-    """`auto`: the GPU when present, else the CPU."""
-    if requested == "auto":
+DEVICES = ("auto", "cpu", "cuda", "cuda:N")
+
+
+def pick_device(requested: str = "auto", what: str = "device") -> torch.device:
+    """`auto`: the GPU when present, else the CPU; `cpu`; `cuda` or `cuda:N`, which must exist.
+    Anything else, or a GPU this machine does not have, is a ConfigError naming `what` (the CLI
+    passes "--device", a config its file and key)."""
+    name = str(requested).strip().lower() if isinstance(requested, (str, torch.device)) else None
+    if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(requested)
+    if name == "cpu":
+        return torch.device("cpu")
+    match = re.fullmatch(r"cuda(?::(\d+))?", name or "")
+    if match is None:
+        raise ConfigError(f"{what} {requested!r}: not a device; use one of {', '.join(DEVICES)}")
+    if not torch.cuda.is_available():
+        build = f"torch {torch.__version__}" + ("" if torch.version.cuda else ", built without CUDA")
+        raise ConfigError(f"{what} {requested!r}: no CUDA GPU is available here ({build}); use cpu or auto")
+    index = int(match.group(1) or 0)
+    if index >= torch.cuda.device_count():
+        raise ConfigError(f"{what} {requested!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s), "
+                          f"numbered from 0")
+    return torch.device(name)

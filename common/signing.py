@@ -139,6 +139,8 @@ def verify_model(arrays: Mapping[str, Any], signed: Any, trusted: Iterable[Ed255
     keys = {fingerprint(k): k for k in trusted}
     if not keys:
         raise SignatureError(f"{what}: no trusted model-signing key is configured")
+    if not isinstance(signed.get("key"), str):
+        raise SignatureError(f"{what}: malformed signature (its key is {signed.get('key')!r}, not a fingerprint)")
     key = keys.get(signed.get("key"))
     if key is None:
         raise SignatureError(f"{what}: signed by {signed.get('key')!r}, which is not a trusted key "

@@ -25,7 +25,7 @@ from typing import Any
 
 from ugafl.common.atomic import atomic_write_text
 from ugafl.common.config import ConfigModel, HostPort, NonEmpty, Port, read_sections, validate, where
-from ugafl.common.errors import ConfigError, UgaflError
+from ugafl.common.errors import ConfigError, DownError, UgaflError
 from ugafl.common.log import get_logger
 from ugafl.common.supervisor import daemon_env
 
@@ -147,22 +147,33 @@ def flwr_env(cfg: CoordinatorConfig) -> dict[str, str]:
     flower-superexec from PATH)."""
     home = cfg.state / "flwr-home"
     home.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(home / "config.toml", f'[superlink.{CONNECTION}]\naddress = "{cfg.control_address}"\n'
-                                            f'root-certificates = "{cfg.pki / "ca.pem"}"\n')
+    connection = (f'[superlink.{CONNECTION}]\naddress = "{cfg.control_address}"\n'
+                  f'root-certificates = "{cfg.pki / "ca.pem"}"\n')
+    if not (home / "config.toml").is_file() or (home / "config.toml").read_text() != connection:
+        atomic_write_text(home / "config.toml", connection)
     return daemon_env({"FLWR_HOME": str(home), "PATH": f"{BIN}:{os.environ.get('PATH', '/usr/bin:/bin')}",
                        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "OMP_WAIT_POLICY": "PASSIVE"})
 
 
+def _need_state(cfg: CoordinatorConfig) -> None:
+    """ConfigError naming the config's [coordinator] state unless it is a folder: the commands that
+    read the coordinator's state never make it (`ugafl server start` does)."""
+    if not cfg.state.is_dir():
+        raise ConfigError(f"{cfg.path}: [coordinator] state: {cfg.state} is not a folder; `ugafl server start "
+                          f"--config {cfg.path}` makes it")
+
+
 def flwr(cfg: CoordinatorConfig, *args: str, timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
-    """A `flwr` command against this coordinator's SuperLink; UgaflError if it cannot be reached."""
+    """A `flwr` command against this coordinator's SuperLink; DownError if it cannot be reached."""
+    _need_state(cfg)
     try:
         done = subprocess.run([str(BIN / "flwr"), *args], env=flwr_env(cfg), capture_output=True, text=True,
                               timeout=timeout_s, cwd=cfg.state, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
         done = None
     if done is None or "Connection to the SuperLink is unavailable" in done.stdout + done.stderr:
-        raise UgaflError(f"cannot reach the coordinator's SuperLink at {cfg.control_address}: is it running "
-                         f"(`ugafl server start --config {cfg.path}`)?")
+        raise DownError(f"cannot reach the coordinator's SuperLink at {cfg.control_address}: is it running "
+                        f"(`ugafl server start --config {cfg.path}`)?")
     return done
 
 
@@ -278,7 +289,12 @@ def app_hash(app: Path) -> str:
     """SHA-256 of the app bundle (FAB) `flwr run APP` sends: what a site lists in approved_apps."""
     from flwr.cli.build import build_fab_from_disk
 
-    return hashlib.sha256(build_fab_from_disk(app)).hexdigest()
+    if not (app / "pyproject.toml").is_file():
+        raise ConfigError(f"[coordinator] app: {app} has no pyproject.toml (a Flower app folder, e.g. deploy/flower_app)")
+    try:
+        return hashlib.sha256(build_fab_from_disk(app)).hexdigest()
+    except (Exception, SystemExit) as error:  # Flower's builder exits (typer) or raises on a malformed app
+        raise ConfigError(f"[coordinator] app: {app}: not a Flower app Flower can bundle ({error or type(error).__name__})") from None
 
 
 def _run_config(settings) -> str:
@@ -351,13 +367,18 @@ def run_logs(cfg: CoordinatorConfig, run_id: int) -> str:
 
 def checkpoints(cfg: CoordinatorConfig) -> list[dict]:
     """The signed global checkpoints kept, newest last, each with whether its signature verifies."""
-    from ugafl.server.federation.checkpoints import RoundStore
+    from ugafl.server.federation.checkpoints import _ROUND_FILE, RoundStore
 
+    _need_state(cfg)
     settings = cfg.run_settings(central_checkpoint=cfg.federation.get("central_checkpoint") or "-")
     store = RoundStore(settings)
     out = []
     for path in sorted(store.out.glob("round-*.pt")):
-        out.append({"round": int(path.stem.split("-")[1]), "path": str(path), "signed": store.verified(path)})
+        match = _ROUND_FILE.match(path.name)
+        if match is None:  # round-0001.old.pt and the like: not a round's checkpoint, never resumed from
+            log.debug("%s: not a round checkpoint's name; skipped", path)
+            continue
+        out.append({"round": int(match.group(1)), "path": str(path), "signed": store.verified(path)})
     return out
 
 

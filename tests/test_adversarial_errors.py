@@ -97,7 +97,7 @@ def test_an_error_reply_carries_a_category_and_an_id_never_the_detail(tmp_path: 
     _fails(tmp_path, _message(site, drop="model-config"), node, caplog, "internal error", "model-config")
 
     (site.parent / "ws" / "queue.db").write_bytes(b"this is not a database " * 100)
-    _fails(tmp_path, _message(site), node, caplog, "internal error", "not a database|file is not")
+    _fails(tmp_path, _message(site), node, caplog, "site data", "not a database|file is not")
     (site.parent / "ws" / "queue.db").unlink()
 
     from ugafl.client.round import query as query_step

@@ -88,6 +88,16 @@ def preflight(cfg: SiteDaemonConfig) -> None:
         raise ConfigError(f"{cfg.node_key}: the SuperNode's private key is readable by others; chmod 600 it")
     if not cfg.site.slides.is_dir():
         raise ConfigError(f"{cfg.path}: [site] slides: {cfg.site.slides} is not a folder")
+    if cfg.site.workspace.exists() and not cfg.site.workspace.is_dir():
+        raise ConfigError(f"{cfg.path}: [site] workspace: {cfg.site.workspace} is a file, not a folder")
+    if (cfg.site.workspace / "queue.db").exists():  # a damaged queue: said now, not by every child
+        from ugafl.client.queue.store import CorrectionQueue
+
+        CorrectionQueue(cfg.site.workspace, create=False).close()
+    if cfg.site.device.startswith("cuda"):  # a GPU the machine lacks: said now, not at the first round
+        from ugafl.common.model import pick_device
+
+        pick_device(cfg.site.device, f"{cfg.path} [site] device")
     if not cfg.site.approved_apps:
         log.warning("%s: [site] approved_apps is empty: every run the coordinator starts will be refused", cfg.path)
 
@@ -246,6 +256,19 @@ def start(config: str | Path) -> int:
     return SiteDaemon(cfg).run()
 
 
+def _read_status(path: Path) -> dict:
+    """The daemon's status.json; UgaflError naming it when it is not what the daemon writes."""
+    from ugafl.common.errors import UgaflError
+
+    try:
+        status = json.loads(path.read_bytes().decode("utf-8"))
+        int(status["pid"]), status["connection"]["state"]  # noqa: B018 (the fields read below)
+    except (ValueError, KeyError, TypeError) as error:
+        raise UgaflError(f"{path}: not the daemon's status file ({type(error).__name__}: {error}); remove it, the "
+                         "daemon writes it again when it starts") from None
+    return status
+
+
 def site_status(config: str | Path) -> dict:
     """What `ugafl site status` shows: the daemon and its connection, the model version, queue
     counts, the last round taken part in, the inbox register and refusals. Reads files only."""
@@ -257,12 +280,14 @@ def site_status(config: str | Path) -> dict:
 
     cfg = SiteDaemonConfig.load(config)
     ws = cfg.site.workspace
+    if ws.exists() and not ws.is_dir():
+        raise ConfigError(f"{cfg.path}: [site] workspace: {ws} is a file, not a folder")
     path = ws / "daemon" / "status.json"
-    daemon = json.loads(path.read_text()) if path.is_file() else None
+    daemon = _read_status(path) if path.is_file() else None
     running = bool(daemon and alive(int(daemon["pid"])) and daemon["connection"]["state"] != "stopped")
     model = current_model_info(ws)
-    if (ws / DB_NAME).is_file():
-        with CorrectionQueue(ws) as queue:
+    if (ws / DB_NAME).exists():
+        with CorrectionQueue(ws, create=False) as queue:
             counts = queue.counts()
     else:  # nothing queued yet (or a workspace path that is wrong): say so, create nothing
         counts = {}

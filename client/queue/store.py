@@ -61,29 +61,67 @@ __all__ = ["CORRECTION_NAME", "DB_NAME", "FILES_DIR", "IMAGE_NAME", "MODEL_MASK_
 log = get_logger("queue")
 
 
+def check_workspace(workspace: Path, create: bool) -> None:
+    """QueueError naming the workspace when it cannot hold a queue: a file (or under one), or,
+    without `create`, a folder that is missing or has no queue.db."""
+    db = workspace / DB_NAME
+    if workspace.exists() and not workspace.is_dir():
+        raise QueueError(f"{workspace}: is a file, not a site workspace folder")
+    if not create:
+        if not workspace.is_dir():
+            raise QueueError(f"{workspace}: no correction queue there: no such folder (nothing was created)")
+        if not db.exists():
+            raise QueueError(f"{workspace}: no correction queue there ({DB_NAME}); is it a site workspace?")
+        if not db.is_file():
+            raise QueueError(f"{db}: is not a file; a site workspace's queue is a SQLite file")
+        return
+    parent = workspace
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise QueueError(f"{workspace}: cannot be made: {parent} is a file")
+    if db.exists() and not db.is_file():
+        raise QueueError(f"{db}: is not a file; a site workspace's queue is a SQLite file")
+
+
 class CorrectionQueue:
-    """The correction queue of the site workspace `workspace` (created on first use).
+    """The correction queue of the site workspace `workspace`: created on first use, or with
+    `create=False` only opened (a command that reads a workspace never makes one; a missing
+    workspace or queue.db is a QueueError naming it).
 
     Safe to share between threads (one lock per object) and to open from several objects or
     processes at once (SQLite locking with BEGIN IMMEDIATE)."""
 
-    def __init__(self, workspace: str | Path, *, busy_timeout_s: float = 30.0):
+    def __init__(self, workspace: str | Path, *, busy_timeout_s: float = 30.0, create: bool = True):
         self.workspace = Path(workspace).resolve()
-        self.workspace.mkdir(parents=True, exist_ok=True)
         self.db_path = self.workspace / DB_NAME
         self.files_dir = self.workspace / FILES_DIR
+        check_workspace(self.workspace, create)
+        if create:
+            self.workspace.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
-        self._conn = sqlite3.connect(self.db_path, timeout=busy_timeout_s, isolation_level=None,
-                                     check_same_thread=False)
+        try:
+            self._conn = sqlite3.connect(self.db_path, timeout=busy_timeout_s, isolation_level=None,
+                                         check_same_thread=False)
+        except sqlite3.Error as error:
+            raise QueueError(f"{self.db_path}: cannot open the queue database ({error})") from None
         try:
             self._conn.row_factory = sqlite3.Row
+            if not create and not self._conn.execute(
+                    "SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'").fetchone():
+                raise QueueError(f"{self.db_path}: holds no correction queue (no tables); is it a site workspace?")
             mode = self._conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if str(mode).lower() != "wal":
                 raise QueueError(f"{self.db_path}: cannot switch to WAL journal mode (got {mode})")
             self._conn.execute("PRAGMA synchronous=FULL")
             self._conn.execute("PRAGMA foreign_keys=ON")
             self._init_schema()
-            self.files_dir.mkdir(exist_ok=True)
+            if create:
+                self.files_dir.mkdir(exist_ok=True)
+        except sqlite3.DatabaseError as error:  # a file that is not SQLite, or a damaged one
+            self._conn.close()
+            raise QueueError(f"{self.db_path}: not a readable queue database ({error}); is it a site workspace's "
+                             "queue.db?") from None
         except BaseException:
             self._conn.close()
             raise
