@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
@@ -16,8 +17,10 @@ import click
 def simulate(config_path: Path, name: str, runs_dir: Path, device: str) -> None:
     """Synthetic centres and the central model (reused when present), then federated rounds with
     one simulated site per centre; Dice per centre before and after."""
+    from ugafl.cli.demo_cmd import verbose_requested
     from ugafl.common.config import load_config
     from ugafl.common.errors import ConfigError
+    from ugafl.common.log import progress_console
     from ugafl.simulations.demo import run_demo
     from ugafl.simulations.extra import require_flower_simulation
     from ugafl.simulations.federated import run_federated
@@ -27,7 +30,13 @@ def simulate(config_path: Path, name: str, runs_dir: Path, device: str) -> None:
         raise ConfigError(f"{config_path}: no [federation] section; nothing to simulate")
     require_flower_simulation()  # before the data and the central model, not after
     run_dir = runs_dir / name
-    run_demo(cfg, run_dir, device=device, federate=False)
-    result = run_federated(cfg, run_dir, run_dir / "central.pt", run_dir / "data")
+    # one line per stage and round on the terminal; the other logs in LOGS/simulate.log, Flower's and Ray's in LOGS/flower.log
+    with progress_console(run_dir / "logs" / "simulate.log", verbose=verbose_requested()):
+        run_demo(cfg, run_dir, device=device, federate=False, progress=sys.stderr.isatty())
+        result = run_federated(cfg, run_dir, run_dir / "central.pt", run_dir / "data")
+    click.echo("")
+    click.echo(f"outputs in {run_dir / 'federated'}/: dice_before_after.txt/.json, rounds.csv, federated.png, round-*.pt; "
+               f"logs in {run_dir / 'logs'}/")
+    click.echo("")
+    click.echo(f"Dice per centre on the test slides, central model and after {result['summary']['rounds']} rounds:")
     click.echo(result["table"])
-    click.echo(f"outputs in {run_dir / 'federated'}/: dice_before_after.txt/.json, rounds.csv, federated.png, round-*.pt")

@@ -158,7 +158,8 @@ class Slide:
             return rgb
         shrinking = (lx1 - lx0) > out_w or (ly1 - ly0) > out_h
         resample = Image.Resampling.BOX if shrinking else Image.Resampling.BILINEAR
-        return np.asarray(Image.fromarray(rgb).resize((out_w, out_h), resample, box=box))
+        # np.array, not np.asarray: an array over Pillow's bytes is read-only, and callers (torch) write
+        return np.array(Image.fromarray(rgb).resize((out_w, out_h), resample, box=box))
 
 
 def open_slide(path: str | Path, mpp: float | None = None) -> Slide:

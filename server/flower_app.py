@@ -4,8 +4,13 @@ aggregation to signed checkpoints, is plain code that never imports Flower."""
 
 from __future__ import annotations
 
+import logging
+import re
+import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
+from pathlib import Path
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
@@ -92,15 +97,77 @@ def make_server_app(overrides: dict | None = None) -> ServerApp:
     return app
 
 
-def simulate(client_app, overrides: dict, num_sites: int, cpus_per_site: float = 1.0) -> None:
+def simulate(client_app, overrides: dict, num_sites: int, cpus_per_site: float = 1.0,
+             log_file: str | Path | None = None) -> None:
     """Run this ServerApp with `client_app` (the sites' ClientApp, built by the caller) on Flower's
     simulation engine (Ray, from `ugafl[simulation]`), one virtual SuperNode per site; returns when
-    the run has finished."""
+    the run has finished. With `log_file`, Flower's and Ray's own output (Flower's log, Ray's, and
+    what the sites' processes print, which Ray forwards to this one) is appended to that file
+    instead of the terminal; our own package logs keep their handlers."""
     from flwr.simulation import run_simulation
 
-    run_simulation(server_app=make_server_app(overrides), client_app=client_app, num_supernodes=num_sites,
-                   backend_config={"client_resources": {"num_cpus": cpus_per_site, "num_gpus": 0.0},
-                                   "init_args": {"include_dashboard": False, "log_to_driver": True}})
+    with _engine_output_to(log_file):
+        run_simulation(server_app=make_server_app(overrides), client_app=client_app, num_supernodes=num_sites,
+                       backend_config={"client_resources": {"num_cpus": cpus_per_site, "num_gpus": 0.0},
+                                       "init_args": {"include_dashboard": False, "log_to_driver": True}})
+
+
+@contextmanager
+def _engine_output_to(log_file: str | Path | None) -> Iterator[None]:
+    """While inside: Flower's console handler writes to LOG_FILE, and so does everything written to
+    sys.stdout and sys.stderr (Ray's driver log and the sites' output Ray forwards). None: nothing
+    changes."""
+    if log_file is None:
+        yield
+        return
+    from flwr.common.logger import FLOWER_LOGGER, ConsoleHandler
+
+    if not get_logger().handlers:
+        configure()  # what the ServerApp's main does, now: its handler is to write to the terminal, not LOG_FILE
+    path = Path(log_file)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8", buffering=1) as stream:
+        consoles = [h for h in FLOWER_LOGGER.handlers if isinstance(h, ConsoleHandler)]
+        to_file = ConsoleHandler(timestamps=True, colored=False, stream=stream)
+        to_file.setLevel(min((h.level for h in consoles), default=logging.INFO))
+        for handler in consoles:
+            FLOWER_LOGGER.removeHandler(handler)
+        FLOWER_LOGGER.addHandler(to_file)
+        try:
+            with redirect_stdout(_PlainText(stream, sys.stdout)), redirect_stderr(_PlainText(stream, sys.stderr)):
+                yield
+        finally:
+            FLOWER_LOGGER.removeHandler(to_file)
+            for handler in consoles:
+                FLOWER_LOGGER.addHandler(handler)
+
+
+class _PlainText:
+    """Text written to `stream` without terminal colour codes (Ray colours the sites' prefixes,
+    Flower its levels), standing in for `replaced` (sys.stdout or sys.stderr). Its file descriptor
+    is the replaced stream's: Ray points Python's faulthandler at sys.stderr, and a hard crash
+    belongs on the terminal, not in a file that is closed afterwards."""
+
+    _COLOUR = re.compile(r"\x1b\[[0-9;]*m")
+
+    def __init__(self, stream, replaced) -> None:
+        self._stream = stream
+        self._replaced = replaced
+
+    def write(self, text: str) -> int:
+        return self._stream.write(self._COLOUR.sub("", text))
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+    def fileno(self) -> int:
+        return self._replaced.fileno()
+
+    def __getattr__(self, name: str):  # encoding, errors, closed, ...: the file's
+        return getattr(self._stream, name)
 
 
 app = make_server_app()

@@ -21,6 +21,7 @@ from ugafl.simulations.figures import centre_gallery, dice_per_centre
 from ugafl.simulations.synth import SynthConfig, generate_dataset
 
 log = get_logger("demo")
+progress_log = get_logger("progress")
 
 
 def _gallery_records(manifest: Manifest, split: str) -> list[SlideRecord]:
@@ -32,9 +33,22 @@ def _gallery_records(manifest: Manifest, split: str) -> list[SlideRecord]:
     return chosen
 
 
-def run_demo(cfg: RunConfig, run_dir: str | Path, device: str = "auto", federate: bool = True) -> dict:
+def _trained_line(ckpt: Path, seconds: float) -> str:
+    """The central-training progress line, from what the checkpoint records."""
+    from ugafl.common.checkpoint import load_checkpoint
+
+    meta = load_checkpoint(ckpt).meta
+    data, train = meta.get("data_summary", {}), meta.get("train_config", {})
+    return (f"central model: trained on {data.get('centre', '?')}'s {len(data.get('slides', []))} training slides "
+            f"({data.get('patches', '?')} patches), {train.get('steps', '?')} steps, final loss "
+            f"{data.get('final_loss', float('nan')):.3f}; {seconds:.0f} s")
+
+
+def run_demo(cfg: RunConfig, run_dir: str | Path, device: str = "auto", federate: bool = True,
+             progress: bool = True) -> dict:
     """Runs every stage of the main job; returns the summary also written to summary.json. With a
-    [federation] section (and `federate`), the federated simulation follows the central stages."""
+    [federation] section (and `federate`), the federated simulation follows the central stages.
+    Each stage ends with one line on the `ugafl.progress` logger; `progress`: progress bars too."""
     if federate and cfg.federation:
         require_flower_simulation()  # before minutes of data and central training
     synth_cfg = cfg.section(SynthConfig, "data")
@@ -49,14 +63,20 @@ def run_demo(cfg: RunConfig, run_dir: str | Path, device: str = "auto", federate
         (run_dir / "config.toml").write_text(cfg.path.read_text())
 
     started = time.time()
-    manifest = generate_dataset(run_dir / "data", synth_cfg)
+    manifest = generate_dataset(run_dir / "data", synth_cfg, progress=progress)
     timings["synth_s"] = round(time.time() - started, 1)
+    progress_log.info("data: %d synthetic slides of %d centres (%s) in %s; %.0f s", len(manifest.slides),
+                      len(manifest.centres), ", ".join(manifest.centres), manifest.root, timings["synth_s"])
 
     ckpt = run_dir / "central.pt"
     started = time.time()
     if not ckpt.is_file():
-        train_central(manifest.root, ckpt, cfg.model, cfg.train, cfg.central, device=device)
-    timings["train_s"] = round(time.time() - started, 1)
+        train_central(manifest.root, ckpt, cfg.model, cfg.train, cfg.central, device=device, progress=progress)
+        timings["train_s"] = round(time.time() - started, 1)
+        progress_log.info("%s", _trained_line(ckpt, timings["train_s"]))
+    else:
+        timings["train_s"] = round(time.time() - started, 1)
+        progress_log.info("central model: %s is already there (delete it to train again)", ckpt)
 
     started = time.time()
     split = cfg.evaluate.split
@@ -67,17 +87,22 @@ def run_demo(cfg: RunConfig, run_dir: str | Path, device: str = "auto", federate
         if rec.slide_id in {g.slide_id for g in gallery}:
             predictions[rec.slide_id] = (prob.mask(), prob.mpp)
 
-    ev = evaluate_model(ckpt, manifest.root, split=split, device=device, on_prediction=keep)
+    ev = evaluate_model(ckpt, manifest.root, split=split, device=device, progress=progress, on_prediction=keep)
     timings["evaluate_s"] = round(time.time() - started, 1)
+    dice = ev.centre_dice()
+    others = [d for c, d in dice.items() if c != cfg.central.centre]
+    mean_others = f" (mean of the others {sum(others) / len(others):.3f})" if others else ""
+    progress_log.info("central model's Dice on the %s slides: %s%s; %.0f s", split,
+                      ", ".join(f"{c} {d:.3f}" for c, d in dice.items()), mean_others, timings["evaluate_s"])
     table = format_table(ev)
     (run_dir / "dice.txt").write_text(table + "\n")
     (run_dir / "dice.json").write_text(json.dumps(asdict(ev), indent=1))
 
     started = time.time()
-    dice = ev.centre_dice()
     dice_per_centre({"central (RUMC-trained)": dice}, run_dir / "dice_per_centre.png")
     centre_gallery(manifest, run_dir / "slides_per_centre.png", gallery, predictions)
     timings["figures_s"] = round(time.time() - started, 1)
+    progress_log.info("figures: dice_per_centre.png, slides_per_centre.png; %.0f s", timings["figures_s"])
 
     reference = cfg.central.centre
     others = [d for c, d in dice.items() if c != reference]

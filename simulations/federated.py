@@ -27,8 +27,10 @@ from ugafl.common.manifest import load_manifest
 from ugafl.common.signing import generate_signing_key
 from ugafl.server.evaluation import evaluate_model
 from ugafl.server.federation.settings import FederationSettings
+from ugafl.simulations.round_progress import RoundProgress
 
 log = get_logger("federated")
+progress = get_logger("progress")
 ENGINES = ("flower", "in-process")
 
 
@@ -158,11 +160,18 @@ def run_rounds(cfg: RunConfig, run_dir: Path, central_checkpoint: Path, data_dir
         from ugafl.simulations.flower_simulation import run_flower_simulation
 
         overrides = {k.replace("_", "-"): v for k, v in settings.to_dict().items()}  # the Flower run config's spelling
-        run_flower_simulation(overrides, sites, len(centres), options.cpus_per_site, client_mods)
+        run_flower_simulation(overrides, sites, len(centres), options.cpus_per_site, client_mods,
+                              log_file=engine_log(run_dir))
     last = out / f"round-{settings.num_rounds:04d}.pt"
     if not last.is_file():
-        raise ConfigError(f"the simulation ended without {last}; see the log above for the failing round")
+        where = "" if options.engine == "in-process" else f" and {engine_log(run_dir)}"
+        raise ConfigError(f"the simulation ended without {last}; see the log above{where} for the failing round")
     return settings
+
+
+def engine_log(run_dir: Path) -> Path:
+    """Where Flower's and Ray's own output goes in a run (not the terminal)."""
+    return Path(run_dir) / "logs" / "flower.log"
 
 
 def run_federated(cfg: RunConfig, run_dir: str | Path, central_checkpoint: Path, data_dir: Path,
@@ -171,10 +180,16 @@ def run_federated(cfg: RunConfig, run_dir: str | Path, central_checkpoint: Path,
     run_dir = Path(run_dir)
     central_centre = cfg.central.centre
     out = run_dir / "federated"
+    planned, options = federation_settings(cfg)
+    engine = ("in process, without Flower" if options.engine == "in-process"
+              else f"on Flower's simulation engine (Flower's and Ray's log: {engine_log(run_dir)})")
+    progress.info("federation: %d rounds, %d sites %s", planned.num_rounds, len(load_manifest(data_dir).centres), engine)
     started = time.time()
-    settings = run_rounds(cfg, run_dir, central_checkpoint, data_dir, client_mods)
+    with RoundProgress(out / "rounds.csv", planned.num_rounds):
+        settings = run_rounds(cfg, run_dir, central_checkpoint, data_dir, client_mods)
     seconds = round(time.time() - started, 1)
     last = out / f"round-{settings.num_rounds:04d}.pt"
+    evaluated = time.time()
 
     before_path = out / "dice_before.json"
     if before_path.is_file():
@@ -192,5 +207,7 @@ def run_federated(cfg: RunConfig, run_dir: str | Path, central_checkpoint: Path,
     from ugafl.simulations.figures import federated_figure
 
     federated_figure(out / "rounds.csv", before, after, out / "federated.png")
+    progress.info("evaluation of round %d's model on the test slides: %.0f s", settings.num_rounds,
+                  time.time() - evaluated)
     log.info("federated simulation done in %.0f s\n%s", seconds, table)
     return {"summary": summary, "table": table}

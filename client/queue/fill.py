@@ -112,7 +112,7 @@ def _read_patch(slide, box: tuple[int, int, int, int], mpp: float) -> np.ndarray
     if max(abs(rgb.shape[0] - size), abs(rgb.shape[1] - size)) > 2:
         raise DataError(f"{slide.path}: box {box} is {rgb.shape[1]}x{rgb.shape[0]} px at {mpp:g} µm/px, not the "
                         f"{size} px square its level-0 size gives: were the scores made with another --mpp?")
-    return np.asarray(Image.fromarray(rgb).resize((size, size), Image.Resampling.BILINEAR))
+    return np.array(Image.fromarray(rgb).resize((size, size), Image.Resampling.BILINEAR))  # writable, unlike asarray
 
 
 def patch_outputs(method: UncertaintyMethod, image: np.ndarray, measure: str,
