@@ -262,7 +262,7 @@ def test_account_administration_and_its_refusals(tmp_path: Path) -> None:
         stop(server)
 
     typo = ugafl("review", "--workspace", str(tmp_path / "wsx"), "--port", "0")
-    assert typo.returncode == 2 and "does not exist" in typo.stderr and not (tmp_path / "wsx").exists()
+    assert typo.returncode == 2 and "no such folder" in typo.stderr and not (tmp_path / "wsx").exists()
     a_file = tmp_path / "file"
     a_file.write_text("")
     assert "is a file" in ugafl("review", "--workspace", str(a_file), "--port", "0").stderr
