@@ -368,8 +368,9 @@ def instrumented(probe: Probe, aggregation: str):
                 if tracemalloc.is_tracing():
                     probe.put("train-decode-traced-peak-mb", tracemalloc.get_traced_memory()[1] / MB)
                 probe.put("train-send-rss-peak-mb", probe.rss.peak_mb())
-                probe.put("replies-held-mb", sum(a.nbytes for r in replies if r.arrays for a in r.arrays.values()
-                                                 if not isinstance(a, np.memmap)) / MB)  # spooled: on disk
+                arrays = [a for r in replies if r.arrays for a in r.arrays.values()]
+                probe.put("replies-held-mb", sum(a.nbytes for a in arrays if not isinstance(a, np.memmap)) / MB)
+                probe.put("replies-spooled-mb", sum(a.nbytes for a in arrays if isinstance(a, np.memmap)) / MB)
                 probe.put("accepted-replies", sum(r.error is None for r in replies))
             return replies
 
@@ -599,7 +600,8 @@ def summarise(result: dict) -> dict:
         "checks-s": _mean(rows, "checks-s"),
         "strategy-s": _mean(rows, "strategy-s"),
         "checkpoint-sign-s": _mean(rows, "checkpoint-sign-s"),
-        "replies-held-mb": _mean(rows, "replies-held-mb"),
+        "replies-held-mb": _mean(rows, "replies-held-mb"),  # in memory
+        "replies-spooled-mb": _mean(rows, "replies-spooled-mb"),  # on disk, read memory-mapped
         "agg-entry-traced-mb": first.get("agg-entry-traced-mb", float("nan")),  # traced in round 1 only
         "agg-extra-traced-peak-mb": first.get("agg-extra-traced-peak-mb", float("nan")),
         "train-decode-traced-peak-mb": max(first.get("train-receive-traced-peak-mb", float("nan")),
@@ -618,7 +620,8 @@ TIME_COLUMNS = [("round-1-s", "round 1 s", "{:.2f}"), ("wall-s", "wall s/rnd", "
                 ("encode-decode-s", "send-own s", "{:.3f}"), ("aggregate-s", "aggregate s", "{:.4f}"),
                 ("checks-s", "checks s", "{:.4f}"),
                 ("strategy-s", "strategy s", "{:.4f}"), ("checkpoint-sign-s", "ckpt+sign s", "{:.4f}")]
-MEMORY_COLUMNS = [("replies-held-mb", "replies MB", "{:.2f}"), ("agg-entry-traced-mb", "held@agg MB", "{:.2f}"),
+MEMORY_COLUMNS = [("replies-held-mb", "replies MB", "{:.2f}"), ("replies-spooled-mb", "spooled MB", "{:.2f}"),
+                  ("agg-entry-traced-mb", "held@agg MB", "{:.2f}"),
                   ("agg-extra-traced-peak-mb", "agg +peak MB", "{:.2f}"),
                   ("train-decode-traced-peak-mb", "recv peak MB", "{:.2f}"),
                   ("agg-entry-rss-mb", "RSS@agg MB", "{:.0f}"), ("agg-rss-peak-mb", "RSS pk agg MB", "{:.0f}"),
