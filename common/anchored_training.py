@@ -51,6 +51,7 @@ class AnchoredConfig:
     proximal_mu: float = 0.0
     loss: str = "batch-dice-ce"
     colour_augmentation: bool = True
+    stain_augmentation: bool = False  # H&E stain jitter (common.stain)
     seed: int = 0
 
     def anchors_per_step(self, have_anchors: bool) -> int:
@@ -151,7 +152,7 @@ def train_anchored(model: nn.Module, images: np.ndarray, masks: np.ndarray, anch
     steps = cfg.steps(len(images), p, have_anchors)
     set_determinism(seed=cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    transforms = training_transforms(cfg.colour_augmentation)
+    transforms = training_transforms(cfg.colour_augmentation, cfg.stain_augmentation)
     transforms.set_random_state(seed=cfg.seed)
     centres = _centres(images, masks, mpp)
     device = torch.device(device)

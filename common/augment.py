@@ -1,5 +1,6 @@
 """Training augmentation from MONAI: geometry (flips, 90° turns) and ordinary colour and scanner
-augmentation (per-channel intensity scale and shift, contrast, blur, noise)."""
+augmentation (per-channel intensity scale and shift, contrast, blur, noise); optionally H&E stain
+jitter first (common.stain, torchstain's Macenko augmentor)."""
 
 from __future__ import annotations
 
@@ -17,8 +18,11 @@ from monai.transforms import (
 KEYS = ("image", "label", "variance")  # "variance": EDUE's raters'-variance target, when present
 
 
-def training_transforms(colour: bool = True) -> Compose:
-    """Dict transforms over {"image": (3, H, W) float in [0, 1], "label": (1, H, W)[, "variance": (1, H, W)]}."""
+def training_transforms(colour: bool = True, stain: bool = False) -> Compose:
+    """Dict transforms over {"image": (3, H, W) float in [0, 1], "label": (1, H, W)[, "variance": (1, H, W)]};
+    `stain`: H&E stain jitter before the colour augmentation."""
+    from ugafl.common.stain import RandStainJitterd
+
     geometry = [
         RandFlipd(keys=KEYS, prob=0.5, spatial_axis=0, allow_missing_keys=True),
         RandFlipd(keys=KEYS, prob=0.5, spatial_axis=1, allow_missing_keys=True),
@@ -31,4 +35,5 @@ def training_transforms(colour: bool = True) -> Compose:
         RandGaussianSmoothd(keys="image", sigma_x=(0.2, 1.0), sigma_y=(0.2, 1.0), prob=0.2),
         RandGaussianNoised(keys="image", std=0.02, prob=0.3),
     ]
-    return Compose(geometry + (appearance if colour else []))
+    stains = [RandStainJitterd(keys="image", prob=0.8)] if stain else []
+    return Compose(geometry + stains + (appearance if colour else []))

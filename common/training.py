@@ -40,6 +40,7 @@ class TrainConfig:
     lr: Annotated[float, Field(gt=0)] = 2e-3
     weight_decay: Annotated[float, Field(ge=0)] = 1e-4
     colour_augmentation: bool = True
+    stain_augmentation: bool = False  # H&E stain jitter (common.stain)
     proximal_mu: Annotated[float, Field(ge=0)] = 0.0  # FedProx: mu/2 * ||w - w_ref||^2
     edue_weight: Annotated[float, Field(ge=0)] = 1.0  # weight of the disagreement-head loss (EDUE)
     loss: Literal[LOSS_NAMES] = "dice-ce"  # see common.losses.LOSSES
@@ -86,7 +87,7 @@ def train_segmentation(model: nn.Module, images: np.ndarray, labels: np.ndarray,
         raise ValueError(f"patches of {images.shape[1:3]} px are smaller than the crop {cfg.crop}")
     set_determinism(seed=cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    transforms = training_transforms(cfg.colour_augmentation)
+    transforms = training_transforms(cfg.colour_augmentation, cfg.stain_augmentation)
     transforms.set_random_state(seed=cfg.seed)
     device = torch.device(device)
     model.to(device).train()

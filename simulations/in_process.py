@@ -59,7 +59,7 @@ def _answer(site: SiteConfig, message_type: str, arrays: Mapping[str, np.ndarray
 
 # what a train reply depends on besides the weights: the round, the seed and the local recipe
 MEMO_KEYS = ("model-config", "seed", "server-round", "local-training", "local-steps", "local-epochs", "lr",
-             "proximal-mu", "anchor-share", "anchor-crops", "local-loss", "gate")
+             "proximal-mu", "anchor-share", "anchor-crops", "local-loss", "stain-augmentation", "gate")
 
 
 def memo_key(site: SiteConfig, arrays: Mapping[str, np.ndarray], config: Mapping[str, Scalar]) -> str:

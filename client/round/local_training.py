@@ -48,6 +48,7 @@ class LocalRecipe:
     anchor_share: float = 0.5
     anchor_crops: int = 64
     loss: str = "dice-ce"
+    stain_augmentation: bool = False  # H&E stain jitter on the training crops (common.stain)
     gate: bool = False  # hold out the newest correction and report on it
 
     @staticmethod
@@ -60,7 +61,9 @@ class LocalRecipe:
                            proximal_mu=float(config.get("proximal-mu", d.proximal_mu)),
                            anchor_share=float(config.get("anchor-share", d.anchor_share)),
                            anchor_crops=int(config.get("anchor-crops", d.anchor_crops)),
-                           loss=str(config.get("local-loss", d.loss)), gate=bool(config.get("gate", False)))
+                           loss=str(config.get("local-loss", d.loss)),
+                           stain_augmentation=bool(config.get("stain-augmentation", False)),
+                           gate=bool(config.get("gate", False)))
 
 
 def trained_on(workspace: Path) -> list[int]:
@@ -75,10 +78,11 @@ def held_out_path(workspace: Path) -> Path:
 
 
 def local_schedule(images: np.ndarray, steps: int, lr: float, seed: int, proximal_mu: float = 0.0,
-                   loss: str = "dice-ce") -> TrainConfig:
+                   loss: str = "dice-ce", stain_augmentation: bool = False) -> TrainConfig:
     """How a site fine-tunes on `images` (N, H, W, 3) with the plain recipe: batches of 8 crops of up to 128 px."""
     return TrainConfig(steps=steps, batch_size=LOCAL_BATCH, crop=min(LOCAL_CROP_PX, images.shape[1], images.shape[2]),
-                       lr=lr, proximal_mu=proximal_mu, loss=loss, seed=seed)
+                       lr=lr, proximal_mu=proximal_mu, loss=loss, seed=seed,
+                       stain_augmentation=stain_augmentation)
 
 
 def _nothing(extra: dict[str, float] | None = None) -> tuple[None, list[int], dict[str, float]]:
@@ -135,7 +139,7 @@ def plain_training(model: torch.nn.Module, cfg: ModelConfig, images: np.ndarray,
     for m, member in enumerate(members_of(model)):
         reference = {k: v.detach().clone() for k, v in member.named_parameters()}
         schedule = local_schedule(images, recipe.steps, recipe.lr, seed + MEMBER_SEED_STRIDE * m, recipe.proximal_mu,
-                                  recipe.loss)
+                                  recipe.loss, recipe.stain_augmentation)
         losses += train_segmentation(member, images, labels, schedule, device, progress=False, reference=reference,
                                      num_classes=cfg.num_classes)
     model.eval()
@@ -158,7 +162,8 @@ def anchored_training(workspace: Path, slides: Path, model: torch.nn.Module, cfg
     device = next(model.parameters()).device
     schedule = AnchoredConfig(epochs=recipe.epochs, max_steps=recipe.steps, batch_size=LOCAL_BATCH,
                               crop=min(LOCAL_CROP_PX, images.shape[1], images.shape[2]), anchor_share=recipe.anchor_share,
-                              lr=recipe.lr, proximal_mu=recipe.proximal_mu, loss=recipe.loss, seed=seed)
+                              lr=recipe.lr, proximal_mu=recipe.proximal_mu, loss=recipe.loss, seed=seed,
+                              stain_augmentation=recipe.stain_augmentation)
     anchors = (anchor_bank(workspace, slides, model, cfg, recipe.anchor_crops, schedule.crop, seed, round_)
                if recipe.anchor_share > 0 else AnchorBank.empty(schedule.crop))
     if not len(anchors.images):

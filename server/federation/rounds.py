@@ -295,7 +295,8 @@ def local_recipe(settings: FederationSettings) -> dict:
     return {"local-training": settings.local_training, "local-steps": settings.local_steps,
             "local-epochs": settings.local_epochs, "lr": settings.lr, "proximal-mu": settings.proximal_mu,
             "anchor-share": settings.anchor_share, "anchor-crops": settings.anchor_crops,
-            "local-loss": settings.local_loss, "gate": settings.gate}
+            "local-loss": settings.local_loss, "stain-augmentation": settings.stain_augmentation,
+            "gate": settings.gate}
 
 
 def run_federation(sites: Sites, settings: FederationSettings) -> None:

@@ -61,6 +61,7 @@ class FederationSettings:
     local_steps: Count = 100  # plain: steps per round; anchored: at most this many
     local_epochs: Positive = 2.0  # anchored: passes over the corrected area per round
     local_loss: Annotated[str, one_of(LOSS_NAMES)] = "batch-dice-ce"  # see common.losses.LOSSES
+    stain_augmentation: bool = False  # sites jitter the H&E stains of their training crops (common.stain)
     anchor_share: Annotated[float, Field(ge=0, lt=1)] = 0.5  # anchored: share of each batch from unlabelled tissue
     anchor_crops: Annotated[int, Field(ge=0)] = 64  # anchored: unlabelled crops given soft labels per round
     lr: Positive = 1e-3  # measured best on the training split (docs/results/tuning)
