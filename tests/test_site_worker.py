@@ -205,3 +205,25 @@ def test_stale_socket_replaced_and_a_lost_worker_is_an_error_not_a_rerun(tmp_pat
     assert reply.has_error() and REASON.match(reply.error.reason), reply.error.reason
     assert (ledger.read_text() if ledger.exists() else "") == before
     shutil.rmtree(tmp_path / "site")
+
+
+def test_an_empty_frame_to_a_peer_that_has_read_it_and_gone_is_no_error() -> None:
+    """A reply without arrays ends with an empty frame: the ClientApp reads its length and closes.
+    Python's sendall(b"") still calls send() and raised EPIPE there, which the worker logged as a
+    lost reply (seen in a deployment run's evaluate messages) although the reply had arrived."""
+    from ugafl.client.round.worker_link import recv_frame, send_frame
+
+    worker, app = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+
+    class ClientAppClosesOnceItHasTheLength:  # the real sockets, with the ClientApp's side run in step
+        def sendall(self, data: bytes) -> None:
+            worker.sendall(data)
+            if data == _LENGTH.pack(0):
+                assert app.recv(_LENGTH.size) == data
+                app.close()
+
+    with worker:
+        send_frame(worker, b'{"metrics": {}}')
+        assert recv_frame(app, MAX_HEADER_BYTES) == b'{"metrics": {}}'
+        send_frame(ClientAppClosesOnceItHasTheLength(), b"")  # nothing left to send after the length: no EPIPE
+        assert app.fileno() == -1

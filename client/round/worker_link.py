@@ -54,7 +54,8 @@ def socket_path(workspace: Path) -> Path:
 
 def send_frame(sock: socket.socket, data: bytes) -> None:
     sock.sendall(_LENGTH.pack(len(data)))
-    sock.sendall(data)
+    if data:  # sendall(b"") still calls send(): on a peer that has read the whole frame and closed, EPIPE
+        sock.sendall(data)
 
 
 def recv_frame(sock: socket.socket, limit: int) -> bytes:
