@@ -87,9 +87,12 @@ def round_times(path: Path) -> None:
           f"{'met' if worst <= TARGET_OVERHEAD_S else 'missed'}")
 
 
-def deployment_round(workers: bool = True, save_csv: Path | None = None) -> None:
+def deployment_round(workers: bool = True, save_csv: Path | None = None, profile: Path | None = None) -> None:
     """A 2-round run on the deployment engine (the test suite's loopback set-up); with `workers`,
-    each site's round worker runs beside its SuperNode, as the site daemon runs them."""
+    each site's round worker runs beside its SuperNode, as the site daemon runs them. With
+    `profile`, Flower logs at DEBUG, its logs are kept in that folder and round_profile reads them."""
+    import os
+    import shutil
     import sys
     import tempfile
 
@@ -102,6 +105,8 @@ def deployment_round(workers: bool = True, save_csv: Path | None = None) -> None
 
     centres, rounds, cfg = ("RUMC", "UMCU", "RST"), 2, ModelConfig()
     fp32 = sum(p.numel() * 4 for p in build_model(cfg).parameters())
+    if profile is not None:
+        os.environ["FLWR_LOG_LEVEL"] = "DEBUG"  # the SuperNodes' and SuperLink's: their message timings
     with tempfile.TemporaryDirectory(prefix="ugafl-round-") as tmp:
         root = Path(tmp)
         data, central = small_federation(root / "fed", centres, cfg)
@@ -132,6 +137,15 @@ def deployment_round(workers: bool = True, save_csv: Path | None = None) -> None
         if save_csv is not None:
             save_csv.parent.mkdir(parents=True, exist_ok=True)
             save_csv.write_bytes((root / "out" / "rounds.csv").read_bytes())
+        if profile is not None:
+            profile.mkdir(parents=True, exist_ok=True)
+            for log in sorted((root / "flower").glob("*.log")):
+                shutil.copy(log, profile / log.name)
+            sys.path.insert(0, str(Path(__file__).resolve().parent))
+            from round_profile import main as print_profile
+
+            print(f"\nwhere the time goes, from the SuperNodes' DEBUG logs (kept in {profile}):")
+            print_profile([str(profile)])
 
 
 def main() -> None:
@@ -139,6 +153,8 @@ def main() -> None:
     parser.add_argument("--rounds-csv", type=Path, default=Path("runs/demo/federated/rounds.csv"))
     parser.add_argument("--deployment", action="store_true", help="also run 2 rounds on the deployment engine")
     parser.add_argument("--save-csv", type=Path, help="keep the deployment run's rounds.csv here")
+    parser.add_argument("--profile", type=Path, metavar="DIR",
+                        help="Flower at DEBUG; keep its logs in DIR and print where each message's time goes")
     parser.add_argument("--no-worker", action="store_true",
                         help="on the deployment engine, every ClientApp process answers its message itself")
     args = parser.parse_args()
@@ -149,7 +165,7 @@ def main() -> None:
     else:
         print(f"\n{args.rounds_csv}: not found; run `make demo` first for the per-round times")
     if args.deployment:
-        deployment_round(workers=not args.no_worker, save_csv=args.save_csv)
+        deployment_round(workers=not args.no_worker, save_csv=args.save_csv, profile=args.profile)
 
 
 if __name__ == "__main__":

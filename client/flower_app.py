@@ -32,6 +32,7 @@ from ugafl.client.site_config import SiteConfig
 from ugafl.common.errors import ConfigError
 from ugafl.common.log import configure, get_logger
 from ugafl.common.processes import age_s
+from ugafl.common.wire_pack import pack_arrays, unpack_arrays
 
 log = get_logger("client_app")
 _served = 0  # messages this process has answered
@@ -71,7 +72,7 @@ def _answer(msg: Message, context: Context, sim_sites: str | None) -> Message:
 def _reply(msg: Message, site: SiteConfig) -> Message:
     global _served
     startup, _served = (age_s() if _served == 0 else 0.0), _served + 1
-    arrays = {k: v.numpy() for k, v in msg.content["arrays"].items()}
+    arrays = unpack_arrays({k: v.numpy() for k, v in msg.content["arrays"].items()})
     config = dict(msg.content["config"].items())
     kind, run_id = msg.metadata.message_type, int(msg.metadata.run_id)
     reply = ask(socket_path(site.workspace), kind, arrays, config, run_id, startup)
@@ -83,7 +84,7 @@ def _reply(msg: Message, site: SiteConfig) -> Message:
         raise WorkerError(reply.error)
     content = RecordDict({"metrics": MetricRecord(reply.metrics)})
     if reply.arrays is not None:
-        content["arrays"] = ArrayRecord({k: Array(v) for k, v in reply.arrays.items()})
+        content["arrays"] = ArrayRecord({k: Array(v) for k, v in pack_arrays(reply.arrays).items()})
     return Message(content=content, reply_to=msg)
 
 

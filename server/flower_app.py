@@ -17,6 +17,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordD
 from flwr.serverapp import Grid, ServerApp
 
 from ugafl.common.log import configure, get_logger
+from ugafl.common.wire_pack import WireError, pack_arrays, unpack_arrays
 from ugafl.server.federation.rounds import run_federation
 from ugafl.server.federation.settings import FederationSettings
 from ugafl.server.federation.sites import Reply, Scalar
@@ -35,7 +36,12 @@ def to_reply(msg: Message, node: int | None = None) -> Reply:
         return Reply(node, {}, None, str(msg.error.reason))
     content = msg.content
     metrics = {k: float(v) for k, v in content["metrics"].items()} if "metrics" in content else {}
-    arrays = {k: v.numpy() for k, v in content["arrays"].items()} if "arrays" in content else None
+    if "arrays" not in content:
+        return Reply(node, metrics, None)
+    try:
+        arrays = unpack_arrays({k: v.numpy() for k, v in content["arrays"].items()})
+    except WireError as error:
+        return Reply(node, {}, None, f"malformed reply: {error}")
     return Reply(node, metrics, arrays)
 
 
@@ -55,12 +61,13 @@ class GridSites:
 
     def send(self, message_type: str, arrays: Mapping[str, np.ndarray], config: Mapping[str, Scalar],
              sites: list[int], on_reply: Callable[[Reply], Reply] | None = None) -> list[Reply]:
-        content = RecordDict({"arrays": ArrayRecord({k: Array(np.asarray(v)) for k, v in arrays.items()}),
+        packed = pack_arrays(arrays)  # a few objects on Flower's wire instead of one per tensor
+        content = RecordDict({"arrays": ArrayRecord({k: Array(v) for k, v in packed.items()}),
                               "config": ConfigRecord(dict(config))})
         messages = [Message(content=content, message_type=message_type, dst_node_id=n) for n in sites]
         waiting = set(self.grid.push_messages(messages))
         sent_to = {m.metadata.message_id: int(m.metadata.dst_node_id) for m in messages}  # ids set when pushed
-        del messages, content
+        del messages, content, packed
         replies: list[Reply] = []
         deadline = time.monotonic() + self.timeout_s
         while waiting:

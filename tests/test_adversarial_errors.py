@@ -13,14 +13,16 @@ import logging
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 
 from ugafl.client.round.records import read_jsonl
 from ugafl.common.model import ModelConfig, build_model
 from ugafl.common.signing import generate_signing_key, load_private_key, sign_model
 from ugafl.common.wire import unique_state
+from ugafl.common.wire_pack import INDEX, pack_arrays
 
 CFG = ModelConfig(channels=(4, 8))
 REASON = re.compile(r"^ugafl site error: (?P<category>[a-z ]+); error id (?P<id>[0-9a-f]{12}); "
@@ -95,6 +97,13 @@ def test_an_error_reply_carries_a_category_and_an_id_never_the_detail(tmp_path: 
     _fails(tmp_path, _message(site), {"site-config": str(site.parent / "missing" / "site.toml")}, caplog,
            "site configuration", f"{SECRET}/missing/site.toml")
     _fails(tmp_path, _message(site, drop="model-config"), node, caplog, "internal error", "model-config")
+
+    smuggling = _message(site)  # the model packed for the wire, with elements the index does not name
+    packed = pack_arrays({k: v.numpy() for k, v in smuggling.content["arrays"].items()})
+    flat = next(k for k in packed if k != INDEX)
+    packed[flat] = np.concatenate([packed[flat], np.zeros(64, packed[flat].dtype)])
+    smuggling.content["arrays"] = ArrayRecord({k: Array(v) for k, v in packed.items()})
+    _fails(tmp_path, smuggling, node, caplog, "model refused", "elements no array names")
 
     (site.parent / "ws" / "queue.db").write_bytes(b"this is not a database " * 100)
     _fails(tmp_path, _message(site), node, caplog, "site data", "not a database|file is not")

@@ -46,15 +46,19 @@ def run_config(**federation) -> RunConfig:
 
 def describe(content) -> dict:
     """A Flower reply's records, described as the sites' outboxes describe them (array names,
-    dtypes, shapes and digest; metric values), read from the Flower message itself."""
+    dtypes, shapes and digest; metric values), read from the Flower message itself: its arrays
+    travel packed (common.wire_pack) and nothing else travels beside the packing."""
     from flwr.app import ArrayRecord
 
     from ugafl.common.signing import model_digest
+    from ugafl.common.wire_pack import INDEX, PREFIX, unpack_arrays
 
     out: dict = {}
     for name, record in content.items():
         if isinstance(record, ArrayRecord):
-            arrays = {k: v.numpy() for k, v in record.items()}
+            wire = {k: v.numpy() for k, v in record.items()}
+            assert INDEX in wire and all(k == INDEX or k.startswith(PREFIX) for k in wire), sorted(wire)
+            arrays = unpack_arrays(wire)
             out[name] = {"type": "ArrayRecord", "arrays": {k: [str(a.dtype), list(a.shape)] for k, a in arrays.items()},
                          "sha256": model_digest(arrays)}
         else:
@@ -138,24 +142,31 @@ BEHAVIOUR = {1: "nan", 2: "shape", 3: "tamper"}  # by partition id: UMCU, CWZ, R
 def misbehave(msg, context, call_next):
     """A Flower mod: partition 3's incoming model is altered in transit; partitions 1 and 2 send
     back a NaN / a wrong-shape update."""
-    from flwr.app import Array
+    from flwr.app import Array, ArrayRecord
+
+    from ugafl.common.wire_pack import pack_arrays, unpack_arrays
+
+    def unpacked(record) -> dict:
+        return {k: v.copy() for k, v in unpack_arrays({k: a.numpy() for k, a in record.items()}).items()}
+
+    def packed(arrays: dict):
+        return ArrayRecord({k: Array(v) for k, v in pack_arrays(arrays).items()})
 
     role = BEHAVIOUR.get(int(context.node_config["partition-id"]))
     if role == "tamper" and "arrays" in msg.content:
-        name = next(iter(msg.content["arrays"].keys()))
-        changed = msg.content["arrays"][name].numpy().copy()
-        changed.flat[0] += 0.5
-        msg.content["arrays"][name] = Array(changed)
+        arrays = unpacked(msg.content["arrays"])
+        arrays[next(iter(arrays))].flat[0] += 0.5
+        msg.content["arrays"] = packed(arrays)
     reply = call_next(msg, context)
     if role in ("nan", "shape") and msg.metadata.message_type == "train" and not reply.has_error() \
             and "arrays" in reply.content:
-        name = next(k for k, v in reply.content["arrays"].items() if v.numpy().ndim == 4)
-        bad = reply.content["arrays"][name].numpy().copy()
+        arrays = unpacked(reply.content["arrays"])
+        name = next(k for k, v in arrays.items() if v.ndim == 4)
         if role == "nan":
-            bad.flat[3] = np.nan
+            arrays[name].flat[3] = np.nan
         else:
-            bad = bad[:, :-1]
-        reply.content["arrays"][name] = Array(bad)
+            arrays[name] = arrays[name][:, :-1]
+        reply.content["arrays"] = packed(arrays)
     return reply
 
 

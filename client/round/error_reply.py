@@ -13,12 +13,14 @@ from ugafl.client.round.records import FEDERATION_DIR, append_jsonl
 from ugafl.common.errors import ConfigError, UgaflError
 from ugafl.common.log import get_logger
 from ugafl.common.signing import SignatureError
+from ugafl.common.wire_pack import WireError
 
 log = get_logger("site_errors")
 
 # the categories a coordinator may see, most specific first
 CATEGORIES: tuple[tuple[type[BaseException], str], ...] = (
     (SignatureError, "model refused"),
+    (WireError, "model refused"),  # the message's packed arrays are not what a coordinator writes
     (ConfigError, "site configuration"),
     (UgaflError, "site data"),
     (BaseException, "internal error"),
