@@ -21,11 +21,12 @@ import argparse
 import csv
 from pathlib import Path
 
-from flwr.app import ArrayRecord, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
 from flwr.common.serde import recorddict_to_proto
 
 from ugafl.common.model import ModelConfig, build_model
 from ugafl.common.wire import unique_state
+from ugafl.common.wire_pack import pack_arrays
 
 TARGET_RATIO = 1.05
 
@@ -36,7 +37,8 @@ def wire_bytes(record: RecordDict) -> int:
 
 def message_sizes(cfg: ModelConfig) -> None:
     model = build_model(cfg)
-    state = unique_state(model)  # as it travels (DynUNet's state dict names every block twice)
+    # as it travels: every tensor once (DynUNet's state dict names every block twice), packed (common.wire_pack)
+    state = {k: Array(v) for k, v in pack_arrays({k: t.numpy() for k, t in unique_state(model).items()}).items()}
     fp32 = sum(p.numel() * 4 for p in model.parameters())
     params = sum(p.numel() for p in model.parameters())
     train = RecordDict({"arrays": ArrayRecord(state), "metrics": MetricRecord(
@@ -75,7 +77,8 @@ def round_times(path: Path) -> None:
         print("  " + " ".join(f"{v:>11}" for v in (r["round"], *(f"{_f(r, 'seconds-' + p):.1f}" for p in PHASES),
                                                  f"{_f(r, 'seconds-round'):.1f}", f"{_f(r, 'seconds-overhead'):.1f}")))
     print("  message phases: coordinator's wall = the slowest site (its ClientApp start + its handler) + the rest "
-          "(messaging, polling)")
+          "(messaging, polling);\n  start = the ClientApp process's age when the handler begins: Python and Flower "
+          "imports and,\n  on the deployment engine, the message still arriving at the SuperNode (--profile splits it)")
     print("  " + " ".join(f"{h:>11}" for h in ("round", "message", "wall", "site", "of it start", "rest")))
     for r in rows:
         for m in MESSAGES:
