@@ -18,16 +18,21 @@ import click
 @click.option("--members", type=click.IntRange(1), default=None, help="Train an ensemble of N members (OUT-m0 ... OUT-m{N-1}).")
 @click.option("--edue", is_flag=True, help="Add EDUE's disagreement head, trained on the raters' masks.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+@click.option("--force", is_flag=True, help="Replace an existing checkpoint at OUT (else refused).")
 def train_central_cmd(data_dir: Path, out: Path, config_path: Path | None, steps: int | None, arch: str | None,
-                      members: int | None, edue: bool, device: str) -> None:
+                      members: int | None, edue: bool, device: str, force: bool) -> None:
     """Train the central model on one centre's (default RUMC) training slides."""
     from ugafl.cli.checks import file_to_write
+    from ugafl.common.errors import UgaflError
     from ugafl.common.config import load_config
     from ugafl.common.manifest import load_manifest
-    from ugafl.server.central_training import train_central
+    from ugafl.server.central_training import member_paths, train_central
 
     cfg = load_config(config_path)
     file_to_write(out, "--out")
+    there = [p for p in (out, *member_paths(out, members or cfg.central.members)) if p.exists()]
+    if there and not force:  # hours of training, or the federation's central.pt, are not replaced by a typo
+        raise UgaflError(f"--out {there[0]}: exists; give another name, or --force to replace it")
     load_manifest(data_dir)  # names the folder or file when there is no dataset
     model_cfg = replace(cfg.model, arch=arch) if arch else cfg.model
     model_cfg = replace(model_cfg, disagreement_head=True) if edue else model_cfg

@@ -30,13 +30,14 @@ def uncertainty(target: Path, models: tuple[Path, ...], method: str, out: Path, 
     """Per-pixel uncertainty, patch scores and a heatmap for a slide or every slide in a folder.
 
     A slide stored as several files (a DICOM series, MIRAX) is scored once, whether TARGET is one of
-    its files or its folder. A single slide that cannot be read: one error line, exit code 2."""
+    its files or its folder, and is named by that folder when the folder holds it alone. A single
+    slide that cannot be read: one error line, exit code 2."""
     from ugafl.cli.checks import checkpoints, folder_to_write
     from ugafl.client.round.slide_uncertainty import run_uncertainty
     from ugafl.common.errors import SlideError, UgaflError
     from ugafl.common.model import pick_device
     from ugafl.common.slide import open_slide
-    from ugafl.common.slide_files import resolve
+    from ugafl.common.slide_files import is_slide_folder, resolve
     from ugafl.common.slide_scan import candidate_files
     from ugafl.common.uncertainty_methods import load_method
 
@@ -44,9 +45,12 @@ def uncertainty(target: Path, models: tuple[Path, ...], method: str, out: Path, 
     folder_to_write(out, "--out")
     if workspace is not None:
         folder_to_write(workspace, "--workspace")
-    single = not target.is_dir()
+    single = not target.is_dir() or is_slide_folder(target)  # a DICOM series' folder is one slide, named by it
     if single:
-        target = resolve(target).path  # one file of a DICOM series: the series (named by its level-0 file)
+        slide = resolve(target)  # one file of a DICOM series: the series
+        # named as a scan of the parent names it: by its folder when the folder is that slide alone,
+        # else (a series lying loose among other slides) by its level-0 file
+        target = target.parent if slide.kind == "dicom" and is_slide_folder(target.parent) else slide.path
         open_slide(target, mpp).close()  # can't be opened: one line and exit 2 before any model loads
     elif not candidate_files(target):
         raise UgaflError(f"{target}: no slide files in this folder")

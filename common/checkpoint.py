@@ -62,6 +62,21 @@ def save_checkpoint(path: str | Path, model: nn.Module, model_config: ModelConfi
     return digest
 
 
+def _unreadable(error: Exception, path: Path) -> str:
+    """Why torch.load failed, in a few words (never torch's advice to load with weights_only=False,
+    which would run whatever code the file holds)."""
+    text = str(error)
+    with open(path, "rb") as f:
+        if f.read(4) != b"PK\x03\x04":  # what torch.save writes is a zip archive
+            return "not a PyTorch file"
+    if "Weights only load failed" in text or type(error).__name__ == "UnpicklingError":
+        return "it holds Python objects besides tensors and plain data, which ugafl never loads"
+    if "zip archive" in text or "central directory" in text or isinstance(error, (EOFError, OSError)):
+        return "truncated or damaged"
+    first = (text.splitlines() or [""])[0]
+    return f"{type(error).__name__}: {first if len(first) <= 160 else first[:157].rsplit(' ', 1)[0] + '...'}"
+
+
 def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> Checkpoint:
     """Loads and verifies a checkpoint; CheckpointError names the file and what is wrong."""
     path = Path(path)
@@ -72,8 +87,7 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> Che
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for truncated or foreign files
-        first = (str(error).splitlines() or [""])[0][:200]
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(error).__name__}: {first})") from None
+        raise CheckpointError(f"{path}: not a readable checkpoint ({_unreadable(error, path)})") from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: not a ugafl checkpoint (expected format {CHECKPOINT_FORMAT!r}; "
                               "`ugafl export` turns one into TorchScript, ONNX or a MONAI bundle)")

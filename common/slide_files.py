@@ -213,6 +213,21 @@ def resolve(path: str | Path) -> SlideFiles:
     return SlideFiles(path, path, (path,), "file")
 
 
+def is_slide_folder(path: str | Path) -> bool:
+    """Whether `path` is a folder that is one multi-file slide (a DICOM series, a MIRAX or VMS slide,
+    and nothing else): such a folder is scored as one slide named by the folder, as it is when its
+    parent is scanned, rather than as a folder of slides named by their files. A folder holding one
+    one-file slide stays a folder of slides."""
+    path = Path(path)
+    if not path.is_dir():
+        return False
+    try:
+        inside = slides_in(path)
+    except OSError:
+        return False
+    return len(inside) == 1 and inside[0].kind in ("dicom", "mirax", "vms")
+
+
 def openslide_path(path: str | Path) -> Path:
     """The file to hand OpenSlide for the slide at `path` (a folder's slide file; else `path`)."""
     path = Path(path)

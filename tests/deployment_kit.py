@@ -55,10 +55,12 @@ class Kit:
         self.daemons: dict[str, subprocess.Popen] = {}
         self.pids_seen: set[int] = set()
 
-    def ugafl(self, *args: str, check: bool = True, timeout_s: float = 300) -> subprocess.CompletedProcess[str]:
+    def ugafl(self, *args: str, check: bool = True, timeout_s: float = 300,
+              input: str | None = None) -> subprocess.CompletedProcess[str]:
         self.ran.add(command_shape(list(args)))
+        stdin = {"stdin": subprocess.DEVNULL} if input is None else {"input": input}
         done = subprocess.run([str(BIN / "ugafl"), *args], env=self.env, capture_output=True, text=True,
-                              timeout=timeout_s, stdin=subprocess.DEVNULL)
+                              timeout=timeout_s, **stdin)
         if check:
             assert done.returncode == 0, f"ugafl {' '.join(args)}: {done.stdout}\n{done.stderr}"
         return done

@@ -171,6 +171,7 @@ def _cases() -> list[tuple[str, list[str], str]]:
     case("train-central/device-unknown", "--device", *train, "--device", "banana")
     case("train-central/device-cuda-absent", "--device", *train, "--device", "cuda")
     case("train-central/out-is-a-folder", "--out", "train-central", "--data", "{fx}/data", "--out", "{fx}/empty")
+    case("train-central/out-exists", "good.pt: exists", "train-central", "--data", "{fx}/data", "--out", "{fx}/good.pt")
     # evaluate
     evaluate = ("evaluate", "--data", "{fx}/data", "--model")
     case("evaluate/model-missing", "missing.pt", *evaluate, "{fx}/missing.pt")

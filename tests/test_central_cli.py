@@ -116,3 +116,12 @@ def test_bad_inputs_get_one_line(trained, tmp_path):
     refused = ugafl("train-central", "--data", str(data), "--out", str(tmp_path / "x.pt"), "--config", str(nocentre))
     assert refused.returncode == 2 and "no training slides of centre 'XYZ'" in refused.stderr
     assert not (tmp_path / "x.pt").exists()
+
+    kept = tmp_path / "kept.pt"
+    kept.write_bytes(ckpt.read_bytes())
+    again = ugafl("train-central", "--data", str(data), "--out", str(kept), "--config", str(config), "--steps", "1")
+    assert again.returncode == 2 and f"--out {kept}: exists" in again.stderr and kept.read_bytes() == ckpt.read_bytes()
+    forced = ugafl("train-central", "--data", str(data), "--out", str(kept), "--config", str(config), "--steps", "1",
+                   "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert kept.read_bytes() != ckpt.read_bytes()

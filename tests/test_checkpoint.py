@@ -62,8 +62,15 @@ def test_truncated_missing_and_foreign_files_are_refused(tmp_path, small_model):
     save_checkpoint(path, model, cfg)
     data = path.read_bytes()
     (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
-    with pytest.raises(CheckpointError, match="cut.pt: not a readable checkpoint"):
+    with pytest.raises(CheckpointError, match=r"cut.pt: not a readable checkpoint \(truncated or damaged\)$"):
         load_checkpoint(tmp_path / "cut.pt")
+    (tmp_path / "manifest.json").write_text('{"slides": []}')
+    with pytest.raises(CheckpointError, match=r"manifest.json: not a readable checkpoint \(not a PyTorch file\)$"):
+        load_checkpoint(tmp_path / "manifest.json")
+    torch.save({"model": Exception("a pickled object")}, tmp_path / "pickled.pt")
+    with pytest.raises(CheckpointError, match=r"pickled.pt: .*Python objects besides tensors") as refused:
+        load_checkpoint(tmp_path / "pickled.pt")
+    assert "weights_only" not in str(refused.value)  # never torch's advice to load it with code execution on
     with pytest.raises(CheckpointError, match="no such checkpoint"):
         load_checkpoint(tmp_path / "absent.pt")
     torch.save({"weights": torch.zeros(3)}, tmp_path / "other.pt")

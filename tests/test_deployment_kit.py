@@ -287,6 +287,10 @@ def test_unenrolled_and_wrong_ca_hospitals_are_refused(tmp_path: Path) -> None:
         wait_for("the stranger to be refused again after retrying",
                  lambda: stranger_log.read_text().count("Failed to activate SuperNode") >= 2, 240)
         assert kit.daemons["stranger"].poll() is None  # refused twice, and still up
+        # a new hospital's workspace has its (empty) queue from the start: the review app runs, accounts can be added
+        fresh = _status(kit, paths["stranger"])
+        added = kit.ugafl("review", "add-user", "--workspace", str(tmp_path / "stranger" / "workspace"), "alice",
+                          "--password-stdin", input="a long enough password\n", check=False)
         listed = _sites(kit, config)
     finally:
         left = kit.stop_all()
@@ -298,4 +302,6 @@ def test_unenrolled_and_wrong_ca_hospitals_are_refused(tmp_path: Path) -> None:
     log = (tmp_path / "stranger" / "workspace" / "logs" / "site.log").read_text()
     assert log.count("Failed to activate SuperNode") >= 2 and "refused this site's key" in log
     assert listed == {"misconfigured": "registered"} or "stranger" not in listed, listed
+    assert fresh["children"]["review"]["restarts"] == 0 and fresh["children"]["review"]["last_exit"] is None, fresh
+    assert added.returncode == 0, added.stderr
     assert kit.daemons["stranger"].returncode == 0  # SIGTERM: a clean stop

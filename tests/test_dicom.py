@@ -229,16 +229,23 @@ def test_uncertainty_cli_scores_a_series_once_from_a_file_or_its_folder(dicom, t
         result = ugafl("uncertainty", target, *common, "--out", out)
         assert result.returncode == 0, result.stderr
         lines = [line for line in result.stdout.splitlines() if " patches" in line]
-        assert len(lines) == 1 and lines[0].startswith("level0.dcm: "), result.stdout
-        assert [p.name for p in out.iterdir()] == ["level0"]
-        runs[label] = json.loads((out / "level0" / "summary.json").read_text())
-        with (out / "level0" / "patches.csv").open(newline="") as handle:
+        # named by its folder, as when the folder above is scanned (two series folders never share a name)
+        assert len(lines) == 1 and lines[0].startswith(f"{series.folder.name}: "), result.stdout
+        assert [p.name for p in out.iterdir()] == [series.folder.name]
+        runs[label] = json.loads((out / series.folder.name / "summary.json").read_text())
+        with (out / series.folder.name / "patches.csv").open(newline="") as handle:
             rows = list(csv.DictReader(handle))
         # 128 µm patches at the series' 0.5 µm/px: 256 level-0 px, inside the 2048 x 1536 slide
         assert len(rows) == runs[label]["patches"] > 0
         assert {(float(r["width"]), float(r["height"])) for r in rows} == {(256.0, 256.0)}
         assert all(float(r["x"]) + 256 <= 2048 and float(r["y"]) + 256 <= 1536 for r in rows)
     assert runs["file"]["patches"] == runs["folder"]["patches"]
+
+    # two series exported with the same file names, scored one after the other into one folder: two slides
+    copy_series(series.folder, tmp_path / "caseB")
+    result = ugafl("uncertainty", tmp_path / "caseB", *common, "--out", tmp_path / "folder")
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in (tmp_path / "folder").iterdir()) == sorted(["caseB", series.folder.name])
 
 
 def test_a_broken_dicom_file_is_one_error_line_naming_it(dicom, tmp_path):
@@ -252,7 +259,7 @@ def test_a_broken_dicom_file_is_one_error_line_naming_it(dicom, tmp_path):
     assert len(errors) == 1 and str(broken) in errors[0] and "cannot be opened" in errors[0], result.stderr
     assert not out.exists()
     # a series whose level-2 file (the one read at the model's 2 µm/px) is cut short in its pixels:
-    # it opens, then breaks while being read; still one line, exit 2, naming the slide's file
+    # it opens, then breaks while being read; still one line, exit 2, naming the slide (its folder)
     cut = tmp_path / "cut"
     copy_series(dicom["series"].folder, cut)
     data = (cut / "level2.dcm").read_bytes()
@@ -261,8 +268,8 @@ def test_a_broken_dicom_file_is_one_error_line_naming_it(dicom, tmp_path):
                    "--passes", "2", "--patch-um", "128", "--out", out)
     assert single.returncode == 2 and "Traceback" not in single.stderr, single.stderr
     errors = [line for line in single.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and str(cut / "level0.dcm") in errors[0] and "cannot be read" in errors[0], single.stderr
-    assert not (out / "level0").exists()
+    assert len(errors) == 1 and f"{cut}: cannot be read" in errors[0], single.stderr
+    assert not (out / "cut").exists()
 
 
 def test_the_viewer_finds_a_series_by_the_name_the_inbox_gives_it(dicom, tmp_path):

@@ -234,6 +234,9 @@ class SiteDaemon:
         lock.truncate()
         lock.write(str(os.getpid()))
         lock.flush()
+        from ugafl.client.queue.store import CorrectionQueue
+
+        CorrectionQueue(self.ws, create=True).close()  # a new hospital's empty queue: the review app and add-user need it
         supervisor = Supervisor(log, self.children(), pid_file=self.dir / "processes.json")
         supervisor.install_signal_handlers()
         log.info("site daemon for %s (workspace %s), coordinator %s", self.cfg.site.name or self.cfg.path.stem,

@@ -22,6 +22,7 @@ from ugafl.common.masks import write_mask
 from ugafl.common.overlay import OverlayWriter, overlay_scale
 from ugafl.common.patch_scoring import PATCH_SCORING_NAMES, score_column
 from ugafl.common.slide import open_slide
+from ugafl.common.slide_files import is_slide_folder
 from ugafl.common.slide_scan import candidate_files
 from ugafl.common.correction_patch import patch_px
 from ugafl.common.uncertainty_engine import SlideUncertainty, slide_uncertainty
@@ -113,7 +114,7 @@ def run_uncertainty(target: str | Path, method: UncertaintyMethod, out: str | Pa
     `write_overlays`, the predicted tumour and the uncertainty also land beside them as pyramidal
     TIFFs in the slide's frame (tumour_overlay.tif, uncertainty_overlay.tif; common.overlay)."""
     target, out = Path(target), Path(out)
-    paths = candidate_files(target) if target.is_dir() else [target]
+    paths = candidate_files(target) if target.is_dir() and not is_slide_folder(target) else [target]
     measure = primary_measure(method)
     size = None if patch_um is None else patch_px(patch_um, method.cfg.mpp)
     results = []
