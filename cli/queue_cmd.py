@@ -157,8 +157,13 @@ def show_cmd(workspace: Path, item_id: int, as_json: bool) -> None:
     """One item's fields and its audit history. --json: {"item": {...}, "history": [...]}."""
     from ugafl.cli.checks import open_site_queue
 
+    from ugafl.client.queue.store import QueueError
+
     with open_site_queue(workspace) as q:
-        item = q.get(item_id)
+        try:
+            item = q.get(item_id)
+        except QueueError as error:  # say which workspace it is not in
+            raise QueueError(f"{error} in the queue of {workspace} (`ugafl queue list --workspace {workspace}`)") from None
         history = q.history(item_id)
     if as_json:
         click.echo(json.dumps({"item": item_json(item), "history": [audit_json(e) for e in history]}, indent=1))

@@ -226,7 +226,7 @@ def _cases() -> list[tuple[str, list[str], str]]:
     case("queue-list/queue-empty-file", "queue.db", "queue", "list", "--workspace", "{fx}/ws_emptyq")
     case("queue-show/workspace-missing", "--workspace", "queue", "show", "--workspace", "{fx}/ws_typo", "1")
     case("queue-show/queue-not-sqlite", "queue.db", "queue", "show", "--workspace", "{fx}/ws_badq", "1")
-    case("queue-show/unknown-item", "99", "queue", "show", "--workspace", "{fx}/ws", "99")
+    case("queue-show/unknown-item", "no item 99 in the queue of", "queue", "show", "--workspace", "{fx}/ws", "99")
     case("queue-reset-stale/workspace-missing", "--workspace", "queue", "reset-stale", "--workspace", "{fx}/ws_typo",
          "--older-than", "1")
     case("queue-reset-stale/queue-not-sqlite", "queue.db", "queue", "reset-stale", "--workspace", "{fx}/ws_badq",
