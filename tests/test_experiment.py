@@ -92,7 +92,8 @@ def test_every_shipped_experiment_config_is_valid(config: Path) -> None:
     exp = cfg.section(ExperimentConfig, "experiment")
     if config.stem.startswith("tuning-"):  # tuning runs never look at the test slides
         assert exp.eval_split == "train" and set(exp.selections) <= {"random", "top-k", "stochastic-batch"}
-    elif config.stem == "benchmark-dp":  # one strategy, compared with benchmark.toml's arms of the same seeds
+    elif config.stem in ("benchmark-dp", "benchmark-stain", "benchmark-stain-off"):  # one strategy, compared with
+        # another run's arms of the same seeds (benchmark.toml's; the stain run with its control)
         assert exp.eval_split == "test" and exp.selections == ("stochastic-batch",) and exp.seeds == (0, 1, 2, 3, 4)
     else:
         assert exp.eval_split == "test" and exp.selections == ("random", "top-k", "stochastic-batch")
