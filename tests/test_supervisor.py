@@ -118,3 +118,33 @@ def test_a_new_daemon_stops_what_a_killed_one_left(tmp_path: Path) -> None:
     successor = Supervisor(logging.getLogger("ugafl.test"), [], pid_file=pid_file)
     successor.stop_leftovers()
     assert not any(alive(p) for p in left) and not pid_file.exists()
+
+
+def test_a_clientapp_ends_when_the_superexec_that_started_it_is_killed(tmp_path: Path) -> None:
+    """The site's flwr-clientapp (ugafl-clientapp, the app gate) started by a process that is then
+    SIGKILLed: it was left retrying a SuperNode that was gone, re-parented to init (seen after the
+    kit test killed a hospital); now it ends with its parent."""
+    clientapp = str(Path(PY).with_name("ugafl-clientapp"))
+    superexec = subprocess.Popen(
+        [PY, "-c", "import subprocess, sys, time\n"
+                   f"p = subprocess.Popen([{clientapp!r}, '--runtime-api-address', '127.0.0.1:9', '--token', 'x', "
+                   "'--insecure'])\nprint(p.pid, flush=True)\ntime.sleep(600)\n"],
+        stdout=subprocess.PIPE, text=True)
+    pid = int(superexec.stdout.readline())
+    try:
+        # it runs on its own (Flower retries the unreachable Runtime API), past its start-up
+        _wait("the ClientApp to start (its heartbeat thread)", lambda: _threads(pid) > 1)
+        assert alive(pid)
+        os.kill(superexec.pid, signal.SIGKILL)
+        superexec.wait(timeout=30)
+        _wait(f"the orphaned ClientApp {pid} to end", lambda: not alive(pid))
+    finally:
+        if alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _threads(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Threads:"):
+            return int(line.split()[1])
+    return 0
