@@ -47,10 +47,7 @@ def uncertainty(target: Path, models: tuple[Path, ...], method: str, out: Path, 
         folder_to_write(workspace, "--workspace")
     single = not target.is_dir() or is_slide_folder(target)  # a DICOM series' folder is one slide, named by it
     if single:
-        slide = resolve(target)  # one file of a DICOM series: the series
-        # named as a scan of the parent names it: by its folder when the folder is that slide alone,
-        # else (a series lying loose among other slides) by its level-0 file
-        target = target.parent if slide.kind == "dicom" and is_slide_folder(target.parent) else slide.path
+        target = resolve(target).path  # one file of a DICOM series: the series (see resolve for its name)
         open_slide(target, mpp).close()  # can't be opened: one line and exit 2 before any model loads
     elif not candidate_files(target):
         raise UgaflError(f"{target}: no slide files in this folder")

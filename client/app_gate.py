@@ -53,11 +53,9 @@ def main() -> None:
     SuperExec that started it dies, even by SIGKILL: a killed site daemon left these running,
     re-parented to init for as long as the machine ran (Flower's own --parent-pid check did not
     end them)."""
-    import signal
+    from ugafl.common.processes import set_parent_death_signal
 
-    from ugafl.common.processes import die_with_parent
-
-    die_with_parent(signal.SIGTERM)()  # (for this process: a preexec_fn run in place)
+    set_parent_death_signal()
     if os.getppid() == 1:  # the SuperExec died before the line above took effect
         sys.exit(1)
     from flwr.supernode.cli import flwr_clientapp

@@ -21,8 +21,6 @@ KEYS = ("image", "label", "variance")  # "variance": EDUE's raters'-variance tar
 def training_transforms(colour: bool = True, stain: bool = False) -> Compose:
     """Dict transforms over {"image": (3, H, W) float in [0, 1], "label": (1, H, W)[, "variance": (1, H, W)]};
     `stain`: H&E stain jitter before the colour augmentation."""
-    from ugafl.common.stain import RandStainJitterd
-
     geometry = [
         RandFlipd(keys=KEYS, prob=0.5, spatial_axis=0, allow_missing_keys=True),
         RandFlipd(keys=KEYS, prob=0.5, spatial_axis=1, allow_missing_keys=True),
@@ -35,5 +33,9 @@ def training_transforms(colour: bool = True, stain: bool = False) -> Compose:
         RandGaussianSmoothd(keys="image", sigma_x=(0.2, 1.0), sigma_y=(0.2, 1.0), prob=0.2),
         RandGaussianNoised(keys="image", std=0.02, prob=0.3),
     ]
-    stains = [RandStainJitterd(keys="image", prob=0.8)] if stain else []
+    stains = []
+    if stain:
+        from ugafl.common.stain import RandStainJitterd
+
+        stains = [RandStainJitterd(keys="image", prob=0.8)]
     return Compose(geometry + stains + (appearance if colour else []))

@@ -73,15 +73,15 @@ def stop_tree(pids: Iterable[int], grace_s: float = 10.0) -> list[int]:
     return sorted(todo)
 
 
+def set_parent_death_signal(sig: int = signal.SIGTERM) -> None:
+    """This process gets `sig` when the thread that started it dies, even by SIGKILL."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(sig))
+
+
 def die_with_parent(sig: int = signal.SIGTERM):
     """A Popen preexec_fn: the child gets `sig` when the process that started it dies, even by
     SIGKILL, so a killed daemon leaves no orphan SuperNode holding its key."""
-
-    def preexec() -> None:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, int(sig))
-
-    return preexec
+    return lambda: set_parent_death_signal(sig)
 
 
 def age_s(pid: int | None = None) -> float:

@@ -191,8 +191,9 @@ def resolve(path: str | Path) -> SlideFiles:
     """The slide that `path` names or belongs to.
 
     A folder is a slide when it holds exactly one slide (the folder names it; OpenSlide opens that
-    slide's file); otherwise SlideError says what it holds. A DICOM file resolves to its series
-    (named by the series' level-0 file in that folder). Any other file is itself."""
+    slide's file); otherwise SlideError says what it holds. A DICOM file resolves to its series:
+    named by its folder when the folder holds that series alone (as `slides_in` of the folder
+    above names it), else by the series' level-0 file. Any other file is itself."""
     path = Path(path)
     if path.is_dir():
         try:
@@ -207,8 +208,11 @@ def resolve(path: str | Path) -> SlideFiles:
         return SlideFiles(path, only.open_path, tuple(_files_under(path)), only.kind)
     header = dicom_header(path) if path.is_file() else None
     if header is not None and header.is_wsi:
-        for slide in slides_in(path.parent):
+        beside = slides_in(path.parent)
+        for slide in beside:
             if slide.kind == "dicom" and path in slide.files:
+                if len(beside) == 1:  # the folder is this series alone: named by it, as a scan of its parent names it
+                    return SlideFiles(path.parent, slide.open_path, tuple(_files_under(path.parent)), "dicom")
                 return slide
     return SlideFiles(path, path, (path,), "file")
 
